@@ -1,0 +1,97 @@
+"""``fewstep.generate``: prompts in, one :class:`GenerationResult` per prompt out.
+
+Diffusion models run the decode loop (:func:`fewstep.decoding.loop.decode`) to its last event;
+causal models (strategy ``ar``) decode greedily with transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from fewstep.config import DecodeConfig
+from fewstep.decoding.loop import StepEvent, check_prompts, decode
+from fewstep.errors import ConfigError
+from fewstep.models.adapter import CausalModel, DiffusionModel
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    token_ids: list[int]  # the generation region (gen_length ids for diffusion models)
+    text: str  # decoded answer, cut at the first EOS / stop token
+    nfe: int  # forward passes of the model for this prompt
+    answer_tokens: int  # generated tokens up to (not including) the first EOS
+    committed_at: list[int] = field(default_factory=list)  # step of each position's commit
+    drafter_nfe: int = 0  # forward passes of a drafter, when one was used
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.answer_tokens / self.nfe if self.nfe else 0.0
+
+
+def _tokenise(model, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    return [model.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
+
+
+def _answer_len(model, ids: list[int]) -> int:
+    stops = set(model.stop_ids) | {model.eos_id}
+    return next((i for i, t in enumerate(ids) if t in stops), len(ids))
+
+
+def results_from_event(model: DiffusionModel, event: StepEvent) -> list[GenerationResult]:
+    out = []
+    for row, nfe, at in zip(event.canvas.tolist(), event.nfe.tolist(), event.committed_at.tolist()):
+        out.append(GenerationResult(row, model.decode(row), nfe, _answer_len(model, row), at))
+    return out
+
+
+def generate(
+    model: DiffusionModel | CausalModel,
+    prompts: str | Sequence[str] | Sequence[Sequence[int]],
+    config: DecodeConfig | None = None,
+) -> list[GenerationResult]:
+    """Decode each prompt (text, or token ids) with ``config``; results in prompt order."""
+    cfg = config or DecodeConfig()
+    batch = _tokenise(model, prompts)
+    if not batch:
+        return []
+    if isinstance(model, CausalModel):
+        if cfg.strategy != "ar":
+            raise ConfigError(f"{model.name} is a causal model: use strategy 'ar', not {cfg.strategy!r}")
+        return generate_ar(model, batch, cfg.gen_length)
+    last = None
+    for last in decode(model, batch, cfg):
+        pass
+    assert last is not None and last.done
+    return results_from_event(model, last)
+
+
+@torch.no_grad()
+def generate_ar(model: CausalModel, batch: list[list[int]], max_new_tokens: int) -> list[GenerationResult]:
+    """Greedy decoding of a causal LM over a left-padded batch. NFE per row counts the forwards
+    that row needed: one per generated token up to and including its EOS."""
+    check_prompts(model, batch, max_new_tokens)
+    p = max(len(x) for x in batch)
+    ids = torch.full((len(batch), p), model.pad_id, dtype=torch.long)
+    att = torch.zeros((len(batch), p), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, p - len(x):] = torch.tensor(x)
+        att[i, p - len(x):] = 1
+    out = model.module.generate(
+        input_ids=ids.to(model.device),
+        attention_mask=att.to(model.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=list({model.eos_id, *model.stop_ids}),
+        pad_token_id=model.pad_id,
+    )[:, p:].cpu()
+    results = []
+    for row in out.tolist():
+        n = _answer_len(model, row)
+        nfe = min(n + 1, len(row))
+        results.append(GenerationResult(row[:nfe], model.decode(row), nfe, n))
+    return results

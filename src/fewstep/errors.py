@@ -1,0 +1,21 @@
+"""Typed errors: the library raises these, the CLI prints them as one line and exits non-zero."""
+
+
+class FewstepError(Exception):
+    """Base class of every error fewstep raises on purpose."""
+
+
+class ConfigError(FewstepError, ValueError):
+    """An invalid configuration value (decode, training or evaluation)."""
+
+
+class ModelLoadError(FewstepError):
+    """A model name or directory that cannot be loaded (unknown, missing files, corrupt)."""
+
+
+class PromptTooLongError(FewstepError, ValueError):
+    """A prompt plus the generation does not fit the model's context."""
+
+
+class TaskError(FewstepError):
+    """An unknown task or unreadable task data."""

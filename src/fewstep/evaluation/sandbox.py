@@ -1,0 +1,608 @@
+"""Running untrusted Python programs (model-written code and its tests) in a separate, limited process.
+
+A program never runs in the evaluator's process. Each run gets:
+
+* a fresh temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards;
+* a minimal environment and an interpreter started with ``-s -S`` (standard library only, no site or
+  user packages, no ``PYTHONPATH``) and ``PYTHONHASHSEED=0`` so set and dict orders are reproducible;
+* its own session and process group, killed as a whole (SIGKILL) on timeout and after every run;
+* kernel limits set before the interpreter starts: address space (``memory_mb``), CPU seconds, file size,
+  no core files, and a cap on the number of processes: a per-run ``pids`` cgroup when running as root
+  (``RLIMIT_NPROC`` does not apply to root), else ``RLIMIT_NPROC`` at the user's current count plus a margin;
+* where the ``unshare`` binary works for the current user: new network and PID namespaces (no network at
+  all; the program cannot see or signal processes outside its own run, and everything it started dies
+  with it), and as root all capabilities dropped through ``setpriv``;
+* a prelude that chdirs into the working directory and installs an audit hook refusing process creation,
+  signals, sockets, ctypes, raised resource limits, and any write, rename or delete outside the working
+  directory. The prelude is defence in depth; the process limits above are the main line.
+
+Output is read through pipes and only the last ``max_output_bytes`` of each stream are kept; a program
+that writes more than that in total is killed, so a program printing gigabytes cannot exhaust the
+evaluator's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import os
+import resource
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STATUSES = ("passed", "failed", "timeout", "memory", "killed", "error")
+
+PROGRAM_FILE = "main.py"
+MAX_PROCESSES = 64  # processes and threads one run may have (cgroup) or add to the user's count (rlimit)
+MAX_FILE_BYTES = 64 * 1024 * 1024  # largest file a program may write
+_READ_CHUNK = 65536
+_KILL_GRACE_S = 0.5  # how long to keep reading the pipes after the child exited or everything was killed
+_PYTHON_FLAGS = ("-s", "-S", "-B", "-X", "utf8")
+_CGROUP_BASES = ("/sys/fs/cgroup/pids", "/sys/fs/cgroup")
+_cgroup_names = itertools.count()
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    passed: bool  # exited with status 0 within the limits
+    status: str  # one of STATUSES
+    returncode: int | None  # negative: killed by that signal; None: never started
+    stdout: str  # the last max_output_bytes of standard output
+    stderr: str  # the last max_output_bytes of standard error
+    wall_s: float
+    output_truncated: bool = False  # some output was dropped (or the output limit killed the run)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Which kernel-level protections runs get on this machine (detected once per process)."""
+
+    command_prefix: tuple[str, ...]  # what the interpreter is started under (unshare, setpriv)
+    network_namespace: bool
+    pid_namespace: bool
+    no_capabilities: bool
+    process_limit: str  # "cgroup", "rlimit" or "none"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The prelude: runs in the child before the program, installs the audit hook, then executes main.py.
+# ---------------------------------------------------------------------------------------------------
+
+_PRELUDE = r"""
+import builtins, os, posix, sys
+
+_ROOT = os.path.realpath(os.getcwd())
+os.chdir(_ROOT)
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_DENIED_EVENTS = frozenset({
+    "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn", "os.spawn",
+    "os.system", "os.startfile", "subprocess.Popen", "pty.spawn", "resource.setrlimit", "resource.prlimit",
+    "webbrowser.open",
+})
+_DENIED_PREFIXES = ("socket.", "ctypes.")
+_DENIED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
+# event -> (indices of path arguments, index of the dir_fd argument or None)
+_PATH_EVENTS = {
+    "os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.rename": ((0, 1), 2), "os.link": ((0, 1), 2),
+    "os.symlink": ((0, 1), 2), "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2), "os.chown": ((0,), 3),
+    "os.utime": ((0,), 3), "os.truncate": ((0,), None), "os.setxattr": ((0,), None),
+    "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
+    "shutil.rmtree": ((0,), 1),
+}
+
+
+def _fd_target(fd):
+    return os.readlink("/proc/self/fd/%d" % fd)
+
+
+def _resolve(path, dir_fd=None):
+    if isinstance(path, int):
+        return _fd_target(path)
+    path = os.fsdecode(os.fspath(path))
+    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
+        path = os.path.join(_fd_target(dir_fd), path)
+    return os.path.realpath(path)
+
+
+def _inside(path, dir_fd=None):
+    try:
+        target = _resolve(path, dir_fd)
+    except Exception:
+        return False
+    return target == _ROOT or target.startswith(_ROOT + os.sep) or target.startswith("pipe:") or target == "/dev/null"
+
+
+def _refuse(what):
+    raise PermissionError("sandbox: %s is not allowed" % what)
+
+
+def _guard(event, args):
+    if event in _DENIED_EVENTS or event.startswith(_DENIED_PREFIXES):
+        _refuse(event)
+    if event == "import" and args[0] in _DENIED_IMPORTS:
+        _refuse("importing " + args[0])
+    if event == "open":
+        mode, flags = args[1], args[2]
+        writes = isinstance(flags, int) and flags & _WRITE_FLAGS or isinstance(mode, str) and set(mode) & set("wax+")
+        if writes and not _inside(args[0]):
+            _refuse("writing %r outside the working directory" % (args[0],))
+    elif event in _PATH_EVENTS:
+        paths, dir_fd_index = _PATH_EVENTS[event]
+        dir_fd = args[dir_fd_index] if dir_fd_index is not None and dir_fd_index < len(args) else None
+        for i in paths:
+            if i < len(args) and not _inside(args[i], dir_fd):
+                _refuse("%s on %r outside the working directory" % (event, args[i]))
+
+
+def _disabled(name):
+    def disabled(*args, **kwargs):
+        _refuse(name)
+    return disabled
+
+
+def _open_without_dir_fd(real_open):
+    def open(path, flags, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None:
+            _refuse("os.open with dir_fd")
+        return real_open(path, flags, mode)
+    return open
+
+
+import _posixsubprocess
+_posixsubprocess.fork_exec = _disabled("_posixsubprocess.fork_exec")
+for _module in (os, posix):
+    for _name in ("kill", "killpg", "system", "fork", "forkpty", "chdir", "fchdir", "chroot", "mknod",
+                  "mkfifo", "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid",
+                  "setresgid"):
+        if hasattr(_module, _name):
+            setattr(_module, _name, _disabled("os." + _name))
+    _module.open = _open_without_dir_fd(posix.open)
+builtins.exit = builtins.quit = sys.exit
+sys.addaudithook(_guard)
+
+_path = os.path.join(_ROOT, "main.py")
+with open(_path, encoding="utf-8") as _file:
+    _code = compile(_file.read(), _path, "exec")
+sys.argv = [_path]
+exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": builtins})
+"""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Detecting what the machine allows (once per process).
+# ---------------------------------------------------------------------------------------------------
+
+
+def _starts_python(prefix: list[str]) -> bool:
+    """Whether the interpreter starts and exits cleanly under the given command prefix."""
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, *_PYTHON_FLAGS, "-c", "pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def _candidate_prefixes() -> list[tuple[list[str], bool, bool, bool]]:
+    """Command prefixes to try, strongest first: (prefix, network ns, pid ns, capabilities dropped)."""
+    unshare, setpriv = shutil.which("unshare"), shutil.which("setpriv")
+    as_root = os.geteuid() == 0
+    drop = [setpriv, "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"] if setpriv else None
+    candidates: list[tuple[list[str], bool, bool, bool]] = []
+    if unshare:
+        user = [] if as_root else ["--map-root-user"]
+        full = [unshare, *user, "--net", "--pid", "--fork", "--kill-child", "--"]
+        net = [unshare, *user, "--net", "--"]
+        if drop:
+            candidates.append((full + drop, True, True, True))
+        candidates += [(full, True, True, False)]
+        if drop:
+            candidates.append((net + drop, True, False, True))
+        candidates.append((net, True, False, False))
+    if drop and as_root:
+        candidates.append((drop, False, False, True))
+    return candidates
+
+
+def _pids_cgroup_base() -> str | None:
+    """A cgroup directory where per-run cgroups with a ``pids.max`` can be made (root only), else None."""
+    if os.geteuid() != 0:
+        return None
+    for base in _CGROUP_BASES:
+        probe = os.path.join(base, f"fewstep-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+        except OSError:
+            continue
+        try:
+            if os.path.exists(os.path.join(probe, "pids.max")):
+                return base
+        finally:
+            _remove_dir(probe)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def isolation() -> Isolation:
+    """Detect (once) which namespaces, capability dropping and process cap work for this user."""
+    prefix: tuple[str, ...] = ()
+    flags = (False, False, False)
+    for candidate, *found in _candidate_prefixes():
+        if _starts_python(candidate):
+            prefix, flags = tuple(candidate), tuple(found)
+            break
+    base = _pids_cgroup_base()
+    if base is not None:
+        limit = "cgroup"
+    elif os.geteuid() != 0:
+        limit = "rlimit"
+    else:
+        limit = "none"
+    return Isolation(prefix, *flags, limit)
+
+
+@functools.lru_cache(maxsize=1)
+def _cgroup_base() -> str | None:
+    """The cgroup base found by :func:`isolation`, if per-run pids cgroups are used."""
+    return _pids_cgroup_base() if isolation().process_limit == "cgroup" else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-run process cap.
+# ---------------------------------------------------------------------------------------------------
+
+
+def _user_task_count(uid: int) -> int:
+    """How many processes and threads the user currently has (what RLIMIT_NPROC counts)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            total += int(fields.get("Threads", "1"))
+    return total
+
+
+def _make_cgroup(max_tasks: int) -> str | None:
+    """Create a fresh pids cgroup allowing ``max_tasks`` tasks; its path, or None if not available."""
+    base = _cgroup_base()
+    if base is None:
+        return None
+    path = os.path.join(base, f"fewstep-sandbox-{os.getpid()}-{next(_cgroup_names)}-{secrets.token_hex(4)}")
+    try:
+        os.mkdir(path)
+        Path(path, "pids.max").write_text(str(max_tasks))
+    except OSError:
+        _remove_dir(path)
+        return None
+    return path
+
+
+def _empty_cgroup(path: str, patience_s: float = 5.0) -> None:
+    """SIGKILL every process in the cgroup until it is empty, then remove it."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            pids = [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
+        except OSError:
+            break
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.005)
+    while time.monotonic() < deadline and not _remove_dir(path):
+        time.sleep(0.005)
+
+
+def _remove_dir(path: str) -> bool:
+    """rmdir that reports success instead of raising."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Starting the child.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Limits:
+    memory_bytes: int
+    cpu_s: int
+    nproc: int | None  # RLIMIT_NPROC value, or None to leave it
+    cgroup_procs: str | None  # cgroup.procs file to join, or None
+
+
+def _apply_limits(limits: _Limits) -> None:
+    """Runs in the child between fork and exec: join the cgroup and set the resource limits.
+
+    Only plain system calls here: nothing that imports or takes locks another thread may hold.
+    """
+    if limits.cgroup_procs is not None:
+        fd = os.open(limits.cgroup_procs, os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if limits.nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    """The whole environment the child gets."""
+    return {
+        "HOME": workdir,
+        "TMPDIR": workdir,
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def _start(workdir: str, limits: _Limits, guard: bool) -> subprocess.Popen:
+    """Start the interpreter in its own session, with the limits applied before exec.
+
+    With ``guard`` it runs the prelude, which then executes the program; without, the program file directly.
+    """
+    entry = ["-c", _PRELUDE] if guard else [PROGRAM_FILE]
+    command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
+    return subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=_child_env(workdir),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+        start_new_session=True,
+        preexec_fn=functools.partial(_apply_limits, limits),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Watching the child: output, exit, deadline.
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Tail:
+    """Keeps the last ``limit`` bytes written to a stream and counts all of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.data = bytearray()
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.data += chunk
+        if len(self.data) > 2 * self.limit:
+            del self.data[: len(self.data) - self.limit]
+
+    def text(self) -> str:
+        return bytes(self.data[-self.limit :] if self.limit else b"").decode("utf-8", errors="replace")
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.limit
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it (its pid and process group stay reserved)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd that becomes readable when the child exits, where the platform has them."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _watch(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: float, max_total: int) -> tuple[bool, bool]:
+    """Read output until the child has exited and closed its pipes, the deadline, or too much output.
+
+    Returns (timed_out, over_output_limit). The child is not reaped here.
+    """
+    streams = set(tails)
+    exit_fd = _exit_fd(proc.pid)
+    exited = False
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ)
+        try:
+            while not (exited and not streams):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return not exited, False
+                wait = remaining if exit_fd is not None else min(remaining, 0.01)
+                for key, _ in sel.select(wait):
+                    if key.fd == exit_fd:
+                        exited = True
+                        sel.unregister(exit_fd)
+                        deadline = min(deadline, time.monotonic() + _KILL_GRACE_S)
+                    elif not _read_into(key.fd, tails[key.fd]):
+                        streams.discard(key.fd)
+                        sel.unregister(key.fd)
+                if exit_fd is None and not exited and _has_exited(proc.pid):
+                    exited = True
+                    deadline = min(deadline, time.monotonic() + _KILL_GRACE_S)
+                if sum(t.total for t in tails.values()) > max_total:
+                    return False, True
+        finally:
+            if exit_fd is not None:
+                os.close(exit_fd)
+    return False, False
+
+
+def _read_into(fd: int, tail: _Tail) -> bool:
+    """Read one chunk from a readable pipe into the tail; False at end of file."""
+    chunk = os.read(fd, _READ_CHUNK)
+    if chunk:
+        tail.add(chunk)
+    return bool(chunk)
+
+
+def _drain(tails: dict[int, _Tail], grace_s: float) -> None:
+    """After everything was killed, read what is left in the pipes (bounded by the pipe buffers)."""
+    deadline = time.monotonic() + grace_s
+    streams = set(tails)
+    with selectors.DefaultSelector() as sel:
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        while streams and time.monotonic() < deadline:
+            for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+                if not _read_into(key.fd, tails[key.fd]):
+                    streams.discard(key.fd)
+                    sel.unregister(key.fd)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL the whole process group (the child is its leader and not yet reaped)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _status(returncode: int, timed_out: bool, over_output: bool, stderr: str) -> str:
+    """Classify how the run ended."""
+    if timed_out or returncode == -signal.SIGXCPU:
+        return "timeout"
+    if over_output:
+        return "killed"
+    if returncode == 0:
+        return "passed"
+    if "MemoryError" in stderr:
+        return "memory"
+    if returncode < 0:
+        return "killed"
+    return "failed"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API.
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_program(
+    code: str,
+    timeout_s: float = 10,
+    memory_mb: int = 1024,
+    cpu_s: int | None = None,
+    max_output_bytes: int = 1_000_000,
+    *,
+    guard: bool = True,
+) -> SandboxResult:
+    """Run Python program text in a fresh, limited child process and report how it ended.
+
+    ``passed`` is true when the program exited with status 0 before ``timeout_s`` (wall clock) and
+    within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of address
+    space, and ``max_output_bytes`` of output (stdout and stderr together; more kills the run).
+    ``guard=False`` leaves out the in-process prelude, so that the kernel-level limits can be tested alone.
+    """
+    started = time.monotonic()
+    cpu_limit = cpu_s if cpu_s is not None else int(timeout_s) + 2
+    workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-")
+    cgroup = _make_cgroup(MAX_PROCESSES)
+    try:
+        Path(workdir, PROGRAM_FILE).write_text(code, encoding="utf-8")
+        limits = _Limits(
+            memory_bytes=memory_mb * 1024 * 1024,
+            cpu_s=max(1, cpu_limit),
+            nproc=None if os.geteuid() == 0 and cgroup else _user_task_count(os.getuid()) + MAX_PROCESSES,
+            cgroup_procs=os.path.join(cgroup, "cgroup.procs") if cgroup else None,
+        )
+        try:
+            proc = _start(workdir, limits, guard)
+        except (OSError, subprocess.SubprocessError) as e:
+            return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}", time.monotonic() - started)
+        return _supervise(proc, cgroup, time.monotonic() + timeout_s, max_output_bytes, started)
+    finally:
+        if cgroup:
+            _empty_cgroup(cgroup)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _supervise(
+    proc: subprocess.Popen, cgroup: str | None, deadline: float, max_output_bytes: int, started: float
+) -> SandboxResult:
+    """Watch a started child to the end, kill everything it left behind, and build the result."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _Tail(max_output_bytes), _Tail(max_output_bytes)
+    tails = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    try:
+        timed_out, over_output = _watch(proc, tails, deadline, max_output_bytes)
+    finally:
+        _kill_group(proc.pid)
+        if cgroup:
+            _empty_cgroup(cgroup)
+        _drain(tails, _KILL_GRACE_S)
+        returncode = proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    stderr = err.text()
+    status = _status(returncode, timed_out, over_output, stderr)
+    return SandboxResult(
+        passed=status == "passed",
+        status=status,
+        returncode=returncode,
+        stdout=out.text(),
+        stderr=stderr,
+        wall_s=time.monotonic() - started,
+        output_truncated=out.truncated or err.truncated or over_output,
+    )
+
+
+def run_tests(program: str, test_code: str, timeout_s: float = 10, memory_mb: int = 1024) -> SandboxResult:
+    """Run a program followed by its test code; passes only if every line of the tests ran and exited 0.
+
+    A random marker printed after the tests guards against programs that exit early with status 0.
+    """
+    marker = f"fewstep-tests-finished-{secrets.token_hex(8)}"
+    source = f"{program}\n\n{test_code}\n\n__import__('os').write(1, b'\\n{marker}\\n')\n"
+    result = run_program(source, timeout_s=timeout_s, memory_mb=memory_mb)
+    if result.passed and marker not in result.stdout:
+        return dataclasses.replace(
+            result, passed=False, status="failed", stderr=result.stderr + "\ntests did not run to the end"
+        )
+    return result

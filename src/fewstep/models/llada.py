@@ -1,0 +1,190 @@
+"""A LLaDA-architecture masked diffusion transformer, written from the published facts.
+
+Parameter names and config.json fields follow the public LLaDA checkpoints (OLMo-derived names),
+so the same class loads a real LLaDA directory and the bundled lab model ``tiny-dlm``:
+``model.transformer.wte``, ``model.transformer.blocks.{i}.{attn_norm,q_proj,k_proj,v_proj,attn_out,
+ff_norm,ff_proj,up_proj,ff_out}``, ``model.transformer.ln_f``, ``model.transformer.ff_out``.
+
+Shapes: B batch, T sequence, D d_model, H heads, Hk key/value heads, Dh head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LLaDAConfig:
+    d_model: int = 256
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    n_layers: int = 4
+    mlp_hidden_size: int = 704
+    vocab_size: int = 256
+    embedding_size: int = 256
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    weight_tying: bool = False
+    include_bias: bool = False
+    include_qkv_bias: bool = False
+    mask_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = 0
+    max_sequence_length: int = 4096
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LLaDAConfig:
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if kw.get("n_kv_heads") is None:
+            kw["n_kv_heads"] = kw.get("n_heads", cls.n_heads)
+        if kw.get("embedding_size") is None:
+            kw["embedding_size"] = kw.get("vocab_size", cls.vocab_size)
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(
+            model_type="llada",
+            architectures=["LLaDAModelLM"],
+            rope=True,
+            layer_norm_type="rms",
+            activation_type="silu",
+            block_type="llama",
+            input_emb_norm=False,
+            scale_logits=False,
+        )
+        return d
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return x32.to(dtype) * self.weight.to(dtype)
+
+
+def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape [B, 1, T, Dh] for the "rotate half" convention, in float32."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim)
+    angles = position_ids.float()[..., None] * inv_freq  # [B, T, Dh/2]
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, Dh]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        d, h, hk = cfg.d_model, cfg.n_heads, cfg.n_kv_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = h, hk, d // h
+        self.theta = cfg.rope_theta
+        qkv_bias = cfg.include_bias or cfg.include_qkv_bias
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, hk * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, hk * self.head_dim, bias=qkv_bias)
+        self.attn_out = nn.Linear(d, d, bias=cfg.include_bias)
+        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
+        self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
+        self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None):
+        b, t, _ = x.shape
+        n = self.attn_norm(x)
+        q = self.q_proj(n).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
+        k = self.k_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hk, T, Dh]
+        v = self.v_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0 / math.sqrt(self.head_dim))
+        h = x + self.attn_out(a.transpose(1, 2).reshape(b, t, -1))
+        m = self.ff_norm(h)
+        return h + self.ff_out(F.silu(self.ff_proj(m)) * self.up_proj(m))
+
+
+@dataclass
+class DiffusionLMOutput:
+    logits: torch.Tensor
+
+
+class _Transformer(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.embedding_size, cfg.d_model)
+        self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        if not cfg.weight_tying:
+            self.ff_out = nn.Linear(cfg.d_model, cfg.embedding_size, bias=cfg.include_bias)
+
+
+class _Inner(nn.Module):
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        self.transformer = _Transformer(cfg)
+
+
+class LLaDAModel(nn.Module):
+    """Bidirectional transformer; ``module(input_ids=..., attention_mask=...).logits`` [B, T, V].
+
+    ``logits[:, i]`` predicts position i. Positions come from the attention mask (count of real
+    tokens before each position), so a left-padded row is computed as if it stood alone.
+    """
+
+    def __init__(self, cfg: LLaDAConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _Inner(cfg)
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> DiffusionLMOutput:
+        tr = self.model.transformer
+        x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
+        b, t, _ = x.shape
+        key_mask = None
+        if attention_mask is not None:
+            am = attention_mask.bool()
+            key_mask = am[:, None, None, :]  # [B, 1, 1, T]
+            if position_ids is None:
+                position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
+        if position_ids is None:
+            position_ids = torch.arange(t, device=x.device).expand(b, t)
+        rope = rotary(position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta)
+        for block in tr.blocks:
+            x = block(x, rope, key_mask)
+        x = tr.ln_f(x)
+        head = tr.wte.weight if self.config.weight_tying else tr.ff_out.weight
+        return DiffusionLMOutput(logits=F.linear(x, head))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

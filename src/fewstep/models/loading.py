@@ -1,0 +1,152 @@
+"""``fewstep.load_model``: bundled lab models by name, or a directory in Hugging Face layout.
+
+Directories are recognised by config.json: ``model_type: llada`` loads fewstep's own LLaDA
+implementation (real LLaDA checkpoints and ``tiny-dlm`` alike, sharded safetensors included);
+any causal LM that transformers knows loads as a :class:`CausalModel`. An optional
+``fewstep.json`` beside config.json holds decode defaults (``{"decode_defaults": {...}}``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.errors import ModelLoadError
+from fewstep.models.adapter import CausalModel, DiffusionModel
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd")
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    s = str(name_or_path)
+    if s in BUNDLED:
+        path = ASSETS / s
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"bundled model {s!r} is not installed (missing {path}/config.json)")
+        return path
+    path = Path(s).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"unknown model {s!r}: not a bundled name ({', '.join(BUNDLED)}) nor a model directory"
+        )
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from None
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not (path / f).is_file():
+            raise ModelLoadError(f"{path} is missing weight file {f}")
+        try:
+            state.update(load_file(path / f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelLoadError(f"corrupt weight file {path / f}: {e}") from None
+    return state
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # transformers raises many types for a bad tokenizer directory
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {e}") from None
+
+
+def load_model(
+    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> DiffusionModel | CausalModel:
+    """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
+    the stored precision; ``device`` to the CPU."""
+    path = resolve(name_or_path)
+    config = _read_json(path / "config.json")
+    extra = _read_json(path / "fewstep.json") if (path / "fewstep.json").is_file() else {}
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelLoadError(f"unknown dtype {dtype!r}")
+        dtype = getattr(torch, dtype)
+    try:
+        torch.device(device)
+    except RuntimeError as e:
+        raise ModelLoadError(f"unknown device {device!r}: {e}") from None
+    kind = config.get("model_type")
+    name = str(name_or_path)
+    if kind == "llada":
+        return _load_llada(path, config, extra, name, device, dtype)
+    return _load_causal(path, config, extra, name, device, dtype)
+
+
+def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
+    from fewstep.models.llada import LLaDAConfig, LLaDAModel
+
+    try:
+        cfg = LLaDAConfig.from_dict(config)
+    except TypeError as e:
+        raise ModelLoadError(f"invalid LLaDA config in {path}: {e}") from None
+    with torch.device("meta"):
+        module = LLaDAModel(cfg)
+    state = _state_dict(path)
+    if cfg.weight_tying:
+        state.pop("model.transformer.ff_out.weight", None)
+    expected = set(module.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelLoadError(f"weights in {path} do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    try:
+        module.load_state_dict(state, assign=True, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"weights in {path} do not match the config: {str(e).splitlines()[0]}") from None
+    module = module.to(device=device, dtype=dtype or torch.float32).eval()
+    tok = _tokenizer(path)
+    stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
+    return DiffusionModel(
+        module=module,
+        tokenizer=tok,
+        name=name,
+        eos_id=cfg.eos_token_id,
+        pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
+        max_length=cfg.max_sequence_length,
+        stop_ids=stop,
+        decode_defaults=extra.get("decode_defaults", {}),
+        mask_id=cfg.mask_token_id,
+    )
+
+
+def _load_causal(path, config, extra, name, device, dtype) -> CausalModel:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+    except Exception as e:  # unknown architecture, corrupt or missing weights
+        raise ModelLoadError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    module = module.to(device).eval()
+    tok = _tokenizer(path)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    return CausalModel(
+        module=module,
+        tokenizer=tok,
+        name=name,
+        eos_id=eos,
+        pad_id=pad,
+        max_length=int(config.get("max_position_embeddings", 2048)),
+        decode_defaults=extra.get("decode_defaults", {}),
+    )

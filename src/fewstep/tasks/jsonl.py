@@ -1,0 +1,28 @@
+"""Reading task data from JSONL files, with clear errors for missing files and bad rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from fewstep.errors import TaskError
+
+
+def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"data file not found: {p}")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise TaskError(f"{p}:{n}: missing field(s) {', '.join(missing)}")
+        rows.append(row)
+    return rows

@@ -1,0 +1,127 @@
+"""``fewstep train``: seeded, resumable training of the lab models.
+
+Everything a run needs is in its output directory: ``train_config.json`` (the frozen
+configuration), ``checkpoint.pt`` (model, optimiser, step; rewritten atomically every
+``save_every`` steps), ``train_log.jsonl`` (loss and learning rate per logged step),
+``snapshots/step_N/`` (the model in Hugging Face layout, for learning curves) and ``final/``.
+Running the same command again resumes from the checkpoint; the data of step s depends only on
+(seed, s), so an interrupted and resumed run trains on exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import shutil
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from fewstep.errors import ConfigError
+from fewstep.training.config import TrainConfig
+from fewstep.models import lab
+from fewstep.training import data, objectives
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _new_model(cfg: TrainConfig):
+    make = lab.new_dlm if cfg.kind == "dlm" else lab.new_ar
+    torch.manual_seed(cfg.seed)
+    return make(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
+
+
+def _save_hf(cfg: TrainConfig, model, tok, out: Path) -> None:
+    (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, out)
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "train_config.json"
+    if cfg_path.exists():
+        saved = json.loads(cfg_path.read_text())
+        known = {f.name for f in fields(TrainConfig)}
+        if {k: v for k, v in saved.items() if k in known} != asdict(cfg):
+            raise ConfigError(f"{out} holds a run with a different configuration; use another --out")
+    else:
+        cfg_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    model, tok = _new_model(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start = state["step"]
+    model.train()
+    log = open(out / "train_log.jsonl", "a")
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.kind}", unit="step")
+    t0, running = time.time(), None
+    for step in range(start, cfg.steps):
+        problems = data.problems_for_step(cfg.seed, step, cfg.batch_size)
+        batch = data.encode(tok, problems, cfg.gen_length if cfg.kind == "dlm" else None)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            if cfg.kind == "dlm":
+                loss = objectives.mdlm_loss(model, batch, tok.mask_token_id, gen)
+            else:
+                loss = objectives.causal_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if done % cfg.log_every == 0:
+            log.write(json.dumps({"step": done, "loss": loss.item(), "smooth_loss": running,
+                                  "lr": lr_at(cfg, step), "elapsed_s": time.time() - t0}) + "\n")
+            log.flush()
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            tmp = out / "checkpoint.pt.tmp"
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(), "step": done}, tmp)
+            os.replace(tmp, ckpt)
+        if done % cfg.snapshot_every == 0:
+            _save_hf(cfg, model, tok, out / "snapshots" / f"step_{done}")
+    bar.close()
+    log.close()
+    _save_hf(cfg, model, tok, out / "final")
+    return out / "final"
+
+
+DECODE_DEFAULTS = {"dlm": {"gen_length": 24, "block_length": 8, "steps": 24}, "ar": {"gen_length": 80}}
+
+
+def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
+    """Copy a trained model to ``dest`` with its decode defaults (fewstep.json)."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(final, dest)
+    (dest / "fewstep.json").write_text(json.dumps({"decode_defaults": DECODE_DEFAULTS[cfg.kind]}, indent=2) + "\n")

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models saved in Hugging Face layout and loaded like real ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewstep.models import lab
+
+# Tiny models gain nothing from intra-op threads, and spinning threads fight any other job on the machine.
+torch.set_num_threads(1)
+
+ASSETS = Path(__file__).resolve().parent.parent / "src" / "fewstep" / "assets"
+
+
+def make_random_dlm(path: Path, d_model: int = 32, layers: int = 2, std: float = 0.3, seed: int = 0) -> Path:
+    """A random LLaDA-architecture model with the lab tokenizer; large init so logits are peaked."""
+    torch.manual_seed(seed)
+    model, tok = lab.new_dlm(d_model, layers, 4, 2 * d_model, max_len=96)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, std)
+    lab.save_dlm(model, tok, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_dlm_dir(tmp_path_factory) -> Path:
+    return make_random_dlm(tmp_path_factory.mktemp("models") / "random-dlm")
+
+
+@pytest.fixture(scope="session")
+def random_ar_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model, tok = lab.new_ar(32, 2, 4, 64, max_len=256)
+    path = tmp_path_factory.mktemp("models") / "random-ar"
+    lab.save_ar(model, tok, path)
+    (path / "fewstep.json").write_text(json.dumps({"decode_defaults": {"gen_length": 16}}))
+    return path
+
+
+def bundled(name: str) -> Path:
+    path = ASSETS / name
+    if not (path / "config.json").is_file():
+        pytest.skip(f"bundled model {name} is not in this checkout (train it with `make lab-models`)")
+    return path
