@@ -159,7 +159,7 @@ def test_closed_output_does_not_hide_a_running_program():
         "import subprocess, sys\nwhile True:\n    subprocess.Popen([sys.executable, '-c', 'pass'])",
         "import multiprocessing\nwhile True:\n    multiprocessing.Process(target=print).start()",
         "import os\nos.system('sleep 100 &')",
-        "import _posixsubprocess\nprint(_posixsubprocess.fork_exec)",
+        "import _posixsubprocess\n_posixsubprocess.fork_exec([], [], True, (), None, None, -1, -1, -1, -1, -1, -1)",
     ],
     ids=["fork", "popen", "multiprocessing", "system", "fork_exec"],
 )
@@ -286,10 +286,10 @@ def test_signalling_everything_is_refused():
 
 @_needs("pid_namespace")
 def test_killing_everything_stays_inside_the_pid_namespace():
-    code = "import os, signal, time\nassert os.getpid() == 1\nos.kill(-1, signal.SIGKILL)\ntime.sleep(5)"
+    code = "import os, signal\nassert os.getpid() == 1\nos.kill(-1, signal.SIGKILL)"
     result = run_program(code, timeout_s=1, guard=False)
     _assert_contained(result)
-    assert result.status == "timeout"  # the program itself survived its own kill(-1); nothing else was hit
+    assert "ProcessLookupError" in result.stderr  # there was nothing else to hit
 
 
 @pytest.mark.parametrize("guard", [True, False])

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from fewstep.config import DecodeConfig
-from fewstep.decoding.loop import StepEvent, check_prompts, decode
+from fewstep.decoding.loop import StepEvent, check_prompts, decode, left_pad
 from fewstep.errors import ConfigError
 from fewstep.models.adapter import CausalModel, DiffusionModel
 
@@ -75,12 +75,7 @@ def generate_ar(model: CausalModel, batch: list[list[int]], max_new_tokens: int)
     """Greedy decoding of a causal LM over a left-padded batch. NFE per row counts the forwards
     that row needed: one per generated token up to and including its EOS."""
     check_prompts(model, batch, max_new_tokens)
-    p = max(len(x) for x in batch)
-    ids = torch.full((len(batch), p), model.pad_id, dtype=torch.long)
-    att = torch.zeros((len(batch), p), dtype=torch.long)
-    for i, x in enumerate(batch):
-        ids[i, p - len(x):] = torch.tensor(x)
-        att[i, p - len(x):] = 1
+    ids, att, p = left_pad(batch, model.pad_id)
     out = model.module.generate(
         input_ids=ids.to(model.device),
         attention_mask=att.to(model.device),

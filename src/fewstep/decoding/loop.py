@@ -2,9 +2,20 @@
 
 Per row the loop keeps the canvas (prompt, left-padded, then ``gen_length`` positions), the step
 at which each generation position was committed and the row's forward count (NFE). A step is:
-model input -> one forward (only for rows with work left) -> logits processing (guidance,
-Gumbel noise) -> scoring -> commit -> an event. Blocks are decoded left to right; a block is
-done when it holds no mask.
+
+1. rows with work: rows whose current block still holds masks (and, for ``llada``, whose
+   schedule commits anything at this step); finished rows take no forward;
+2. one forward over those rows -> logits of the generation region;
+3. logits processing: guidance, EOS logit penalty, Gumbel noise -> candidates;
+4. scoring -> confidence (EOS confidence lowered with ``eos_confidence=last``);
+5. commit: the strategy's policy picks masked positions of the current block;
+6. early stop (``early_stop``): when a row completes a block and its generation, from its first
+   EOS up to the end of that block, is all EOS, every later position is filled with EOS and the
+   row takes no more forwards. A row whose answer has ended is thus never charged for blocks
+   it would only fill with EOS, while a row that wrote EOS and then more text keeps decoding;
+7. an event describing the step.
+
+Blocks are decoded left to right; a block is done when it holds no mask.
 
 Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, V vocabulary.
 """
@@ -19,7 +30,10 @@ import torch
 from fewstep.config import DecodeConfig
 from fewstep.errors import ConfigError, PromptTooLongError
 from fewstep.models.adapter import DiffusionModel
-from fewstep.strategies import llada, scorers
+from fewstep.strategies import make_policy, scorers
+from fewstep.strategies.base import StepContext
+
+LAST = -1e30  # confidence given to EOS candidates with eos_confidence=last (finite: still eligible)
 
 
 @dataclass
@@ -28,24 +42,34 @@ class StepEvent:
 
     step: int  # global step index (0-based)
     block: int
-    committed: torch.Tensor  # [B, G] bool: positions committed at this step
+    committed: torch.Tensor  # [B, G] bool: positions committed at this step (early-stop fills included)
+    revoked: torch.Tensor  # [B, G] bool: positions sent back to mask at this step
     canvas: torch.Tensor  # [B, G] token ids after the step (mask id where still masked)
     nfe: torch.Tensor  # [B] forward passes so far, per row
     committed_at: torch.Tensor  # [B, G] step at which each position was committed (-1: not yet)
     done: bool  # True on the last event of the decode
 
 
-def _canvas(model: DiffusionModel, prompts: Sequence[Sequence[int]], gen_length: int):
-    """Left-padded prompts followed by masks. -> ids [B, T], attention [B, T], P."""
+def check_prompts(model, prompts: Sequence[Sequence[int]], gen_length: int) -> None:
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ConfigError(f"prompt {i} is empty")
+        if len(p) + gen_length > model.max_length:
+            raise PromptTooLongError(
+                f"prompt {i} has {len(p)} tokens; with gen_length={gen_length} it exceeds the model's "
+                f"context of {model.max_length} tokens"
+            )
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0):
+    """Prompts right-aligned in a [B, P + extra] tensor. -> ids, attention (1 on real tokens), P."""
     p = max(len(x) for x in prompts)
-    b = len(prompts)
-    ids = torch.full((b, p + gen_length), model.pad_id, dtype=torch.long)
-    att = torch.zeros((b, p + gen_length), dtype=torch.long)
-    for i, x in enumerate(prompts):  # building the batch, not the hot path
+    ids = torch.full((len(prompts), p + extra), pad_id, dtype=torch.long)
+    att = torch.zeros((len(prompts), p + extra), dtype=torch.long)
+    for i, x in enumerate(prompts):  # building the batch once, not the hot path
         ids[i, p - len(x):p] = torch.tensor(list(x), dtype=torch.long)
         att[i, p - len(x):] = 1
-    ids[:, p:] = model.mask_id
-    return ids.to(model.device), att.to(model.device), p
+    return ids, att, p
 
 
 def _forward(model: DiffusionModel, ids, att, prompt_pos, cfg: DecodeConfig) -> torch.Tensor:
@@ -58,78 +82,97 @@ def _forward(model: DiffusionModel, ids, att, prompt_pos, cfg: DecodeConfig) -> 
     return model.logits(input_ids=ids, attention_mask=att).float()
 
 
-def candidates_and_confidence(logits: torch.Tensor, cfg: DecodeConfig, generator: torch.Generator):
+def candidates_and_confidence(logits: torch.Tensor, cfg: DecodeConfig, eos_id: int, generator: torch.Generator):
     """logits [b, G, V] -> candidate ids [b, G], confidence [b, G] (float64).
 
     With temperature T > 0 the candidate is argmax(logits + T * Gumbel) computed in float64, which
     is LLaDA's argmax(exp(logits) / (-log u)^T) in log space (no overflow). The confidence comes
-    from the noise-free softmax (or is uniform random for ``random`` remasking)."""
+    from the noise-free softmax, through the scorer that ``remasking`` names."""
+    if cfg.eos_logit_penalty > 0:
+        logits = logits.clone()
+        logits[..., eos_id] -= cfg.eos_logit_penalty
     if cfg.temperature > 0:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         cand = (logits.double() - cfg.temperature * torch.log(-torch.log(u))).argmax(-1)
     else:
         cand = logits.argmax(-1)
     probs = torch.softmax(logits.double(), dim=-1)
-    scorer = scorers.random if cfg.remasking == "random" else scorers.probability
-    return cand, scorer(probs, cand, generator)
+    conf = scorers.SCORERS[cfg.remasking](probs, cand, generator)
+    if cfg.eos_confidence == "last":
+        conf = conf.masked_fill(cand == eos_id, LAST)
+    return cand, conf
 
 
-def check_prompts(model: DiffusionModel, prompts: Sequence[Sequence[int]], gen_length: int) -> None:
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ConfigError(f"prompt {i} is empty")
-        if len(p) + gen_length > model.max_length:
-            raise PromptTooLongError(
-                f"prompt {i} has {len(p)} tokens; with gen_length={gen_length} it exceeds the model's "
-                f"context of {model.max_length} tokens"
-            )
+def ended_rows(gen: torch.Tensor, upto: int, eos_id: int) -> torch.Tensor:
+    """[B] bool: rows whose gen[:, :upto] has an EOS and is all EOS from the first EOS on."""
+    is_eos = gen[:, :upto] == eos_id  # [B, u]
+    after_first = is_eos.long().cumsum(1) > 0  # [B, u] at or after the first EOS
+    return is_eos.any(1) & (is_eos | ~after_first).all(1)
 
 
 def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig) -> Iterator[StepEvent]:
     """Decode a batch of tokenised prompts, yielding one :class:`StepEvent` per step."""
-    if cfg.strategy != "llada":
-        raise ConfigError(f"strategy {cfg.strategy!r} needs a causal model; {model.name} is a diffusion model")
+    if cfg.strategy == "ar":
+        raise ConfigError(f"strategy 'ar' needs a causal model; {model.name} is a diffusion model")
     if getattr(model, "mask_id", -1) < 0:
         raise ConfigError(f"{model.name} is not a masked diffusion model")
     check_prompts(model, prompts, cfg.gen_length)
-    ids, att, p = _canvas(model, prompts, cfg.gen_length)
-    b, g, dev = ids.shape[0], cfg.gen_length, ids.device
+    ids, att, p = left_pad(prompts, model.pad_id, cfg.gen_length)
+    ids, att = ids.to(model.device), att.to(model.device)
+    ids[:, p:] = model.mask_id
+    b, g, dev, mask_id = ids.shape[0], cfg.gen_length, ids.device, model.mask_id
     prompt_pos = torch.zeros_like(ids, dtype=torch.bool)
     prompt_pos[:, :p] = att[:, :p].bool()
     nfe = torch.zeros(b, dtype=torch.long, device=dev)
     committed_at = torch.full((b, g), -1, dtype=torch.long, device=dev)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed)
-    policy = llada.FixedSchedule(cfg.steps_per_block)
+    policy = make_policy(cfg)
     cost = 2 if cfg.cfg_scale > 0 else 1
+    no_revoke = torch.zeros((b, g), dtype=torch.bool)
     step = 0
     for blk in range(cfg.num_blocks):
+        lo, hi = blk * cfg.block_length, (blk + 1) * cfg.block_length
         in_block = torch.zeros(g, dtype=torch.bool, device=dev)
-        in_block[blk * cfg.block_length:(blk + 1) * cfg.block_length] = True
-        policy.start_block((ids[:, p:] == model.mask_id) & in_block)
+        in_block[lo:hi] = True
+        policy.start_block((ids[:, p:] == mask_id) & in_block)
         for s in range(policy.max_steps()):
             gen = ids[:, p:]  # [B, G] view
-            eligible = (gen == model.mask_id) & in_block  # [B, G]
-            rows = eligible.any(1) & (policy.schedule[:, s] > 0)  # [B] rows with work this step
+            eligible = (gen == mask_id) & in_block  # [B, G]
+            rows = eligible.any(1)  # [B]
+            wanted = policy.rows_needing_forward(s)
+            if wanted is not None:
+                rows &= wanted
             if not rows.any():
                 continue
-            sub = rows.nonzero().squeeze(1) if not rows.all() else None
-            pick = (lambda t: t) if sub is None else (lambda t: t[sub])
-            logits = _forward(model, pick(ids), pick(att), pick(prompt_pos), cfg)[:, p:]  # [b, G, V]
-            cand, conf = candidates_and_confidence(logits, cfg, generator)
-            full_cand = torch.zeros_like(gen)
-            full_conf = torch.full((b, g), float("-inf"), dtype=torch.float64, device=dev)
-            if sub is None:
-                full_cand, full_conf = cand, conf
-            else:
-                full_cand[sub], full_conf[sub] = cand, conf
-            full_conf = full_conf.masked_fill(~eligible, float("-inf"))
-            commit = policy.step(full_conf, s) & rows[:, None]  # [B, G]
-            ids[:, p:] = torch.where(commit, full_cand, gen)
-            committed_at[commit] = step
+            sub = None if rows.all() else rows.nonzero().squeeze(1)
+            take = (lambda t: t) if sub is None else (lambda t: t[sub])
+            logits = _forward(model, take(ids), take(att), take(prompt_pos), cfg)[:, p:]  # [b, G, V]
+            cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator)
+            if sub is not None:  # scatter the active rows' results back to full batch shape
+                cand = torch.zeros_like(gen).index_copy_(0, sub, cand)
+                conf = torch.full((b, g), float("-inf"), dtype=conf.dtype, device=dev).index_copy_(0, sub, conf)
+            eligible &= rows[:, None]
+            progress = (gen != mask_id).double().mean(1)  # [B]
+            ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s, progress, model.eos_id)
+            commit = policy.step(ctx) & eligible  # [B, G]
+            ids[:, p:] = torch.where(commit, cand, gen)
+            committed_at.masked_fill_(commit, step)
             nfe += rows.long() * cost
-            last = blk == cfg.num_blocks - 1 and not ((ids[:, p:] == model.mask_id).any())
-            yield StepEvent(step, blk, commit.cpu(), ids[:, p:].cpu(), nfe.cpu(), committed_at.cpu(), last)
+            gen = ids[:, p:]
+            if cfg.early_stop and hi < g:
+                stop = ~(gen[:, :hi] == mask_id).any(1) & ended_rows(gen, hi, model.eos_id)
+                stop &= (gen[:, hi:] == mask_id).any(1)
+                if stop.any():
+                    fill = stop[:, None] & (gen == mask_id)
+                    ids[:, p:] = gen.masked_fill(fill, model.eos_id)
+                    committed_at.masked_fill_(fill, step)
+                    commit |= fill
+            last = not (ids[:, p:] == mask_id).any()
+            yield StepEvent(step, blk, commit.cpu(), no_revoke, ids[:, p:].cpu(), nfe.cpu(), committed_at.cpu(), last)
             step += 1
-    if step == 0 or not last:
-        yield StepEvent(step, cfg.num_blocks - 1, torch.zeros(b, g, dtype=torch.bool), ids[:, p:].cpu(),
-                        nfe.cpu(), committed_at.cpu(), True)
+            if last:
+                return
+        if ((ids[:, p:] == mask_id) & in_block).any():
+            raise RuntimeError(f"strategy {cfg.strategy!r} left masks in block {blk} after {policy.max_steps()} steps")
+    # Unreachable for a terminating policy: every block completes, so the last step returned.
+    raise RuntimeError("decode ended without completing the generation")

@@ -61,6 +61,11 @@ class SandboxResult:
     wall_s: float
     output_truncated: bool = False  # some output was dropped (or the output limit killed the run)
 
+    def summary(self) -> str:
+        """One line saying how the run ended: the status, and for failures the last line of stderr."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        return f"{self.status}: {lines[-1]}" if lines and not self.passed else self.status
+
 
 @dataclass(frozen=True)
 class Isolation:
@@ -504,9 +509,23 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _status(returncode: int, timed_out: bool, over_output: bool, stderr: str) -> str:
+def _reap(proc: subprocess.Popen) -> tuple[int, float]:
+    """Wait for the child; its return code and the CPU seconds it and its reaped descendants used.
+
+    The CPU time tells a run stopped by RLIMIT_CPU apart even where the ``unshare`` wrapper reports the
+    child's death by signal as a plain failure.
+    """
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:
+        return proc.wait(), 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _status(returncode: int, timed_out: bool, over_output: bool, out_of_cpu: bool, stderr: str) -> str:
     """Classify how the run ended."""
-    if timed_out or returncode == -signal.SIGXCPU:
+    if timed_out or returncode == -signal.SIGXCPU or (returncode != 0 and out_of_cpu):
         return "timeout"
     if over_output:
         return "killed"
@@ -556,7 +575,7 @@ def run_program(
             proc = _start(workdir, limits, guard)
         except (OSError, subprocess.SubprocessError) as e:
             return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}", time.monotonic() - started)
-        return _supervise(proc, cgroup, time.monotonic() + timeout_s, max_output_bytes, started)
+        return _supervise(proc, cgroup, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started)
     finally:
         if cgroup:
             _empty_cgroup(cgroup)
@@ -564,7 +583,7 @@ def run_program(
 
 
 def _supervise(
-    proc: subprocess.Popen, cgroup: str | None, deadline: float, max_output_bytes: int, started: float
+    proc: subprocess.Popen, cgroup: str | None, deadline: float, cpu_s: int, max_output_bytes: int, started: float
 ) -> SandboxResult:
     """Watch a started child to the end, kill everything it left behind, and build the result."""
     assert proc.stdout is not None and proc.stderr is not None
@@ -577,11 +596,11 @@ def _supervise(
         if cgroup:
             _empty_cgroup(cgroup)
         _drain(tails, _KILL_GRACE_S)
-        returncode = proc.wait()
+        returncode, cpu_used = _reap(proc)
         proc.stdout.close()
         proc.stderr.close()
     stderr = err.text()
-    status = _status(returncode, timed_out, over_output, stderr)
+    status = _status(returncode, timed_out, over_output, cpu_used >= cpu_s - 0.01, stderr)
     return SandboxResult(
         passed=status == "passed",
         status=status,

@@ -9,8 +9,9 @@ any causal LM that transformers knows loads as a :class:`CausalModel`. An option
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -62,11 +63,27 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and progress bars while it loads our files."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        logging.enable_progress_bar()
+
+
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers raises many types for a bad tokenizer directory
         raise ModelLoadError(f"cannot load the tokenizer of {path}: {e}") from None
 
@@ -134,7 +151,8 @@ def _load_causal(path, config, extra, name, device, dtype) -> CausalModel:
     from transformers import AutoModelForCausalLM
 
     try:
-        module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+        with _quiet_transformers():
+            module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     except Exception as e:  # unknown architecture, corrupt or missing weights
         raise ModelLoadError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0] if str(e) else e!r}") from None
     module = module.to(device).eval()

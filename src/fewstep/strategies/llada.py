@@ -1,11 +1,13 @@
-"""The ``llada`` commit policy: a fixed number of commits per step (LLaDA's linear schedule),
-the top-k eligible positions by confidence."""
+"""``llada`` (LLaDA's reference decoding): a fixed number of commits per step, from the linear
+schedule of :func:`fewstep.decoding.schedule.num_transfer_tokens`, taking the top-k eligible
+positions by confidence."""
 
 from __future__ import annotations
 
 import torch
 
 from fewstep.decoding.schedule import num_transfer_tokens
+from fewstep.strategies.base import StepContext
 
 
 def topk_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -18,20 +20,22 @@ def topk_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class FixedSchedule:
-    """Commits ``schedule[b, s]`` positions at step s of the block (s counts from 0)."""
+    """Commits ``schedule[b, s]`` positions at step s of the block."""
 
     def __init__(self, steps_per_block: int):
         self.steps_per_block = steps_per_block
         self.schedule: torch.Tensor | None = None
 
     def start_block(self, eligible: torch.Tensor) -> None:
-        """eligible [B, G]: masked positions of the new block."""
         self.schedule = num_transfer_tokens(eligible.sum(1), self.steps_per_block)  # [B, S]
 
     def max_steps(self) -> int:
         return self.steps_per_block
 
-    def step(self, confidence: torch.Tensor, step: int) -> torch.Tensor:
-        """confidence [B, G] (-inf where ineligible) -> commit mask [B, G]."""
+    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
         assert self.schedule is not None
-        return topk_mask(confidence, self.schedule[:, step])
+        return self.schedule[:, step] > 0
+
+    def step(self, ctx: StepContext) -> torch.Tensor:
+        assert self.schedule is not None
+        return topk_mask(ctx.confidence, self.schedule[:, ctx.step])

@@ -1,7 +1,7 @@
-"""Scorers: a confidence per position from the (processed) logits and the chosen candidates.
+"""Scorers: a confidence per position from the processed logits and the chosen candidates.
 
-Each takes probs [B, G, V] (softmax of noise-free logits) and candidates [B, G] and returns
-confidence [B, G]; higher means "commit me sooner".
+Each takes probs [B, G, V] (softmax of the noise-free logits, float64) and candidates [B, G] and
+returns confidence [B, G] (float64); higher means "commit sooner".
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def margin(probs: torch.Tensor, candidates: torch.Tensor, generator=None) -> tor
 
 
 def neg_entropy(probs: torch.Tensor, candidates: torch.Tensor, generator=None) -> torch.Tensor:
-    """Negative entropy of the position's distribution (0 is certain)."""
-    return (probs * probs.clamp_min(1e-30).log()).sum(-1)
+    """Negative entropy of the position's distribution (0 when certain)."""
+    return (probs * probs.clamp_min(1e-300).log()).sum(-1)
 
 
 def random(probs: torch.Tensor, candidates: torch.Tensor, generator=None) -> torch.Tensor:
@@ -30,4 +30,5 @@ def random(probs: torch.Tensor, candidates: torch.Tensor, generator=None) -> tor
     return torch.rand(candidates.shape, generator=generator, device=candidates.device, dtype=torch.float64)
 
 
-SCORERS = {"probability": probability, "margin": margin, "neg_entropy": neg_entropy, "random": random}
+# DecodeConfig.remasking -> scorer
+SCORERS = {"low_confidence": probability, "margin": margin, "entropy": neg_entropy, "random": random}

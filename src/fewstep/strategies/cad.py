@@ -1,0 +1,50 @@
+"""``cad`` (CD4LM confidence-adaptive decoding).
+
+At each step, among the eligible positions of the block:
+``k = max(#{confidence >= tau among the top max_tokens}, min_tokens)``, capped by the number of
+eligible positions, and the top k are committed. EOS guard: while the decoded fraction of the
+whole generation is below ``eos_min_progress``, positions whose candidate is EOS are not eligible.
+At the block's last allowed step (``max_steps_per_block``) every masked position left in the
+block is committed, EOS-guarded ones included, so CAD never returns a mask token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fewstep.strategies.base import StepContext
+from fewstep.strategies.llada import topk_mask
+
+
+def select(confidence: torch.Tensor, tau: float, min_tokens: int, max_tokens: int) -> torch.Tensor:
+    """confidence [B, G] (-inf: ineligible) -> commit mask [B, G] (the guard is applied before)."""
+    eligible = torch.isfinite(confidence)
+    top = topk_mask(confidence, torch.full((confidence.shape[0],), max_tokens, device=confidence.device))
+    confident = (top & (confidence >= tau)).sum(1)  # [B]
+    k = torch.minimum(confident.clamp(min=min_tokens), eligible.sum(1))  # [B]
+    return topk_mask(confidence, k)
+
+
+class CAD:
+    def __init__(self, tau: float, min_tokens: int, max_tokens: int, max_steps_per_block: int,
+                 eos_min_progress: float, block_length: int):
+        self.tau, self.min_tokens = tau, min_tokens
+        self.max_tokens = max_tokens or block_length
+        self.budget = max_steps_per_block or block_length
+        self.eos_min_progress = eos_min_progress
+
+    def start_block(self, eligible: torch.Tensor) -> None:
+        pass
+
+    def max_steps(self) -> int:
+        return self.budget
+
+    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
+        return None
+
+    def step(self, ctx: StepContext) -> torch.Tensor:
+        if ctx.step >= self.budget - 1:
+            return ctx.eligible.clone()  # the last allowed step: commit the rest of the block
+        guarded = (ctx.candidates == ctx.eos_id) & (ctx.progress < self.eos_min_progress)[:, None]
+        conf = ctx.confidence.masked_fill(guarded, float("-inf"))
+        return select(conf, self.tau, self.min_tokens, self.max_tokens)

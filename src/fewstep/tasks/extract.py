@@ -1,0 +1,169 @@
+"""Helpers the benchmark tasks share: locating the local dataset files, reading answers out of model
+output (``#### N``, ``\\boxed{...}``, "The answer is ...", numbers), and extracting code from it."""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from pathlib import Path
+
+from fewstep.errors import TaskError
+
+DATASETS_ENV = "FEWSTEP_DATASETS"
+_ROOT_MARKERS = ("pyproject.toml", ".git")
+
+# --- dataset files ------------------------------------------------------------------------------------
+
+
+def repo_root() -> Path:
+    """The repository this package lives in: the nearest parent with a pyproject.toml or .git."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if any((parent / marker).exists() for marker in _ROOT_MARKERS):
+            return parent
+    return here.parents[3]  # src/fewstep/tasks/extract.py -> the checkout
+
+
+def datasets_dir() -> Path:
+    """Where the local benchmark files are: $FEWSTEP_DATASETS, else ``<repo root>/../shared/datasets``."""
+    env = os.environ.get(DATASETS_ENV)
+    if env:
+        return Path(env)
+    return (repo_root().parent / "shared" / "datasets").resolve()
+
+
+def dataset_file(name: str) -> Path:
+    """The path of a local dataset file; TaskError (saying to pass --data) when it is not there."""
+    path = datasets_dir() / name
+    if not path.is_file():
+        raise TaskError(
+            f"dataset file {name} not found in {path.parent}; pass --data PATH (JSONL) "
+            f"or set {DATASETS_ENV} to the folder that holds it"
+        )
+    return path
+
+
+# --- answers in text ----------------------------------------------------------------------------------
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_BARE = re.compile(r"\\boxed\s+([^\s$]+)")
+_ANSWER_IS = re.compile(r"the (?:final )?answer is\s*:?", re.IGNORECASE)
+_NUMBER = re.compile(
+    r"(?<![\d.])(?:(?P<sign>[-\u2212])\s*)?(?:\\?\$\s*)?(?P<sign2>[-\u2212])?"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+)
+
+
+def after_marker(text: str, marker: str) -> str | None:
+    """The rest of the line after the last occurrence of ``marker``, or None if it does not occur."""
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    return text[at + len(marker) :].split("\n", 1)[0].strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; None if there is none.
+
+    An unclosed box counts as absent. ``\\boxed 5`` (no braces) is read too.
+    """
+    for match in reversed(list(_BOXED.finditer(text))):
+        content = _balanced(text, match.end())
+        if content is not None:
+            return content.strip()
+    bare = list(_BOXED_BARE.finditer(text))
+    return bare[-1].group(1) if bare else None
+
+
+def _balanced(text: str, start: int) -> str | None:
+    """The text from ``start`` up to the brace that closes the one just before it; None if unclosed."""
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{" and text[i - 1] != "\\":
+            depth += 1
+        elif text[i] == "}" and text[i - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return None
+
+
+def answer_is(text: str) -> str | None:
+    """What follows the last "The answer is" (to the end of its line), trailing full stop and $ removed."""
+    matches = list(_ANSWER_IS.finditer(text))
+    if not matches:
+        return None
+    rest = text[matches[-1].end() :].split("\n", 1)[0].strip()
+    return rest.rstrip(".").strip().strip("$").strip()
+
+
+def find_numbers(text: str) -> list[Fraction]:
+    """Every number written in the text, in order: commas, ``$``, signs and decimals understood."""
+    numbers = []
+    for match in _NUMBER.finditer(text):
+        value = _to_fraction(match.group("num").replace(",", ""))
+        if value is None:
+            continue
+        negative = bool(match.group("sign") or match.group("sign2"))
+        numbers.append(-value if negative else value)
+    return numbers
+
+
+def first_number(text: str) -> Fraction | None:
+    """The first number in the text, or None."""
+    numbers = find_numbers(text)
+    return numbers[0] if numbers else None
+
+
+def last_number(text: str) -> Fraction | None:
+    """The last number in the text, or None."""
+    numbers = find_numbers(text)
+    return numbers[-1] if numbers else None
+
+
+def parse_number(text: str) -> Fraction | None:
+    """A whole string read as one number (``"1,234"``, ``"$5.50"``, ``"-3."``, ``"12%"``); None if it is not one."""
+    cleaned = text.strip().replace(",", "").replace("\\$", "").replace("$", "").replace("\u2212", "-")
+    cleaned = cleaned.rstrip(".%").strip()
+    return _to_fraction(cleaned)
+
+
+def _to_fraction(text: str) -> Fraction | None:
+    """Exact value of a decimal literal, or None."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    return Fraction(value) if value.is_finite() else None
+
+
+def format_number(value: Fraction) -> str:
+    """A number as plain text: ``18``, ``-3``, ``0.25`` (fractions that are not decimals as ``a/b``)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    decimal = Decimal(value.numerator) / Decimal(value.denominator)
+    if Fraction(decimal) == value:
+        return format(decimal.normalize(), "f")
+    return f"{value.numerator}/{value.denominator}"
+
+
+# --- code in text -------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_BEGIN_DONE = re.compile(r"\[BEGIN\]\s*\n?(.*?)(?:\[DONE\]|\Z)", re.DOTALL)
+_CODE_LANGUAGES = ("", "python", "py", "python3")
+
+
+def extract_code(text: str) -> str:
+    """The program in a model's output: the first fenced Python (or unlabelled) block, else the text
+    between ``[BEGIN]`` and ``[DONE]``, else the whole text up to any ``[DONE]``. Unclosed fences and
+    ``[BEGIN]`` blocks run to the end of the text."""
+    for match in _FENCE.finditer(text):
+        if match.group(1).lower() in _CODE_LANGUAGES:
+            return match.group(2).rstrip() + "\n"
+    match = _BEGIN_DONE.search(text)
+    if match:
+        return match.group(1).rstrip() + "\n"
+    return text.split("[DONE]", 1)[0].rstrip() + "\n"

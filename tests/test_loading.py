@@ -1,0 +1,109 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fewstep
+from fewstep import ModelLoadError
+from fewstep.models.adapter import DiffusionModel
+
+
+def test_llada_directory_loads_with_real_parameter_names(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    assert isinstance(model, DiffusionModel)
+    names = set(model.module.state_dict())
+    assert "model.transformer.wte.weight" in names
+    assert "model.transformer.blocks.0.attn_out.weight" in names
+    assert "model.transformer.ff_out.weight" in names
+    cfg = json.loads((random_dlm_dir / "config.json").read_text())
+    assert cfg["model_type"] == "llada" and model.mask_id == cfg["mask_token_id"]
+    assert model.embedding_table().shape[0] == cfg["embedding_size"]
+
+
+def test_forward_accepts_embeddings(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    ids = torch.tensor([model.encode_prompt("Mia has 7 pens .")])
+    att = torch.ones_like(ids)
+    by_ids = model.logits(input_ids=ids, attention_mask=att)
+    by_emb = model.logits(inputs_embeds=model.embedding_table()[ids], attention_mask=att)
+    torch.testing.assert_close(by_ids, by_emb)
+
+
+def test_left_padding_does_not_change_logits(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    ids = torch.tensor([model.encode_prompt("Mia has 7 pens .")])
+    alone = model.logits(input_ids=ids, attention_mask=torch.ones_like(ids))
+    padded = torch.cat([torch.full((1, 5), model.pad_id), ids], 1)
+    att = torch.cat([torch.zeros(1, 5, dtype=torch.long), torch.ones_like(ids)], 1)
+    torch.testing.assert_close(model.logits(input_ids=padded, attention_mask=att)[:, 5:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_shifted_logits_are_realigned(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    ids = torch.tensor([model.encode_prompt("Mia has 7 pens .")])
+    plain = model.logits(input_ids=ids)
+    model.shifted_logits = True
+    shifted = model.logits(input_ids=ids)
+    torch.testing.assert_close(shifted[:, 1:], plain[:, :-1])
+
+
+def test_bfloat16_and_decode(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir, dtype="bfloat16")
+    assert next(model.module.parameters()).dtype == torch.bfloat16
+    [r] = fewstep.generate(model, ["Mia has 7 pens ."], fewstep.DecodeConfig(steps=6))
+    assert r.nfe == 6 and model.mask_id not in r.token_ids
+
+
+def test_causal_model_greedy(random_ar_dir):
+    model = fewstep.load_model(random_ar_dir)
+    assert model.kind == "causal" and model.decode_defaults == {"gen_length": 16}
+    out = fewstep.generate(model, ["Mia has 7 pens .", "Tom"], fewstep.DecodeConfig(strategy="ar", gen_length=16))
+    assert all(1 <= r.nfe <= 16 for r in out)
+    with pytest.raises(fewstep.ConfigError, match="causal model"):
+        fewstep.generate(model, ["x"], fewstep.DecodeConfig())
+
+
+def test_unknown_and_broken_models(tmp_path, random_dlm_dir):
+    with pytest.raises(ModelLoadError, match="unknown model"):
+        fewstep.load_model("definitely-not-a-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        fewstep.load_model(tmp_path / "empty")
+
+    corrupt = shutil.copytree(random_dlm_dir, tmp_path / "corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(ModelLoadError, match="corrupt weight file"):
+        fewstep.load_model(corrupt)
+
+    truncated = shutil.copytree(random_dlm_dir, tmp_path / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError):
+        fewstep.load_model(truncated)
+
+    mismatch = shutil.copytree(random_dlm_dir, tmp_path / "mismatch")
+    cfg = json.loads((mismatch / "config.json").read_text())
+    cfg["n_layers"] += 1
+    (mismatch / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="do not match"):
+        fewstep.load_model(mismatch)
+
+    bad_json = shutil.copytree(random_dlm_dir, tmp_path / "badjson")
+    (bad_json / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read"):
+        fewstep.load_model(bad_json)
+
+
+def test_prompt_too_long(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    with pytest.raises(fewstep.PromptTooLongError, match="context"):
+        fewstep.generate(model, ["Mia " * 90], fewstep.DecodeConfig())
+
+
+def test_import_is_light():
+    code = "import sys, fewstep; print(sorted(m for m in ('torch', 'transformers', 'fewstep.evaluation.runner', 'tqdm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
