@@ -13,7 +13,6 @@ import os
 import resource
 import socket
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +39,16 @@ def _leftovers() -> set[str]:
     return dirs | cgroups
 
 
-def _process_count() -> int:
-    return sum(name.isdigit() for name in os.listdir("/proc"))
+def _sandboxed_processes() -> list[int]:
+    """Processes still running in a sandbox working directory (deleted or not)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if "fewstep-sandbox-" in os.readlink(f"/proc/{name}/cwd"):
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
 
 
 def _assert_contained(result: SandboxResult, max_wall_s: float = 5.0) -> None:
@@ -171,11 +178,22 @@ def test_fork_bomb_is_refused(code):
 def test_fork_bomb_is_capped_by_the_kernel():
     if isolation().process_limit == "none":
         pytest.skip(f"no process cap on this machine: {isolation()}")
-    before = _process_count()
     result = run_program("import os\nwhile True:\n    os.fork()", timeout_s=1, cpu_s=1, guard=False)
     _assert_contained(result, max_wall_s=8)
-    time.sleep(0.2)
-    assert _process_count() <= before + 8, "fork bomb processes survived the run"
+    assert _sandboxed_processes() == [], "fork bomb processes survived the run"
+
+
+def test_process_cap_stops_forking():
+    if isolation().process_limit == "none":
+        pytest.skip(f"no process cap on this machine: {isolation()}")
+    code = (
+        "import os, time\nn = 0\ntry:\n    for _ in range(1000):\n        if os.fork() == 0:\n"
+        "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    print(n)\n"
+    )
+    result = run_program(code, timeout_s=5, guard=False)
+    assert result.passed, result
+    assert 0 < int(result.stdout) <= sandbox.MAX_PROCESSES
+    assert _sandboxed_processes() == [], "sleeping children survived the run"
 
 
 @pytest.mark.parametrize("guard", [True, False])
@@ -260,6 +278,24 @@ def test_socket_cannot_connect(listener, guard):
     port = listener.getsockname()[1]
     code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\nprint('connected')"
     result = run_program(code, timeout_s=3, guard=guard)
+    _assert_contained(result)
+    assert "connected" not in result.stdout
+
+
+def test_asyncio_still_works():
+    result = run_program("import asyncio\nasync def f():\n    return 3\nprint(asyncio.run(f()))")
+    assert result.passed and result.stdout.strip() == "3", result.stderr
+
+
+def test_unix_sockets_cannot_connect(tmp_path):
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "s.sock"))
+    server.listen(1)
+    code = (
+        f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({str(tmp_path / 's.sock')!r})\nprint('connected')"
+    )
+    result = run_program(code, timeout_s=3)
+    server.close()
     _assert_contained(result)
     assert "connected" not in result.stdout
 

@@ -50,6 +50,11 @@ class StepEvent:
     done: bool  # True on the last event of the decode
 
 
+def _snap(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy that later steps cannot mutate (``.cpu()`` alone aliases CPU tensors)."""
+    return t.detach().to("cpu", copy=True)
+
+
 def check_prompts(model, prompts: Sequence[Sequence[int]], gen_length: int) -> None:
     for i, p in enumerate(prompts):
         if len(p) == 0:
@@ -168,7 +173,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                     committed_at.masked_fill_(fill, step)
                     commit |= fill
             last = not (ids[:, p:] == mask_id).any()
-            yield StepEvent(step, blk, commit.cpu(), no_revoke, ids[:, p:].cpu(), nfe.cpu(), committed_at.cpu(), last)
+            yield StepEvent(step, blk, _snap(commit), no_revoke, _snap(ids[:, p:]), _snap(nfe), _snap(committed_at), last)
             step += 1
             if last:
                 return

@@ -76,6 +76,7 @@ class Isolation:
     pid_namespace: bool
     no_capabilities: bool
     process_limit: str  # "cgroup", "rlimit" or "none"
+    cgroup_base: str | None = None  # where per-run pids cgroups are made, when process_limit is "cgroup"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -94,6 +95,7 @@ _DENIED_EVENTS = frozenset({
     "webbrowser.open",
 })
 _DENIED_PREFIXES = ("socket.", "ctypes.")
+_AF_UNIX = 1
 _DENIED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
 # event -> (indices of path arguments, index of the dir_fd argument or None)
 _PATH_EVENTS = {
@@ -131,6 +133,8 @@ def _refuse(what):
 
 
 def _guard(event, args):
+    if event == "socket.__new__" and args[1] == _AF_UNIX:
+        return  # local socket pairs (asyncio's self-pipe); connect and bind stay refused
     if event in _DENIED_EVENTS or event.startswith(_DENIED_PREFIXES):
         _refuse(event)
     if event == "import" and args[0] in _DENIED_IMPORTS:
@@ -258,13 +262,7 @@ def isolation() -> Isolation:
         limit = "rlimit"
     else:
         limit = "none"
-    return Isolation(prefix, *flags, limit)
-
-
-@functools.lru_cache(maxsize=1)
-def _cgroup_base() -> str | None:
-    """The cgroup base found by :func:`isolation`, if per-run pids cgroups are used."""
-    return _pids_cgroup_base() if isolation().process_limit == "cgroup" else None
+    return Isolation(prefix, *flags, limit, base)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,7 +288,7 @@ def _user_task_count(uid: int) -> int:
 
 def _make_cgroup(max_tasks: int) -> str | None:
     """Create a fresh pids cgroup allowing ``max_tasks`` tasks; its path, or None if not available."""
-    base = _cgroup_base()
+    base = isolation().cgroup_base
     if base is None:
         return None
     path = os.path.join(base, f"fewstep-sandbox-{os.getpid()}-{next(_cgroup_names)}-{secrets.token_hex(4)}")
@@ -412,16 +410,19 @@ class _Tail:
         self.data = bytearray()
 
     def add(self, chunk: bytes) -> None:
+        """Count a chunk and keep it, dropping the oldest bytes once twice the limit is held."""
         self.total += len(chunk)
         self.data += chunk
         if len(self.data) > 2 * self.limit:
             del self.data[: len(self.data) - self.limit]
 
     def text(self) -> str:
+        """The kept tail (at most ``limit`` bytes), decoded as UTF-8."""
         return bytes(self.data[-self.limit :] if self.limit else b"").decode("utf-8", errors="replace")
 
     @property
     def truncated(self) -> bool:
+        """Whether more was written than the tail holds."""
         return self.total > self.limit
 
 

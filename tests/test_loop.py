@@ -1,0 +1,149 @@
+"""Loop-level guarantees: termination, no mask left, early stop, per-row NFE, batch invariance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.decoding.loop import decode
+from fewstep.models.adapter import DiffusionModel
+from fewstep.tasks import arith
+
+MASK, EOS, PAD, V = 1, 2, 0, 32
+
+
+@dataclass
+class Out:
+    logits: torch.Tensor
+
+
+class Scripted(torch.nn.Module):
+    """Predicts token 10 + i at generation position i < answer_len and EOS after it, with the
+    given probability; the generation region is the last ``gen_length`` positions."""
+
+    def __init__(self, gen_length: int, answer_len: int, p: float = 0.9):
+        super().__init__()
+        self.gen_length, self.answer_len, self.p = gen_length, answer_len, p
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        b, t = input_ids.shape
+        target = torch.full((t,), EOS)
+        start = t - self.gen_length
+        target[start:start + self.answer_len] = 10 + torch.arange(self.answer_len)
+        probs = torch.full((b, t, V), (1 - self.p) / (V - 1))
+        probs.scatter_(2, target.expand(b, t)[..., None], self.p)
+        return Out(probs.log())
+
+
+def scripted_model(gen_length=16, answer_len=5, p=0.9):
+    return DiffusionModel(module=Scripted(gen_length, answer_len, p), tokenizer=None, name="scripted", eos_id=EOS,
+                          pad_id=PAD, max_length=128, mask_id=MASK)
+
+
+def final(model, prompts, cfg):
+    events = list(decode(model, prompts, cfg))
+    assert events[-1].done and sum(e.done for e in events) == 1
+    return events
+
+
+@pytest.mark.parametrize("strategy", ["llada", "threshold", "factor", "cad"])
+def test_every_strategy_fills_the_canvas(strategy):
+    model = scripted_model()
+    cfg = fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, steps=16)
+    ev = final(model, [[3, 4, 5], [6]], cfg)[-1]
+    assert not (ev.canvas == MASK).any()
+    assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]
+    assert (ev.committed_at >= 0).all()
+
+
+def test_threshold_saves_forwards_on_confident_model():
+    model = scripted_model(p=0.95)
+    base = fewstep.DecodeConfig(gen_length=16, block_length=4, steps=16)
+    llada_nfe = final(model, [[3]], base)[-1].nfe.item()
+    thr = final(model, [[3]], fewstep.DecodeConfig(strategy="threshold", threshold=0.9, gen_length=16,
+                                                   block_length=4))[-1]
+    assert llada_nfe == 16 and thr.nfe.item() == 4  # one forward per block
+
+
+def test_cad_eos_guard_never_leaves_masks():
+    """The corner case: every candidate of the block is EOS while progress is below the guard.
+    CAD can commit nothing until its step budget ends, then commits the rest of the block."""
+    model = scripted_model(gen_length=16, answer_len=0, p=0.99)  # the model only ever wants EOS
+    cfg = fewstep.DecodeConfig(strategy="cad", gen_length=16, block_length=4, eos_min_progress=0.9,
+                               max_steps_per_block=3)
+    events = final(model, [[3]], cfg)
+    ev = events[-1]
+    assert not (ev.canvas == MASK).any() and (ev.canvas == EOS).all()
+    assert ev.nfe.item() == 4 * 3  # stalled for its whole budget in every block, then forced
+    committed_per_step = [int(e.committed.sum()) for e in events]
+    assert committed_per_step == [0, 0, 4] * 4
+
+
+def test_early_stop_fills_eos_without_forwards():
+    model = scripted_model(gen_length=16, answer_len=5, p=0.9)
+    cfg = fewstep.DecodeConfig(gen_length=16, block_length=4, steps=16)
+    full = final(model, [[3]], cfg)[-1]
+    stopped = final(model, [[3]], fewstep.DecodeConfig(gen_length=16, block_length=4, steps=16, early_stop=True))[-1]
+    assert torch.equal(full.canvas, stopped.canvas)
+    assert full.nfe.item() == 16
+    assert stopped.nfe.item() == 8  # blocks 1 and 2 decoded; blocks 3 and 4 filled
+
+
+def test_early_stop_keeps_decoding_after_eos_then_text():
+    class EosThenText(Scripted):
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+            out = super().forward(input_ids, attention_mask, inputs_embeds).logits
+            t = input_ids.shape[1]
+            out[:, t - self.gen_length + 3] = out[:, t - self.gen_length]  # text again at position 3
+            return Out(out)
+
+    model = scripted_model(gen_length=16, answer_len=2)
+    model.module = EosThenText(16, 2, 0.9)
+    ev = final(model, [[3]], fewstep.DecodeConfig(gen_length=16, block_length=4, steps=16, early_stop=True))[-1]
+    assert ev.canvas[0, :4].tolist() == [10, 11, EOS, 10]  # EOS, then text again
+    assert ev.nfe.item() == 16  # the answer did not end cleanly: no early stop
+
+
+def test_rows_finish_independently():
+    """Per-row NFE: a row whose answer ends early stops costing forwards; the other goes on."""
+
+    class TwoLengths(Scripted):
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+            out = super().forward(input_ids, attention_mask, inputs_embeds).logits
+            long_rows = input_ids[:, -self.gen_length - 1] == 7  # last prompt token 7: long answer
+            t = input_ids.shape[1]
+            for i in range(5, 14):
+                out[long_rows, t - self.gen_length + i] = out[long_rows, t - self.gen_length].roll(i, -1)
+            return Out(out)
+
+    model = scripted_model()
+    model.module = TwoLengths(16, 5, 0.9)
+    cfg = fewstep.DecodeConfig(gen_length=16, block_length=4, steps=16, early_stop=True)
+    ev = final(model, [[3], [7]], cfg)[-1]
+    assert ev.nfe.tolist() == [8, 16]
+
+
+@pytest.mark.parametrize("strategy", ["llada", "threshold", "cad", "factor"])
+def test_batch_invariance_on_random_model(random_dlm_dir, strategy):
+    model = fewstep.load_model(random_dlm_dir)
+    questions = [p.question for p in arith.test_set()[:12]]
+    cfg = fewstep.DecodeConfig(strategy=strategy, threshold=0.5, tau=0.5, early_stop=True)
+    alone = [fewstep.generate(model, [q], cfg)[0] for q in questions]
+    batched = fewstep.generate(model, questions, cfg)
+    assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
+    assert [r.nfe for r in alone] == [r.nfe for r in batched]
+
+
+def test_events_stream_the_canvas(random_dlm_dir):
+    model = fewstep.load_model(random_dlm_dir)
+    prompts = [model.encode_prompt("Mia has 7 pens .")]
+    events = list(decode(model, prompts, fewstep.DecodeConfig(steps=12)))
+    assert len(events) == 12
+    masks = [int((e.canvas == model.mask_id).sum()) for e in events]
+    assert masks == sorted(masks, reverse=True) and masks[-1] == 0
+    assert all(int(e.committed.sum()) == 2 for e in events)
+    assert [e.nfe.item() for e in events] == list(range(1, 13))

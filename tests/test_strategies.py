@@ -1,0 +1,96 @@
+"""Scorers and commit policies on hand-made tensors, no model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fewstep.config import DecodeConfig
+from fewstep.decoding.loop import ended_rows
+from fewstep.strategies import cad, factor, make_policy, scorers, threshold
+from fewstep.strategies.base import StepContext
+
+INF = float("-inf")
+
+
+def probs_of(rows):
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_scorers():
+    probs = probs_of([[[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]]])  # [1, 2, 3]
+    cand = torch.tensor([[0, 1]])
+    assert scorers.probability(probs, cand).tolist() == [[0.7, 0.35]]
+    torch.testing.assert_close(scorers.margin(probs, cand), torch.tensor([[0.5, 0.05]], dtype=torch.float64))
+    ent = -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))
+    assert scorers.neg_entropy(probs, cand)[0, 0].item() == pytest.approx(-ent)
+    assert scorers.neg_entropy(probs_of([[[1.0, 0.0, 0.0]]]), cand[:, :1]).item() == 0.0
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    r1, r2 = scorers.random(probs, cand, g1), scorers.random(probs, cand, g2)
+    assert torch.equal(r1, r2) and ((0 <= r1) & (r1 < 1)).all()
+
+
+def test_threshold_commits_all_above_and_at_least_one():
+    conf = torch.tensor([[0.95, 0.5, 0.91, INF], [0.3, 0.6, INF, INF], [INF, INF, INF, INF]], dtype=torch.float64)
+    out = threshold.select(conf, 0.9)
+    assert out.tolist() == [[True, False, True, False], [False, True, False, False], [False] * 4]
+
+
+def test_factor_rule():
+    # n-th (1-based) confidence must be >= 1 - f/(n+1); f = 1: 0.5, 0.667, 0.75, 0.8
+    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)  # sorted: 0.9, 0.76, 0.7 (< 0.75) stop
+    assert factor.select(conf, 1.0).tolist() == [[True, False, True, False]]
+    low = torch.tensor([[0.3, 0.2, INF]], dtype=torch.float64)  # none pass: still the top one
+    assert factor.select(low, 1.0).tolist() == [[True, False, False]]
+    prefix_only = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # sorted 0.99, 0.99 (ok), 0.4 (<0.75)
+    assert factor.select(prefix_only, 1.0).tolist() == [[False, True, True]]
+
+
+def test_cad_k_rule():
+    conf = torch.tensor([[0.99, 0.97, 0.96, 0.5, INF], [0.2, 0.1, INF, INF, INF]], dtype=torch.float64)
+    assert cad.select(conf, 0.95, 1, 8).tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
+    # only the top max_tokens are counted
+    assert cad.select(conf, 0.95, 1, 2)[0].sum() == 2
+    # min_tokens forces more, capped by the number of eligible positions
+    assert cad.select(conf, 0.95, 4, 8)[0].sum() == 4
+    assert cad.select(conf, 0.95, 4, 8)[1].sum() == 2
+
+
+def ctx(conf, cand, step=0, progress=0.0, eos=9):
+    conf = torch.tensor(conf, dtype=torch.float64)
+    return StepContext(conf, torch.tensor(cand), torch.isfinite(conf), step,
+                       torch.full((conf.shape[0],), progress, dtype=torch.float64), eos)
+
+
+def test_cad_eos_guard_and_forced_last_step():
+    policy = cad.CAD(tau=0.9, min_tokens=1, max_tokens=0, max_steps_per_block=3, eos_min_progress=0.5, block_length=4)
+    # Every eligible candidate is EOS and progress is below the guard: nothing may be committed...
+    c = ctx([[0.99, 0.98, INF, INF]], [[9, 9, 1, 1]], step=0, progress=0.2)
+    assert not policy.step(c).any()
+    # ...until the guard lifts,
+    c = ctx([[0.99, 0.98, INF, INF]], [[9, 9, 1, 1]], step=1, progress=0.6)
+    assert policy.step(c).tolist() == [[True, True, False, False]]
+    # and at the last allowed step everything left is committed, EOS-guarded or not.
+    c = ctx([[0.99, 0.1, INF, INF]], [[9, 9, 1, 1]], step=2, progress=0.2)
+    assert policy.step(c).tolist() == [[True, True, False, False]]
+
+
+def test_policies_from_config():
+    assert type(make_policy(DecodeConfig(strategy="cad"))).__name__ == "CAD"
+    assert make_policy(DecodeConfig(strategy="cad", max_steps_per_block=3)).max_steps() == 3
+    assert make_policy(DecodeConfig(strategy="threshold")).max_steps() == 8
+
+
+@pytest.mark.parametrize(
+    "row,upto,expected",
+    [
+        ([5, 6, 2, 2, 4], 4, True),  # answer then EOS up to the end of the block
+        ([5, 2, 6, 2, 2], 4, False),  # EOS, then more text: not finished
+        ([5, 6, 7, 8, 2], 4, False),  # no EOS yet
+        ([2, 2, 2, 2, 2], 4, True),
+    ],
+)
+def test_ended_rows(row, upto, expected):
+    assert ended_rows(torch.tensor([row]), upto, eos_id=2).item() is expected
