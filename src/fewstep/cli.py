@@ -1,4 +1,4 @@
-"""The ``fewstep`` command line: generate, eval, train.
+"""The ``fewstep`` command line: generate (with --stream / --trace), eval, bench, train.
 
 Errors that fewstep raises on purpose (bad configuration, unknown model, prompt too long, ...)
 are printed as one line ``fewstep: error: ...`` with exit status 2.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Sequence
 
 from fewstep.errors import FewstepError
@@ -31,6 +32,25 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("prompt")
     _add_model_args(g)
     g.add_argument("--stats", action="store_true", help="also print NFE and tokens per forward (to stderr)")
+    g.add_argument("--stream", action="store_true", help="redraw the canvas at every step as it fills in")
+    g.add_argument("--trace", metavar="DIR", default=None,
+                   help="write trace.png and trace.html (the step at which each token was committed) to DIR")
+
+    b = sub.add_parser("bench", help="compare strategies side by side on a task")
+    b.add_argument("--task", required=True)
+    b.add_argument("--model", default="tiny-dlm")
+    b.add_argument("--strategies", required=True,
+                   help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"')
+    b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a decode setting applied to every strategy (repeatable)")
+    b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    b.add_argument("--out", required=True)
+    b.add_argument("--data", default=None)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--dtype", default=None)
+    b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task")
     e.add_argument("--task", required=True)
@@ -60,11 +80,48 @@ def _generate(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = resolve_config(model, args.strategy, args.settings)
-    [result] = generate(model, [args.prompt], cfg)
+    if args.stream and model.kind == "diffusion":
+        result = _stream(model, args.prompt, cfg)
+    else:
+        [result] = generate(model, [args.prompt], cfg)
     print(result.text)
+    if args.trace:
+        from fewstep.trace import write_trace
+
+        paths = write_trace(model, args.prompt, result.token_ids, result.committed_at, result.nfe,
+                            cfg.strategy, args.trace)
+        print("trace: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     if args.stats:
         print(f"nfe={result.nfe} answer_tokens={result.answer_tokens} "
               f"tokens_per_forward={result.tokens_per_forward:.2f}", file=sys.stderr)
+    return 0
+
+
+def _stream(model, prompt: str, cfg):
+    """Decode one prompt, redrawing the canvas after every step (one line per step off a terminal)."""
+    from fewstep.decoding.generate import results_from_event
+    from fewstep.decoding.loop import decode
+    from fewstep.trace import render_canvas
+
+    tty = sys.stderr.isatty()
+    event = None
+    for event in decode(model, [model.encode_prompt(prompt)], cfg):
+        line = f"step {event.step + 1:>3} nfe {int(event.nfe[0]):>3} | {render_canvas(model, event.canvas[0].tolist())}"
+        print(("\r\x1b[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
+    assert event is not None
+    return results_from_event(model, event)[0]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from fewstep.evaluation.bench import BenchRequest, run_bench, split_strategies
+
+    req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
+                       limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
+                       settings=tuple(args.settings), data=args.data, device=args.device, dtype=args.dtype)
+    run_bench(req, progress=not args.no_progress)
+    print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
 
 
@@ -93,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "eval": _eval, "train": _train}[args.command](args)
+        return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train}[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2

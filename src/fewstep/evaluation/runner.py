@@ -64,6 +64,18 @@ def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str
     }
 
 
+def sample_rows(task, batch, results, wall: float, model_s: float) -> list[dict[str, Any]]:
+    """One samples.jsonl row per problem: output, score, cost (batch time split evenly)."""
+    rows = []
+    for e, r in zip(batch, results):
+        sc = task.score(e, r.text)
+        rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
+                     "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
+                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe,
+                     "wall_s": wall / len(batch), "model_s": model_s / len(batch)})
+    return rows
+
+
 def environment() -> dict[str, Any]:
     import torch
     import transformers
@@ -82,7 +94,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _read_samples(path: Path) -> list[dict[str, Any]]:
+def read_samples(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
@@ -95,7 +107,7 @@ def _read_samples(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
@@ -128,7 +140,7 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
         old = json.loads(summary_path.read_text())
         if {k: old.get(k) for k in header} != header:
             raise ConfigError(f"{out} holds results of a different run (task, model or configuration); use another --out")
-    done = _read_samples(samples_path)
+    done = read_samples(samples_path)
     done_ids = {s["id"] for s in done}
     # Rewrite the file from the parsed rows so a cut-off last line does not survive.
     samples_path.write_text("".join(json.dumps(s) + "\n" for s in done))
@@ -144,22 +156,17 @@ def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
             t0, m0 = time.perf_counter(), timer.seconds
             results = generate(model, [e.prompt for e in batch], cfg)
             wall, model_s = time.perf_counter() - t0, timer.seconds - m0
-            for e, r in zip(batch, results):
-                sc = task.score(e, r.text)
-                row = {"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
-                       "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
-                       "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe,
-                       "wall_s": wall / len(batch), "model_s": model_s / len(batch)}
+            for row in sample_rows(task, batch, results, wall, model_s):
                 f.write(json.dumps(row, default=str) + "\n")
                 samples.append(row)
             f.flush()
             summary = summarise(samples, header)
-            _write_json(summary_path, summary)
+            write_json(summary_path, summary)
             bar.update(len(batch))
             bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
     bar.close()
     summary = summarise(samples, header)
-    _write_json(summary_path, summary)
+    write_json(summary_path, summary)
     return summary
 
 

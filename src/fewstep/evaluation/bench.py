@@ -1,0 +1,207 @@
+"""``fewstep bench``: several strategies side by side, in one process, on the same problems.
+
+The work is cut into (repeat, batch, strategy) units; within each batch the strategies run one
+after another, in alternating order from one batch to the next, so slow drift of the machine
+hits every strategy alike. A warm-up batch per strategy runs first and is not timed. Outputs
+are scored on the first repeat; wall time is the median over repeats. Everything is written as
+it is measured (``timing.jsonl``, ``<strategy>/samples.jsonl``), so an interrupted bench
+resumes where it stopped. Results: ``bench.json`` (a summary per strategy and ratios against
+the first one), ``bench.md`` and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fewstep.config import DecodeConfig, parse_strategy_spec
+from fewstep.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    task: str
+    model: str
+    strategies: tuple[str, ...]
+    out: str
+    limit: int | None = None
+    batch_size: int = 32
+    repeats: int = 3
+    settings: tuple[str, ...] = ()
+    data: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+
+
+def split_strategies(text: str) -> tuple[str, ...]:
+    specs = tuple(s.strip() for s in text.split(";") if s.strip())
+    if not specs:
+        raise ConfigError("--strategies needs at least one strategy, e.g. \"llada;threshold:threshold=0.9\"")
+    return specs
+
+
+def _label(i: int, spec: str) -> str:
+    return f"{i:02d}-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", spec)[:60]
+
+
+def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
+    """Mean of b - a over the same problems, with a 95% normal interval of the paired difference."""
+    n = len(a)
+    d = [int(y) - int(x) for x, y in zip(a, b)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    half = 1.959963984540054 * math.sqrt(var / n) if n else 0.0
+    return mean, mean - half, mean + half
+
+
+def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from fewstep.decoding.generate import generate
+    from fewstep.evaluation.runner import (
+        environment,
+        read_samples,
+        resolve_config,
+        sample_rows,
+        summarise,
+        write_json,
+    )
+    from fewstep.evaluation.timing import ForwardTimer
+    from fewstep.models.loading import load_model
+    from fewstep.tasks.base import get_task
+
+    if req.repeats < 1 or req.batch_size < 1:
+        raise ConfigError("--repeats and --batch-size must be >= 1")
+    task = get_task(req.task)
+    examples = task.examples(req.data)[: req.limit]
+    model = load_model(req.model, device=req.device, dtype=req.dtype)
+    base = resolve_config(model, None, req.settings)
+    cfgs: list[DecodeConfig] = [parse_strategy_spec(s, base) for s in req.strategies]
+    labels = [_label(i, s) for i, s in enumerate(req.strategies)]
+    out = Path(req.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"task": req.task, "model": req.model, "strategies": list(req.strategies), "n": len(examples),
+            "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
+            "configs": [c.to_dict() for c in cfgs]}
+    plan_path = out / "bench_plan.json"
+    if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+        raise ConfigError(f"{out} holds a different bench (task, model, strategies or sizes); use another --out")
+    write_json(plan_path, plan)
+
+    timing_path = out / "timing.jsonl"
+    timings = read_samples(timing_path)
+    done = {(t["label"], t["repeat"], t["batch"]) for t in timings}
+    samples = {lab: read_samples(out / lab / "samples.jsonl") for lab in labels}
+    batches = [examples[i: i + req.batch_size] for i in range(0, len(examples), req.batch_size)]
+    timer = ForwardTimer()
+    units = req.repeats * len(batches) * len(cfgs)
+    bar = tqdm(total=units, initial=len(done), disable=not progress, desc="bench", unit="batch")
+    with timer.attach(model.module), open(timing_path, "a") as tf:
+        if len(done) < units:
+            for cfg in cfgs:  # warm-up, untimed
+                generate(model, [e.prompt for e in batches[0][: min(4, len(batches[0]))]], cfg)
+        for r in range(req.repeats):
+            for bi, batch in enumerate(batches):
+                order = list(zip(labels, cfgs))
+                if (r * len(batches) + bi) % 2:
+                    order.reverse()
+                for lab, cfg in order:
+                    if (lab, r, bi) in done:
+                        continue
+                    t0, m0 = time.perf_counter(), timer.seconds
+                    results = generate(model, [e.prompt for e in batch], cfg)
+                    wall, model_s = time.perf_counter() - t0, timer.seconds - m0
+                    if r == 0:
+                        (out / lab).mkdir(exist_ok=True)
+                        with open(out / lab / "samples.jsonl", "a") as sf:
+                            for row in sample_rows(task, batch, results, wall, model_s):
+                                sf.write(json.dumps(row, default=str) + "\n")
+                                samples[lab].append(row)
+                    t = {"label": lab, "repeat": r, "batch": bi, "wall_s": wall, "model_s": model_s}
+                    tf.write(json.dumps(t) + "\n")
+                    tf.flush()
+                    timings.append(t)
+                    bar.update(1)
+    bar.close()
+
+    rows = []
+    for lab, spec, cfg in zip(labels, req.strategies, cfgs):
+        per_repeat = [(sum(t["wall_s"] for t in timings if t["label"] == lab and t["repeat"] == r),
+                       sum(t["model_s"] for t in timings if t["label"] == lab and t["repeat"] == r))
+                      for r in range(req.repeats)]
+        s = summarise(samples[lab], {"strategy": cfg.strategy, "spec": spec, "label": lab, "config": cfg.to_dict()})
+        s["wall_s"] = statistics.median(w for w, _ in per_repeat)
+        s["model_s"] = statistics.median(m for _, m in per_repeat)
+        s["wall_s_repeats"] = [w for w, _ in per_repeat]
+        s["overhead_s"] = s["wall_s"] - s["model_s"]
+        s["overhead_fraction"] = s["overhead_s"] / s["wall_s"] if s["wall_s"] else 0.0
+        rows.append(s)
+    first = rows[0]
+    by_id_first = {x["id"]: x["correct"] for x in samples[labels[0]]}
+    for s, lab in zip(rows, labels):
+        mine = {x["id"]: x["correct"] for x in samples[lab]}
+        ids = sorted(set(mine) & set(by_id_first), key=lambda i: (len(i), i))
+        diff, lo, hi = paired_difference([by_id_first[i] for i in ids], [mine[i] for i in ids])
+        s["vs_first"] = {
+            "nfe_ratio": first["nfe_mean"] / s["nfe_mean"] if s["nfe_mean"] else None,
+            "wall_ratio": first["wall_s"] / s["wall_s"] if s["wall_s"] else None,
+            "accuracy_diff": diff,
+            "accuracy_diff_ci95": [lo, hi],
+        }
+    result = {**{k: v for k, v in plan.items() if k != "configs"}, "results": rows, "environment": environment()}
+    write_json(out / "bench.json", result)
+    (out / "bench.md").write_text(markdown_table(result))
+    plot_pareto(result, out / "pareto.png")
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    head = (f"{result['task']} / {result['model']}: {result['n']} problems, batch {result['batch_size']}, "
+            f"median of {result['repeats']} timed repeat(s)\n\n")
+    lines = [
+        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | NFE | tokens/forward | NFE ratio | wall s | "
+        "wall ratio | engine overhead |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in result["results"]:
+        lo, hi = s["accuracy_ci95"]
+        v = s["vs_first"]
+        dlo, dhi = v["accuracy_diff_ci95"]
+        lines.append(
+            f"| `{s['spec']}` | {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {v['accuracy_diff']:+.1%} "
+            f"[{dlo:+.1%}, {dhi:+.1%}] | {s['nfe_mean']:.2f} | {s['tokens_per_forward']:.2f} | "
+            f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "nfe_mean", "forward passes per problem (NFE)"),
+                           (axes[1], "wall_s", "wall time (s, median)")):
+        for s in result["results"]:
+            lo, hi = s["accuracy_ci95"]
+            ax.errorbar(s[key], 100 * s["accuracy"], yerr=[[100 * (s["accuracy"] - lo)], [100 * (hi - s["accuracy"])]],
+                        fmt="o", capsize=3, label=s["spec"])
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{result['task']} / {result['model']}: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
