@@ -22,7 +22,8 @@ def reference_llada(module, prompt, mask_id, steps, gen_length, block_length, cf
     for b in range(num_blocks):
         start, end = p + b * block_length, p + (b + 1) * block_length
         count = int((x[:, start:end] == mask_id).sum())
-        schedule = [count // steps_per_block + (1 if i < count % steps_per_block else 0) for i in range(steps_per_block)]
+        base, rem = divmod(count, steps_per_block)
+        schedule = [base + (1 if i < rem else 0) for i in range(steps_per_block)]
         for i in range(steps_per_block):
             mask_index = x == mask_id
             with torch.no_grad():

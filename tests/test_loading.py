@@ -104,6 +104,7 @@ def test_prompt_too_long(random_dlm_dir):
 
 
 def test_import_is_light():
-    code = "import sys, fewstep; print(sorted(m for m in ('torch', 'transformers', 'fewstep.evaluation.runner', 'tqdm') if m in sys.modules))"
+    heavy = "('torch', 'transformers', 'fewstep.evaluation.runner', 'tqdm', 'matplotlib')"
+    code = f"import sys, fewstep; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -50,7 +50,8 @@ def test_factor_rule():
 
 def test_cad_k_rule():
     conf = torch.tensor([[0.99, 0.97, 0.96, 0.5, INF], [0.2, 0.1, INF, INF, INF]], dtype=torch.float64)
-    assert cad.select(conf, 0.95, 1, 8).tolist() == [[True, True, True, False, False], [True, False, False, False, False]]
+    assert cad.select(conf, 0.95, 1, 8).tolist() == [[True, True, True, False, False],
+                                                     [True, False, False, False, False]]
     # only the top max_tokens are counted
     assert cad.select(conf, 0.95, 1, 2)[0].sum() == 2
     # min_tokens forces more, capped by the number of eligible positions

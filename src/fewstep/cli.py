@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
 
 from fewstep.errors import FewstepError
 
@@ -22,6 +22,10 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
                    help="override a decode setting, e.g. --set steps=6 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+
+
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     from fewstep.training.config import TrainConfig
 
     for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}[str(f.type)]
+        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the final model to this directory")
@@ -143,7 +147,8 @@ def _train(args: argparse.Namespace) -> int:
     final = train(cfg, args.out, progress=not args.no_progress)
     if args.export:
         export(cfg, final, args.export)
-    print(f"trained {cfg.kind} for {cfg.steps} steps: {final}" + (f" (exported to {args.export})" if args.export else ""))
+    exported = f" (exported to {args.export})" if args.export else ""
+    print(f"trained {cfg.kind} for {cfg.steps} steps: {final}{exported}")
     return 0
 
 

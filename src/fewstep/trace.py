@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 MASK_GLYPH = "░"
 

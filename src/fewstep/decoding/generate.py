@@ -6,8 +6,9 @@ causal models (strategy ``ar``) decode greedily with transformers' ``generate``.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
@@ -63,10 +64,8 @@ def generate(
         if cfg.strategy != "ar":
             raise ConfigError(f"{model.name} is a causal model: use strategy 'ar', not {cfg.strategy!r}")
         return generate_ar(model, batch, cfg.gen_length)
-    last = None
-    for last in decode(model, batch, cfg):
-        pass
-    assert last is not None and last.done
+    last = deque(decode(model, batch, cfg), maxlen=1)[0]
+    assert last.done
     return results_from_event(model, last)
 
 

@@ -22,8 +22,8 @@ Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import torch
 
@@ -150,8 +150,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             if not rows.any():
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
-            take = (lambda t: t) if sub is None else (lambda t: t[sub])
-            logits = _forward(model, take(ids), take(att), take(prompt_pos), cfg)[:, p:]  # [b, G, V]
+            logits = _forward(model, *(t if sub is None else t[sub] for t in (ids, att, prompt_pos)), cfg)[:, p:]
             cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator)
             if sub is not None:  # scatter the active rows' results back to full batch shape
                 cand = torch.zeros_like(gen).index_copy_(0, sub, cand)
@@ -173,7 +172,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                     committed_at.masked_fill_(fill, step)
                     commit |= fill
             last = not (ids[:, p:] == mask_id).any()
-            yield StepEvent(step, blk, _snap(commit), no_revoke, _snap(ids[:, p:]), _snap(nfe), _snap(committed_at), last)
+            yield StepEvent(step, blk, _snap(commit), no_revoke, _snap(ids[:, p:]), _snap(nfe), _snap(committed_at),
+                            last)
             step += 1
             if last:
                 return

@@ -9,9 +9,10 @@ any causal LM that transformers knows loads as a :class:`CausalModel`. An option
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -126,7 +127,9 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ModelLoadError(f"weights in {path} do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelLoadError(
+            f"weights in {path} do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     try:
         module.load_state_dict(state, assign=True, strict=True)
     except RuntimeError as e:
@@ -154,7 +157,8 @@ def _load_causal(path, config, extra, name, device, dtype) -> CausalModel:
         with _quiet_transformers():
             module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
     except Exception as e:  # unknown architecture, corrupt or missing weights
-        raise ModelLoadError(f"cannot load {path} as a causal LM: {str(e).splitlines()[0] if str(e) else e!r}") from None
+        first_line = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ModelLoadError(f"cannot load {path} as a causal LM: {first_line}") from None
     module = module.to(device).eval()
     tok = _tokenizer(path)
     eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")

@@ -42,3 +42,20 @@ def at_least_one(confidence: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor
     best = confidence.argmax(dim=1, keepdim=True)  # [B, 1]
     top = torch.zeros_like(chosen).scatter_(1, best, True) & torch.isfinite(confidence)
     return chosen | top
+
+
+class AdaptivePolicy:
+    """Shared defaults of the policies that decide from confidences alone (threshold, factor, cad):
+    no per-block state, every row with masks takes a forward, and a budget of ``max_steps()``
+    steps per block (at least one commit per step makes ``block_length`` always enough)."""
+
+    budget: int
+
+    def start_block(self, eligible: torch.Tensor) -> None:
+        pass
+
+    def max_steps(self) -> int:
+        return self.budget
+
+    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
+        return None

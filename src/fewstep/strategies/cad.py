@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.strategies.base import StepContext
+from fewstep.strategies.base import AdaptivePolicy, StepContext
 from fewstep.strategies.llada import topk_mask
 
 
@@ -25,22 +25,13 @@ def select(confidence: torch.Tensor, tau: float, min_tokens: int, max_tokens: in
     return topk_mask(confidence, k)
 
 
-class CAD:
+class CAD(AdaptivePolicy):
     def __init__(self, tau: float, min_tokens: int, max_tokens: int, max_steps_per_block: int,
                  eos_min_progress: float, block_length: int):
         self.tau, self.min_tokens = tau, min_tokens
         self.max_tokens = max_tokens or block_length
         self.budget = max_steps_per_block or block_length
         self.eos_min_progress = eos_min_progress
-
-    def start_block(self, eligible: torch.Tensor) -> None:
-        pass
-
-    def max_steps(self) -> int:
-        return self.budget
-
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
-        return None
 
     def step(self, ctx: StepContext) -> torch.Tensor:
         if ctx.step >= self.budget - 1:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.strategies.base import StepContext, at_least_one
+from fewstep.strategies.base import AdaptivePolicy, StepContext, at_least_one
 
 
 def select(confidence: torch.Tensor, factor: float) -> torch.Tensor:
@@ -19,18 +19,9 @@ def select(confidence: torch.Tensor, factor: float) -> torch.Tensor:
     return at_least_one(confidence, chosen)
 
 
-class Factor:
+class Factor(AdaptivePolicy):
     def __init__(self, factor: float, block_length: int):
-        self.factor, self.block_length = factor, block_length
-
-    def start_block(self, eligible: torch.Tensor) -> None:
-        pass
-
-    def max_steps(self) -> int:
-        return self.block_length
-
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
-        return None
+        self.factor, self.budget = factor, block_length
 
     def step(self, ctx: StepContext) -> torch.Tensor:
         return select(ctx.confidence, self.factor)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.strategies.base import StepContext, at_least_one
+from fewstep.strategies.base import AdaptivePolicy, StepContext, at_least_one
 
 
 def select(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -14,18 +14,9 @@ def select(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
     return at_least_one(confidence, confidence >= threshold)
 
 
-class Threshold:
+class Threshold(AdaptivePolicy):
     def __init__(self, threshold: float, block_length: int):
-        self.threshold, self.block_length = threshold, block_length
-
-    def start_block(self, eligible: torch.Tensor) -> None:
-        pass
-
-    def max_steps(self) -> int:
-        return self.block_length
-
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
-        return None
+        self.threshold, self.budget = threshold, block_length
 
     def step(self, ctx: StepContext) -> torch.Tensor:
         return select(ctx.confidence, self.threshold)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator
 
 NAMES_SHE = ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruth", "Sara")
 NAMES_HE = ("Tom", "Sam", "Leo", "Ben", "Max", "Jack", "Omar", "Ivan")

@@ -13,17 +13,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import shutil
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from fewstep.errors import ConfigError
-from fewstep.training.config import TrainConfig
 from fewstep.models import lab
 from fewstep.training import data, objectives
+from fewstep.training.config import TrainConfig
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
