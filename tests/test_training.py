@@ -46,3 +46,18 @@ def test_refuses_other_config_in_same_dir(tmp_path):
 def test_invalid_train_config(kw):
     with pytest.raises(ConfigError):
         TrainConfig(**kw)
+
+
+def test_stop_at_gives_the_uninterrupted_model_and_continues(tmp_path):
+    cfg = TrainConfig(steps=4, **TINY)
+    full = train(cfg, tmp_path / "full", progress=False)
+    stopped = train(cfg, tmp_path / "run", progress=False, stop_at=3)
+    assert stopped.name == "step_3"
+    a = load_file(tmp_path / "full" / "snapshots" / "step_2" / "model.safetensors")
+    b = load_file(tmp_path / "run" / "snapshots" / "step_2" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = train(cfg, tmp_path / "run", progress=False)
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="stop_at"):
+        train(cfg, tmp_path / "x", progress=False, stop_at=5)

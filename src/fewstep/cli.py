@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
         kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
-    t.add_argument("--export", default=None, help="also save the final model to this directory")
+    t.add_argument("--export", default=None, help="also save the trained model to this directory")
+    t.add_argument("--stop-at", type=int, default=None,
+                   help="end at this step, keeping the schedule of --steps (a later run without it continues)")
     t.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -144,11 +146,11 @@ def _train(args: argparse.Namespace) -> int:
     from fewstep.training.loop import export, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    final = train(cfg, args.out, progress=not args.no_progress)
+    final = train(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
     if args.export:
         export(cfg, final, args.export)
     exported = f" (exported to {args.export})" if args.export else ""
-    print(f"trained {cfg.kind} for {cfg.steps} steps: {final}{exported}")
+    print(f"trained {cfg.kind} for {args.stop_at or cfg.steps} of {cfg.steps} steps: {final}{exported}")
     return 0
 
 

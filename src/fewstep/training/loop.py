@@ -43,8 +43,17 @@ def _save_hf(cfg: TrainConfig, model, tok, out: Path) -> None:
     (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, out)
 
 
-def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Train (or resume) the run in ``out_dir``; returns the directory of the trained model.
+
+    ``stop_at`` ends the run early at that step, keeping the learning-rate schedule of
+    ``cfg.steps``: the model is then exactly the one an uninterrupted run has at that step
+    (saved to ``snapshots/step_N``), and a later call without ``stop_at`` continues the run."""
     from tqdm import tqdm
+
+    end = cfg.steps if stop_at is None else stop_at
+    if not 0 < end <= cfg.steps:
+        raise ConfigError(f"stop_at must be in [1, steps={cfg.steps}], got {stop_at}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +89,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
     log = open(out / "train_log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.kind}", unit="step")
     t0, running = time.time(), None
-    for step in range(start, cfg.steps):
+    for step in range(start, end):
         problems = data.problems_for_step(cfg.seed, step, cfg.batch_size)
         batch = data.encode(tok, problems, cfg.gen_length if cfg.kind == "dlm" else None)
         for g in opt.param_groups:
@@ -102,16 +111,21 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True) -
             log.write(json.dumps({"step": done, "loss": loss.item(), "smooth_loss": running,
                                   "lr": lr_at(cfg, step), "elapsed_s": time.time() - t0}) + "\n")
             log.flush()
-        if done % cfg.save_every == 0 or done == cfg.steps:
+        if done % cfg.save_every == 0 or done == end:
             tmp = out / "checkpoint.pt.tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "generator": gen.get_state(), "step": done}, tmp)
             os.replace(tmp, ckpt)
-        if done % cfg.snapshot_every == 0:
+        if done % cfg.snapshot_every == 0 or done == end < cfg.steps:
             _save_hf(cfg, model, tok, out / "snapshots" / f"step_{done}")
     bar.close()
     log.close()
-    _save_hf(cfg, model, tok, out / "final")
+    if end < cfg.steps:
+        if start >= end and not (out / "snapshots" / f"step_{end}").is_dir():
+            raise ConfigError(f"{out} is already past step {end} and has no snapshot of it")
+        return out / "snapshots" / f"step_{end}"
+    if not (out / "final").is_dir() or start < end:
+        _save_hf(cfg, model, tok, out / "final")
     return out / "final"
 
 
