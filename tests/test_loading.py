@@ -108,3 +108,9 @@ def test_import_is_light():
     code = f"import sys, fewstep; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_dream_directory_without_code_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream"}))
+    with pytest.raises(ModelLoadError, match="modelling code"):
+        fewstep.load_model(tmp_path)

@@ -56,13 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default=None)
     b.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="evaluate a model and strategy on a task")
+    e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
+                       description="Evaluate a model and strategy on a task. --model gold answers every problem "
+                                   "with its reference solution, to check a task's pipeline end to end.")
     e.add_argument("--task", required=True)
     _add_model_args(e)
     e.add_argument("--limit", type=int, default=None, help="first N problems only")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--out", required=True, help="result directory (summary.json, samples.jsonl)")
     e.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
+    e.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="shard the problems over N processes (gloo) and merge the results; under torchrun / "
+                        "accelerate launch the launcher's processes are used instead")
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
@@ -132,12 +137,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
+    from fewstep.evaluation.distributed import is_main_process
     from fewstep.evaluation.runner import EvalRequest, one_line, run_eval
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(args.settings), data=args.data,
-                      device=args.device, dtype=args.dtype)
-    print(one_line(run_eval(req, progress=not args.no_progress)))
+                      device=args.device, dtype=args.dtype, num_processes=args.num_processes)
+    summary = run_eval(req, progress=not args.no_progress)
+    if is_main_process():
+        print(one_line(summary))
     return 0
 
 

@@ -93,7 +93,12 @@ def load_model(
     name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
-    the stored precision; ``device`` to the CPU."""
+    the stored precision; ``device`` to the CPU. The name ``gold`` gives the built-in
+    :class:`~fewstep.models.gold.GoldModel` (a directory called gold: pass ``./gold``)."""
+    if str(name_or_path) == "gold":
+        from fewstep.models.gold import GoldModel
+
+        return GoldModel()  # type: ignore[return-value]
     path = resolve(name_or_path)
     config = _read_json(path / "config.json")
     extra = _read_json(path / "fewstep.json") if (path / "fewstep.json").is_file() else {}
@@ -109,6 +114,8 @@ def load_model(
     name = str(name_or_path)
     if kind == "llada":
         return _load_llada(path, config, extra, name, device, dtype)
+    if str(kind).lower() == "dream":
+        return _load_remote_diffusion(path, config, extra, name, device, dtype, shifted=True)
     return _load_causal(path, config, extra, name, device, dtype)
 
 
@@ -147,6 +154,38 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
         stop_ids=stop,
         decode_defaults=extra.get("decode_defaults", {}),
         mask_id=cfg.mask_token_id,
+    )
+
+
+def _load_remote_diffusion(path, config, extra, name, device, dtype, shifted: bool) -> DiffusionModel:
+    """A diffusion LM shipped with its own modelling code (Dream): loaded through transformers'
+    remote-code path from the directory itself (no hub access). Dream predicts position i from the
+    logits at i - 1, so the adapter realigns them (``shifted_logits``)."""
+    from transformers import AutoModel
+
+    if "auto_map" not in config:
+        raise ModelLoadError(
+            f"{path}: a {config.get('model_type')} model needs its modelling code (auto_map) in the directory"
+        )
+    try:
+        with _quiet_transformers():
+            module = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype or torch.bfloat16)
+    except Exception as e:  # remote code can raise anything
+        first_line = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ModelLoadError(f"cannot load {path}: {first_line}") from None
+    tok = _tokenizer(path)
+    if tok.mask_token_id is None:
+        raise ModelLoadError(f"the tokenizer of {path} has no mask token")
+    return DiffusionModel(
+        module=module.to(device).eval(),
+        tokenizer=tok,
+        name=name,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        max_length=int(config.get("max_position_embeddings", 2048)),
+        decode_defaults=extra.get("decode_defaults", {}),
+        mask_id=tok.mask_token_id,
+        shifted_logits=shifted,
     )
 
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The measurements behind the README's results tables, on the bundled lab models and the full
+# arith test set (1,000 problems). Run from the repository root after `make setup`:
+#   bash scripts/lab_results.sh [OUT]      (default OUT=runs/results; every step resumes)
+set -euo pipefail
+OUT=${1:-runs/results}
+FS=${FEWSTEP:-.venv/bin/fewstep}
+PY=${PYTHON:-.venv/bin/python}
+
+# Issue-3 baselines: tiny-dlm with llada at one token per step and at a quarter of the steps; tiny-ar greedy.
+$FS eval --task arith --model tiny-dlm --strategy llada --batch-size 100 --out "$OUT/dlm-llada-24" --no-progress
+$FS eval --task arith --model tiny-dlm --strategy llada --set steps=6 --batch-size 100 --out "$OUT/dlm-llada-6" --no-progress
+$FS eval --task arith --model tiny-ar --strategy ar --batch-size 100 --out "$OUT/ar-greedy" --no-progress
+
+# Learning curve of tiny-dlm (needs the training run directory runs/tiny-dlm from `make lab-models`).
+if [ -d runs/tiny-dlm/snapshots ]; then
+  $PY scripts/learning_curve.py --run runs/tiny-dlm --out "$OUT/learning-curve"
+fi
+
+# The accuracy / NFE frontier of every strategy (one timed repeat), then timings (three repeats).
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier" --no-progress \
+  --strategies "llada;llada:steps=12;llada:steps=6;llada:steps=3;threshold:threshold=0.99;threshold:threshold=0.95;threshold:threshold=0.9;threshold:threshold=0.8;threshold:threshold=0.7;factor:factor=0.5;factor:factor=1.0;factor:factor=2.0;cad:tau=0.99;cad:tau=0.95;cad:tau=0.9;cad:tau=0.8"
+$FS bench --task arith --model tiny-dlm --batch-size 32 --repeats 3 --limit 320 --out "$OUT/timing-b32" --no-progress \
+  --strategies "llada;threshold:threshold=0.9;cad:tau=0.9;factor:factor=1.0"
+
+# Batch invariance on 200 prompts, alone vs ragged batches of 32.
+$PY scripts/check_batch_invariance.py --model tiny-dlm --n 200 --batch-size 32 | tee "$OUT/batch-invariance.txt"
