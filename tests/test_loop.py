@@ -147,3 +147,18 @@ def test_events_stream_the_canvas(random_dlm_dir):
     assert masks == sorted(masks, reverse=True) and masks[-1] == 0
     assert all(int(e.committed.sum()) == 2 for e in events)
     assert [e.nfe.item() for e in events] == list(range(1, 13))
+
+
+def test_mask_token_is_never_a_candidate():
+    class LovesMask(Scripted):
+        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+            out = super().forward(input_ids, attention_mask, inputs_embeds).logits
+            out[..., MASK] = 10.0  # the model's favourite token is the mask itself
+            return Out(out)
+
+    model = scripted_model()
+    model.module = LovesMask(16, 5, 0.9)
+    for strategy in ("llada", "threshold", "cad"):
+        ev = final(model, [[3]], fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, steps=16))[-1]
+        assert not (ev.canvas == MASK).any()
+        assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]

@@ -87,15 +87,21 @@ def _forward(model: DiffusionModel, ids, att, prompt_pos, cfg: DecodeConfig) -> 
     return model.logits(input_ids=ids, attention_mask=att).float()
 
 
-def candidates_and_confidence(logits: torch.Tensor, cfg: DecodeConfig, eos_id: int, generator: torch.Generator):
+def candidates_and_confidence(logits: torch.Tensor, cfg: DecodeConfig, eos_id: int, generator: torch.Generator,
+                              mask_id: int | None = None):
     """logits [b, G, V] -> candidate ids [b, G], confidence [b, G] (float64).
+
+    The mask token is never a candidate (committing it would leave the position masked forever);
+    this departs from LLaDA's reference only where the reference would return a mask token.
 
     With temperature T > 0 the candidate is argmax(logits + T * Gumbel) computed in float64, which
     is LLaDA's argmax(exp(logits) / (-log u)^T) in log space (no overflow). The confidence comes
     from the noise-free softmax, through the scorer that ``remasking`` names."""
-    if cfg.eos_logit_penalty > 0:
+    if cfg.eos_logit_penalty > 0 or mask_id is not None:
         logits = logits.clone()
         logits[..., eos_id] -= cfg.eos_logit_penalty
+        if mask_id is not None and mask_id < logits.shape[-1]:
+            logits[..., mask_id] = float("-inf")
     if cfg.temperature > 0:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         cand = (logits.double() - cfg.temperature * torch.log(-torch.log(u))).argmax(-1)
@@ -151,7 +157,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
             logits = _forward(model, *(t if sub is None else t[sub] for t in (ids, att, prompt_pos)), cfg)[:, p:]
-            cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator)
+            cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator, mask_id)
             if sub is not None:  # scatter the active rows' results back to full batch shape
                 cand = torch.zeros_like(gen).index_copy_(0, sub, cand)
                 conf = torch.full((b, g), float("-inf"), dtype=conf.dtype, device=dev).index_copy_(0, sub, conf)
