@@ -29,7 +29,7 @@ def test_generate_prints_answer(capsys, random_dlm_dir):
     [
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--set", "gen_length=20"], "multiple of block_length"),
-        (["--set", "steps=5"], "multiple of the number of blocks"),
+        (["--set", "steps=5", "--set", "block_length=8"], "multiple of the number of blocks"),
         (["--set", "colour=red"], "unknown setting 'colour'"),
         (["--set", "steps=0.5"], "steps expects a int"),
         (["--strategy", "warp"], "unknown strategy"),

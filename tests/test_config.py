@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_frozen():
     "kw,message",
     [
         (dict(gen_length=20, block_length=8), "multiple of block_length"),
-        (dict(steps=7), "multiple of the number of blocks"),
+        (dict(steps=7, block_length=8), "multiple of the number of blocks"),
         (dict(steps=0), "multiple of the number of blocks"),
         (dict(temperature=-1.0), "temperature"),
         (dict(remasking="sideways"), "remasking"),

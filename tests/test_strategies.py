@@ -81,7 +81,7 @@ def test_cad_eos_guard_and_forced_last_step():
 def test_policies_from_config():
     assert type(make_policy(DecodeConfig(strategy="cad"))).__name__ == "CAD"
     assert make_policy(DecodeConfig(strategy="cad", max_steps_per_block=3)).max_steps() == 3
-    assert make_policy(DecodeConfig(strategy="threshold")).max_steps() == 8
+    assert make_policy(DecodeConfig(strategy="threshold")).max_steps() == 24
 
 
 @pytest.mark.parametrize(

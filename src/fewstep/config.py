@@ -51,7 +51,7 @@ class DecodeConfig:
 
     strategy: str = "llada"
     gen_length: int = 24
-    block_length: int = 8
+    block_length: int = 24
     steps: int = 24
     temperature: float = 0.0
     remasking: str = "low_confidence"

@@ -129,7 +129,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
     return out / "final"
 
 
-DECODE_DEFAULTS = {"dlm": {"gen_length": 24, "block_length": 8, "steps": 24}, "ar": {"gen_length": 80}}
+DECODE_DEFAULTS = {"dlm": {"gen_length": 24, "block_length": 24, "steps": 24}, "ar": {"gen_length": 80}}
 
 
 def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
