@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -75,7 +76,8 @@ def generate_ar(model: CausalModel, batch: list[list[int]], max_new_tokens: int)
     that row needed: one per generated token up to and including its EOS."""
     check_prompts(model, batch, max_new_tokens)
     ids, att, p = left_pad(batch, model.pad_id)
-    out = model.module.generate(
+    module: Any = model.module  # a transformers PreTrainedModel
+    out = module.generate(
         input_ids=ids.to(model.device),
         attention_mask=att.to(model.device),
         max_new_tokens=max_new_tokens,

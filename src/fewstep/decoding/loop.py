@@ -156,7 +156,10 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             if not rows.any():
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
-            logits = _forward(model, *(t if sub is None else t[sub] for t in (ids, att, prompt_pos)), cfg)[:, p:]
+            if sub is None:
+                logits = _forward(model, ids, att, prompt_pos, cfg)[:, p:]  # [B, G, V]
+            else:
+                logits = _forward(model, ids[sub], att[sub], prompt_pos[sub], cfg)[:, p:]  # [b, G, V]
             cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator, mask_id)
             if sub is not None:  # scatter the active rows' results back to full batch shape
                 cand = torch.zeros_like(gen).index_copy_(0, sub, cand)

@@ -55,8 +55,11 @@ class DiffusionModel(_Base):
     kind: str = "diffusion"
 
     def embedding_table(self) -> torch.Tensor:
-        return self.module.get_input_embeddings().weight if hasattr(self.module, "get_input_embeddings") \
-            else self.module.embed_tokens.weight
+        """The input embedding matrix [V, D] (for embedding-space priors)."""
+        module: Any = self.module
+        if hasattr(module, "get_input_embeddings"):
+            return module.get_input_embeddings().weight
+        return module.embed_tokens.weight
 
     @torch.no_grad()
     def logits(

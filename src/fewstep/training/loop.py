@@ -77,7 +77,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
         betas=(0.9, 0.98),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
+    start, elapsed_before = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -85,6 +85,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = state["step"]
+        elapsed_before = state.get("elapsed_s", 0.0)
     model.train()
     log = open(out / "train_log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.kind}", unit="step")
@@ -109,12 +110,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
         bar.set_postfix(loss=f"{running:.4f}")
         if done % cfg.log_every == 0:
             log.write(json.dumps({"step": done, "loss": loss.item(), "smooth_loss": running,
-                                  "lr": lr_at(cfg, step), "elapsed_s": time.time() - t0}) + "\n")
+                                  "lr": lr_at(cfg, step), "elapsed_s": elapsed_before + time.time() - t0}) + "\n")
             log.flush()
         if done % cfg.save_every == 0 or done == end:
             tmp = out / "checkpoint.pt.tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(), "step": done}, tmp)
+                        "generator": gen.get_state(), "step": done,
+                        "elapsed_s": elapsed_before + time.time() - t0}, tmp)
             os.replace(tmp, ckpt)
         if done % cfg.snapshot_every == 0 or done == end < cfg.steps:
             _save_hf(cfg, model, tok, out / "snapshots" / f"step_{done}")
