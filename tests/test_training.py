@@ -61,3 +61,13 @@ def test_stop_at_gives_the_uninterrupted_model_and_continues(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ConfigError, match="stop_at"):
         train(cfg, tmp_path / "x", progress=False, stop_at=5)
+
+
+def test_init_from_a_trained_model(tmp_path):
+    first = train(TrainConfig(steps=2, **TINY), tmp_path / "a", progress=False)
+    cont = TrainConfig(steps=1, init_from=str(first), **TINY)
+    second = train(cont, tmp_path / "b", progress=False)
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="do not fit"):
+        train(TrainConfig(steps=1, init_from=str(first), **{**TINY, "d_model": 64}), tmp_path / "c", progress=False)

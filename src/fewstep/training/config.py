@@ -28,6 +28,7 @@ class TrainConfig:
     log_every: int = 10
     autocast_bf16: bool = True
     threads: int = 0  # 0: leave torch's default
+    init_from: str = ""  # a model directory (Hugging Face layout) to start from instead of random weights
 
     def __post_init__(self) -> None:
         if self.kind not in ("dlm", "ar"):

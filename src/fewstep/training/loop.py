@@ -39,6 +39,18 @@ def _new_model(cfg: TrainConfig):
     return make(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
 
 
+def _load_weights(cfg: TrainConfig, model) -> None:
+    """Start from a trained model of the same architecture (e.g. to continue a bundled lab model)."""
+    from fewstep.models.loading import load_model
+
+    src = load_model(cfg.init_from)
+    try:
+        model.load_state_dict(src.module.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(f"--init-from {cfg.init_from}: weights do not fit this architecture "
+                          f"({str(e).splitlines()[0]})") from None
+
+
 def _save_hf(cfg: TrainConfig, model, tok, out: Path) -> None:
     (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, out)
 
@@ -60,8 +72,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
     cfg_path = out / "train_config.json"
     if cfg_path.exists():
         saved = json.loads(cfg_path.read_text())
-        known = {f.name for f in fields(TrainConfig)}
-        if {k: v for k, v in saved.items() if k in known} != asdict(cfg):
+        # Fields added since the run started take their defaults.
+        if {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)} != asdict(cfg):
             raise ConfigError(f"{out} holds a run with a different configuration; use another --out")
     else:
         cfg_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -69,6 +81,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
         torch.set_num_threads(cfg.threads)
 
     model, tok = _new_model(cfg)
+    if cfg.init_from:
+        _load_weights(cfg, model)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
