@@ -14,12 +14,12 @@ $FS eval --task arith --model tiny-ar --strategy ar --batch-size 100 --out "$OUT
 
 # Learning curve of tiny-dlm (needs the training run directory runs/tiny-dlm from `make lab-models`).
 if [ -d runs/tiny-dlm/snapshots ]; then
-  $PY scripts/learning_curve.py --run runs/tiny-dlm --out "$OUT/learning-curve"
+  $PY scripts/learning_curve.py --run runs/tiny-dlm --limit 300 --out "$OUT/learning-curve"
 fi
 
 # The accuracy / NFE frontier of every strategy (one timed repeat), then timings (three repeats).
 $FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier" --no-progress \
-  --strategies "llada;llada:steps=12;llada:steps=6;llada:steps=3;threshold:threshold=0.99;threshold:threshold=0.95;threshold:threshold=0.9;threshold:threshold=0.8;threshold:threshold=0.7;factor:factor=0.5;factor:factor=1.0;factor:factor=2.0;cad:tau=0.99;cad:tau=0.95;cad:tau=0.9;cad:tau=0.8"
+  --strategies "llada;llada:steps=12;llada:steps=8;llada:steps=6;llada:steps=4;threshold:threshold=0.99;threshold:threshold=0.95;threshold:threshold=0.9;threshold:threshold=0.8;factor:factor=0.5;factor:factor=1.0;factor:factor=2.0;cad:tau=0.99;cad:tau=0.95;cad:tau=0.9"
 $FS bench --task arith --model tiny-dlm --batch-size 32 --repeats 3 --limit 320 --out "$OUT/timing-b32" --no-progress \
   --strategies "llada;threshold:threshold=0.9;cad:tau=0.9;factor:factor=1.0"
 
