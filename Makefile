@@ -32,8 +32,8 @@ lint: setup
 
 # Reproduce the bundled lab models (hours on 2 CPU cores; resumable: rerun after an interruption).
 lab-models: setup
-	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
-	$(FEWSTEP) train --kind ar --steps 600 --batch-size 128 --d-model 96 --n-layers 3 --n-heads 4 --mlp-hidden 256 --lr 0.002 --snapshot-every 100 --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
+	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --stop-at 2500 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
+	$(FEWSTEP) train --kind ar AR_ARGS --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
