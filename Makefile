@@ -33,7 +33,7 @@ lint: setup
 # Reproduce the bundled lab models (hours on 2 CPU cores; resumable: rerun after an interruption).
 lab-models: setup
 	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --stop-at 2500 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
-	$(FEWSTEP) train --kind ar AR_ARGS --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
+	$(FEWSTEP) train --kind ar --steps 1000 --batch-size 64 --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden 320 --lr 0.002 --snapshot-every 100 --stop-at 900 --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

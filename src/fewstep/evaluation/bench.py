@@ -187,19 +187,32 @@ def plot_pareto(result: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((axes[0], "nfe_mean", "forward passes per problem (NFE)"),
-                           (axes[1], "wall_s", "wall time (s, median)")):
-        for s in result["results"]:
-            lo, hi = s["accuracy_ci95"]
-            ax.errorbar(s[key], 100 * s["accuracy"], yerr=[[100 * (s["accuracy"] - lo)], [100 * (hi - s["accuracy"])]],
-                        fmt="o", capsize=3, label=s["spec"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    families: dict[str, list[dict[str, Any]]] = {}
+    for s in result["results"]:
+        families.setdefault(s["strategy"], []).append(s)
+    markers = "osD^vP*X"
+    for ax, key, label in ((axes[0], "nfe_mean", "forward passes per problem (NFE, log scale)"),
+                           (axes[1], "wall_s", "wall time (s, median, log scale)")):
+        for i, (family, runs) in enumerate(families.items()):
+            runs = sorted(runs, key=lambda r: r[key])
+            xs, ys = [r[key] for r in runs], [100 * r["accuracy"] for r in runs]
+            err = [[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in runs],
+                   [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in runs]]
+            ax.errorbar(xs, ys, yerr=err, fmt=markers[i % len(markers)] + "-", capsize=2, label=family, alpha=0.85)
+            for r, x, y in zip(runs, xs, ys):
+                note = r["spec"].partition(":")[2] or "default"
+                ax.annotate(note, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{result['task']} / {result['model']}: accuracy vs cost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
