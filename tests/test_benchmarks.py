@@ -314,3 +314,30 @@ def test_humaneval_sample_gold_solutions():
 
 def test_mbpp_sample_gold_solutions(datasets):
     _assert_gold_and_wrong("mbpp", _every(get_task("mbpp").examples(), 10))
+
+
+def test_hub_fallback_when_no_local_file(tmp_path, monkeypatch):
+    """Without a local copy, tasks read the usual hub dataset (datasets.load_dataset) when reachable."""
+    import sys
+    import types
+
+    from fewstep.errors import TaskError
+    from fewstep.tasks.base import get_task
+
+    monkeypatch.setenv("FEWSTEP_DATASETS", str(tmp_path))  # an empty folder: no local files
+    calls = []
+
+    def load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return [{"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    [ex] = get_task("gsm8k").examples()
+    assert calls == [("openai/gsm8k", "main", "test")] and ex.reference in (5, "5", 5.0)
+
+    def offline(name, config, split):
+        raise ConnectionError("no network")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(TaskError, match="--data"):
+        get_task("math500").examples()

@@ -162,3 +162,23 @@ def test_mask_token_is_never_a_candidate():
         ev = final(model, [[3]], fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, steps=16))[-1]
         assert not (ev.canvas == MASK).any()
         assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]
+
+
+@pytest.mark.parametrize("spec", [dict(steps=6), dict(strategy="threshold", threshold=0.9),
+                                  dict(strategy="cad", tau=0.9, block_length=8, early_stop=True)])
+def test_batch_invariance_on_bundled_model(spec):
+    """The trained lab model: ragged batches give exactly the tokens and NFE of decoding alone
+    (the full 200-prompt check is scripts/check_batch_invariance.py)."""
+    from conftest import bundled
+
+    model = fewstep.load_model(bundled("tiny-dlm"))
+    questions = [p.question for p in arith.test_set()[:24]]
+    cfg = fewstep.DecodeConfig(**spec)
+    alone = [fewstep.generate(model, [q], cfg)[0] for q in questions]
+    order = [5, 0, 17, 3, 22, 9, 11, 1, 14, 20, 7, 2, 19, 4, 23, 8, 12, 6, 16, 10, 21, 13, 18, 15]
+    batched = {}
+    for i in range(0, 24, 8):
+        idx = order[i:i + 8]
+        batched.update(zip(idx, fewstep.generate(model, [questions[k] for k in idx], cfg)))
+    assert [(r.token_ids, r.nfe) for r in alone] == [(batched[i].token_ids, batched[i].nfe) for i in range(24)]
+    assert sum(arith.score(r.text, p) for r, p in zip(alone, arith.test_set())) >= 18  # it is a trained model

@@ -45,6 +45,48 @@ def dataset_file(name: str) -> Path:
     return path
 
 
+# Where the same data lives on the Hugging Face hub: file -> (dataset name, config, split).
+HUB_NAMES: dict[str, tuple[str, str | None, str]] = {
+    "gsm8k_test.jsonl": ("openai/gsm8k", "main", "test"),
+    "gsm8k_train.jsonl": ("openai/gsm8k", "main", "train"),
+    "math500_test.jsonl": ("HuggingFaceH4/MATH-500", None, "test"),
+    "mbpp.jsonl": ("google-research-datasets/mbpp", "full", "test"),
+}
+
+
+def load_rows(data: str | None, name: str, required: tuple[str, ...]) -> list[dict]:
+    """Task rows from ``--data`` if given, else the local copy of ``name``, else (on a machine that
+    reaches the hub, with the ``datasets`` package) the usual hub dataset; TaskError otherwise."""
+    from fewstep.tasks.jsonl import read_jsonl
+
+    if data is not None:
+        return read_jsonl(data, required=required)
+    try:
+        return read_jsonl(dataset_file(name), required=required)
+    except TaskError as local_error:
+        if name not in HUB_NAMES:
+            raise
+        rows = _hub_rows(*HUB_NAMES[name])
+        if rows is None:
+            raise local_error from None
+        missing = [k for k in required if rows and k not in rows[0]]
+        if missing:
+            raise TaskError(f"hub dataset {HUB_NAMES[name][0]} lacks field(s) {', '.join(missing)}") from None
+        return rows
+
+
+def _hub_rows(hub: str, config: str | None, split: str) -> list[dict] | None:
+    """The rows of a hub dataset split, or None when the datasets package or the hub is out of reach."""
+    try:
+        import datasets
+    except ImportError:
+        return None
+    try:
+        return [dict(r) for r in datasets.load_dataset(hub, config, split=split)]
+    except Exception:  # offline, unknown dataset, hub error: fall back to the local-file message
+        return None
+
+
 # --- answers in text ----------------------------------------------------------------------------------
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")

@@ -17,14 +17,13 @@ from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import (
     after_marker,
     answer_is,
-    dataset_file,
     first_number,
     format_number,
     last_boxed,
     last_number,
+    load_rows,
     parse_number,
 )
-from fewstep.tasks.jsonl import read_jsonl
 
 TEST_FILE = "gsm8k_test.jsonl"
 TRAIN_FILE = "gsm8k_train.jsonl"
@@ -134,7 +133,7 @@ def load_shots(num_shots: int) -> tuple[tuple[str, str], ...]:
     if num_shots <= 0:
         return ()
     try:
-        rows = read_jsonl(dataset_file(TRAIN_FILE), required=("question", "answer"))
+        rows = load_rows(None, TRAIN_FILE, required=("question", "answer"))
         shots = tuple((r["question"], clean_solution(r["answer"])) for r in rows[:num_shots])
     except TaskError:
         shots = FIXED_SHOTS[:num_shots]
@@ -154,7 +153,7 @@ class GSM8KTask:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The test rows (``--data`` or the local gsm8k_test.jsonl) as prompts with their gold numbers."""
-        rows = read_jsonl(data or dataset_file(TEST_FILE), required=("question", "answer"))
+        rows = load_rows(data, TEST_FILE, required=("question", "answer"))
         shots = load_shots(self.num_shots)
         return [
             Example(

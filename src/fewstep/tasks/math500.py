@@ -13,8 +13,7 @@ import threading
 
 from fewstep.errors import TaskError
 from fewstep.tasks.base import Example, Score
-from fewstep.tasks.extract import answer_is, dataset_file, last_boxed
-from fewstep.tasks.jsonl import read_jsonl
+from fewstep.tasks.extract import answer_is, last_boxed, load_rows
 
 TEST_FILE = "math500_test.jsonl"
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -62,7 +61,7 @@ class Math500Task:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The MATH-500 rows (``--data`` or the local math500_test.jsonl) as prompts with their answers."""
-        rows = read_jsonl(data or dataset_file(TEST_FILE), required=("problem", "solution", "answer"))
+        rows = load_rows(data, TEST_FILE, required=("problem", "solution", "answer"))
         return [
             Example(
                 id=str(r.get("unique_id", i)),

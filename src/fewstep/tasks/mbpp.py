@@ -13,8 +13,7 @@ from typing import Any
 
 from fewstep.evaluation.sandbox import run_tests
 from fewstep.tasks.base import Example, Score
-from fewstep.tasks.extract import dataset_file, extract_code
-from fewstep.tasks.jsonl import read_jsonl
+from fewstep.tasks.extract import extract_code, load_rows
 
 DATA_FILE = "mbpp.jsonl"
 TEST_IDS = range(11, 511)
@@ -102,7 +101,7 @@ class MBPPTask:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The test split of ``--data`` or the local mbpp.jsonl, as 3-shot prompts."""
-        rows = split_rows(read_jsonl(data or dataset_file(DATA_FILE), required=FIELDS))
+        rows = split_rows(load_rows(data, DATA_FILE, required=FIELDS))
         return [
             Example(
                 id=str(r["task_id"]),
