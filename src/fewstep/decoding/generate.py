@@ -39,15 +39,10 @@ def _tokenise(model, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> 
     return [model.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
 
 
-def _answer_len(model, ids: list[int]) -> int:
-    stops = set(model.stop_ids) | {model.eos_id}
-    return next((i for i, t in enumerate(ids) if t in stops), len(ids))
-
-
 def results_from_event(model: DiffusionModel, event: StepEvent) -> list[GenerationResult]:
     out = []
     for row, nfe, at in zip(event.canvas.tolist(), event.nfe.tolist(), event.committed_at.tolist()):
-        out.append(GenerationResult(row, model.decode(row), nfe, _answer_len(model, row), at))
+        out.append(GenerationResult(row, model.decode(row), nfe, model.answer_length(row), at))
     return out
 
 
@@ -87,7 +82,7 @@ def generate_ar(model: CausalModel, batch: list[list[int]], max_new_tokens: int)
     )[:, p:].cpu()
     results = []
     for row in out.tolist():
-        n = _answer_len(model, row)
+        n = model.answer_length(row)
         nfe = min(n + 1, len(row))
         results.append(GenerationResult(row[:nfe], model.decode(row), nfe, n))
     return results

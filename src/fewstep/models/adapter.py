@@ -41,11 +41,14 @@ class _Base:
             return list(ids)
         return list(tok.encode(text))
 
+    def answer_length(self, ids: list[int]) -> int:
+        """Generated tokens before the first EOS / stop token."""
+        stops = set(self.stop_ids) | {self.eos_id}
+        return next((i for i, t in enumerate(ids) if t in stops), len(ids))
+
     def decode(self, ids: list[int]) -> str:
         """Text of generated ids, cut at the first stop token."""
-        stops = set(self.stop_ids) | {self.eos_id}
-        cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-        return self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+        return self.tokenizer.decode(ids[: self.answer_length(ids)], skip_special_tokens=True).strip()
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -29,14 +29,7 @@ def prompt_ids(tokenizer, question: str) -> list[int]:
 def problems_for_step(seed: int, step: int, n: int) -> list[arith.Problem]:
     """The training problems of one optimiser step: a pure function of (seed, step), so a resumed
     run sees exactly the data an uninterrupted one would have."""
-    rng = random.Random(seed * 1_000_003 + step)
-    banned = arith._test_questions()
-    out: list[arith.Problem] = []
-    while len(out) < n:
-        p = arith.make_problem(rng)
-        if p.question not in banned:
-            out.append(p)
-    return out
+    return list(itertools.islice(arith.train_problems(seed * 1_000_003 + step), n))
 
 
 def encode(tokenizer, problems: list[arith.Problem], gen_length: int | None) -> Batch:
