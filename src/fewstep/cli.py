@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args: argparse.Namespace) -> int:
     from fewstep.decoding.generate import generate
-    from fewstep.evaluation.runner import resolve_config
+    from fewstep.config import resolve_config
     from fewstep.models.loading import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)

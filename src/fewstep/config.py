@@ -176,3 +176,26 @@ def _split(assignment: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     return key.strip(), value.strip()
+
+
+def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple[str, ...],
+                   default_gen_length: int | None = None) -> DecodeConfig:
+    """Defaults, then the task's generation length (``default_gen_length``), then the model
+    directory's decode defaults, then ``--set`` overrides."""
+    strategy = strategy or ("ar" if model.kind == "causal" else "llada")
+    cfg = DecodeConfig(strategy=strategy)
+    if default_gen_length is not None:
+        cfg = _with_gen_length(cfg, default_gen_length)
+    cfg = override(cfg, dict(model.decode_defaults))
+    return override(cfg, list(settings))
+
+
+def _with_gen_length(cfg: DecodeConfig, gen_length: int) -> DecodeConfig:
+    """``cfg`` with a new generation length; block length and steps follow when they equalled the
+    old generation length (one block, one token per step)."""
+    values: dict[str, Any] = {"gen_length": gen_length}
+    if cfg.block_length == cfg.gen_length:
+        values["block_length"] = gen_length
+    if cfg.steps == cfg.gen_length:
+        values["steps"] = gen_length
+    return dataclasses.replace(cfg, **values)

@@ -63,11 +63,11 @@ def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float, float
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from fewstep.config import resolve_config
     from fewstep.decoding.generate import generate
     from fewstep.evaluation.runner import (
         environment,
         read_samples,
-        resolve_config,
         sample_rows,
         summarise,
         write_json,
@@ -81,7 +81,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     task = get_task(req.task)
     examples = task.examples(req.data)[: req.limit]
     model = load_model(req.model, device=req.device, dtype=req.dtype)
-    base = resolve_config(model, None, req.settings)
+    base = resolve_config(model, None, req.settings, task.default_gen_length)
     cfgs: list[DecodeConfig] = [parse_strategy_spec(s, base) for s in req.strategies]
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewstep.config import DecodeConfig
+from fewstep.config import DecodeConfig, resolve_config
 from fewstep.errors import ConfigError
 
 SAMPLES = "samples.jsonl"
@@ -69,15 +69,6 @@ def check_request(req: EvalRequest) -> None:
         raise ConfigError(f"--limit must be >= 1, got {req.limit}")
     if req.num_processes < 1:
         raise ConfigError(f"--num-processes must be >= 1, got {req.num_processes}")
-
-
-def resolve_config(model, strategy: str | None, settings: list[str] | tuple[str, ...]) -> DecodeConfig:
-    """Defaults, then the model directory's decode defaults, then ``--set`` overrides."""
-    from fewstep.config import override
-
-    strategy = strategy or ("ar" if model.kind == "causal" else "llada")
-    cfg = override(DecodeConfig(strategy=strategy), dict(model.decode_defaults))
-    return override(cfg, list(settings))
 
 
 def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
@@ -226,7 +217,7 @@ def prepare(req: EvalRequest) -> _Run:
     every = task.examples(req.data)
     examples = every[: req.limit] if req.limit is not None else every
     model = load_model(req.model, device=req.device, dtype=req.dtype)
-    cfg = resolve_config(model, req.strategy, req.settings)
+    cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     strategy = "none" if model.kind == "gold" else cfg.strategy

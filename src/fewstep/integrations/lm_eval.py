@@ -191,7 +191,7 @@ class FewstepLM(LM):
     def __init__(self, pretrained: str = "tiny-dlm", strategy: str | None = None, batch_size: Any = None,
                  device: str | None = None, dtype: str | None = None, mc_num: int = DEFAULT_MC_NUM,
                  max_batch_size: Any = None, **decode: Any) -> None:
-        from fewstep.evaluation.runner import resolve_config
+        from fewstep.config import resolve_config
         from fewstep.models.loading import load_model
 
         super().__init__()
