@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_frozen():
     [
         (dict(gen_length=20, block_length=8), "multiple of block_length"),
         (dict(steps=7, block_length=8), "multiple of the number of blocks"),
-        (dict(steps=0), "multiple of the number of blocks"),
+        (dict(steps=0), "steps must be >= 1"),
         (dict(temperature=-1.0), "temperature"),
         (dict(remasking="sideways"), "remasking"),
         (dict(strategy="nope"), "unknown strategy"),
@@ -39,7 +39,7 @@ def test_override_parses_by_field_type():
 
 @pytest.mark.parametrize(
     "assignment,message",
-    [("colour=red", "unknown setting 'colour'"), ("steps=six", "steps expects a int"), ("steps", "key=value")],
+    [("colour=red", "has no setting 'colour'"), ("steps=six", "steps expects a int"), ("steps", "key=value")],
 )
 def test_override_errors(assignment, message):
     with pytest.raises(ConfigError, match=message):

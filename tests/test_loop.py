@@ -53,7 +53,8 @@ def final(model, prompts, cfg):
 @pytest.mark.parametrize("strategy", ["llada", "threshold", "factor", "cad"])
 def test_every_strategy_fills_the_canvas(strategy):
     model = scripted_model()
-    cfg = fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, steps=16)
+    steps = {"steps": 16} if strategy == "llada" else {}
+    cfg = fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, **steps)
     ev = final(model, [[3, 4, 5], [6]], cfg)[-1]
     assert not (ev.canvas == MASK).any()
     assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]
@@ -131,7 +132,8 @@ def test_rows_finish_independently():
 def test_batch_invariance_on_random_model(random_dlm_dir, strategy):
     model = fewstep.load_model(random_dlm_dir)
     questions = [p.question for p in arith.test_set()[:12]]
-    cfg = fewstep.DecodeConfig(strategy=strategy, threshold=0.5, tau=0.5, early_stop=True)
+    params = {"threshold": {"threshold": 0.5}, "cad": {"tau": 0.5}}.get(strategy, {})
+    cfg = fewstep.DecodeConfig(strategy=strategy, early_stop=True, **params)
     alone = [fewstep.generate(model, [q], cfg)[0] for q in questions]
     batched = fewstep.generate(model, questions, cfg)
     assert [r.token_ids for r in alone] == [r.token_ids for r in batched]
@@ -159,7 +161,8 @@ def test_mask_token_is_never_a_candidate():
     model = scripted_model()
     model.module = LovesMask(16, 5, 0.9)
     for strategy in ("llada", "threshold", "cad"):
-        ev = final(model, [[3]], fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, steps=16))[-1]
+        steps = {"steps": 16} if strategy == "llada" else {}
+        ev = final(model, [[3]], fewstep.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, **steps))[-1]
         assert not (ev.canvas == MASK).any()
         assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]
 

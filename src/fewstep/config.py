@@ -1,107 +1,95 @@
-"""Decoding configuration: one frozen dataclass, one field per ``--set`` key.
+"""Decoding configuration: the loop's settings plus the active strategy's parameters.
 
-Override with ``dataclasses.replace`` (or :func:`override` for ``key=value`` strings from the CLI);
-every value is checked in ``__post_init__`` so a bad value fails where it is made, with a message
-that names the field.
+``DecodeConfig`` is a frozen dataclass. Its fields are the settings of the decode loop (the same
+for every strategy); ``params`` holds the parameters of the active strategy, a frozen dataclass
+declared in the strategy's own module (:mod:`fewstep.strategies`). The constructor takes both
+flat, by name, and reads a strategy parameter back as an attribute::
+
+    cfg = DecodeConfig(strategy="threshold", threshold=0.8, gen_length=24)
+    cfg.threshold                                   # 0.8
+    dataclasses.replace(cfg, strategy="cad", tau=0.9)
+
+A parameter of another strategy is an error that names the strategy (``DecodeConfig(strategy=
+"llada", tau=0.5)``), as is any value out of range. :func:`override` applies ``key=value``
+strings from the CLI. Every value is checked where it is made, with a message that names it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 from fewstep.errors import ConfigError
 
-STRATEGIES = ("llada", "threshold", "factor", "cad", "ar")
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class DecodeConfig:
     """How to decode.
 
-    strategy: commit policy. ``llada``: fixed linear schedule (``steps``); ``threshold``: every
-        masked position of the block with confidence >= ``threshold`` (at least one);
-        ``factor``: Fast-dLLM's factor rule; ``cad``: CD4LM confidence-adaptive decoding;
+    strategy: the commit policy (``fewstep list strategies``): ``llada`` (fixed linear schedule of
+        ``steps``), ``threshold``, ``factor`` (Fast-dLLM), ``cad`` (CD4LM), ``eb`` (entropy-bounded);
         ``ar``: greedy autoregressive decoding of a causal model (the drafter ``tiny-ar``).
     gen_length: tokens in the generation region (for ``ar``: the most new tokens).
     block_length: semi-autoregressive block size; ``gen_length`` must be a multiple of it.
-    steps: ``llada`` only: denoising steps over the whole generation, split evenly over blocks.
     temperature: 0 is greedy; > 0 adds Gumbel noise (in float64) to the logits.
     remasking: the confidence score: ``low_confidence`` (probability of the candidate),
         ``margin`` (top1 - top2), ``entropy`` (negative entropy) or ``random``.
     cfg_scale: classifier-free guidance scale s (0 disables it; each step then costs 2 forwards).
     seed: seeds every random choice of the decode (noise, random remasking).
-    threshold: ``threshold`` strategy's confidence threshold, in (0, 1].
-    factor: ``factor`` strategy's f: accept the longest confidence-sorted prefix whose n-th
-        (1-based) confidence is >= 1 - f / (n + 1); > 0.
-    tau, min_tokens, max_tokens, max_steps_per_block, eos_min_progress: ``cad``: commit
-        k = max(#{confidence >= tau among the top max_tokens}, min_tokens) positions per step
-        (max_tokens 0: the block length); after max_steps_per_block steps (0: the block length)
-        the rest of the block is committed; while the decoded fraction of the generation is below
-        eos_min_progress, positions whose candidate is EOS are not eligible.
     early_stop: once a completed block leaves the generation ending in EOS from its first EOS
         on, fill every later block with EOS without further forwards (see decoding.loop).
     eos_logit_penalty: subtracted from the EOS logit before choosing candidates (0: off).
-    eos_confidence: ``keep``, or ``last``: EOS candidates get confidence 0, so they are
-        committed after every other candidate (LLaDA's appendix B.4 advice for long answers).
+    eos_confidence: ``keep``, or ``last``: EOS candidates get a confidence below every other
+        candidate (-1e30, still finite), so they are committed after every other candidate
+        (LLaDA's appendix B.4 advice for long answers).
+    params: the active strategy's parameters (e.g. ``threshold``; ``steps`` for llada).
     """
 
     strategy: str = "llada"
     gen_length: int = 24
     block_length: int = 24
-    steps: int = 24
     temperature: float = 0.0
     remasking: str = "low_confidence"
     cfg_scale: float = 0.0
     seed: int = 0
-    threshold: float = 0.9
-    factor: float = 1.0
-    tau: float = 0.95
-    min_tokens: int = 1
-    max_tokens: int = 0
-    max_steps_per_block: int = 0
-    eos_min_progress: float = 0.0
     early_stop: bool = False
     eos_logit_penalty: float = 0.0
     eos_confidence: str = "keep"
+    params: Any = None
 
-    def __post_init__(self) -> None:
-        _check_types(self)
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-        if self.gen_length < 1:
-            raise ConfigError(f"gen_length must be >= 1, got {self.gen_length}")
-        if self.strategy == "ar":
-            return
-        if self.block_length < 1:
-            raise ConfigError(f"block_length must be >= 1, got {self.block_length}")
-        if self.gen_length % self.block_length:
-            raise ConfigError(
-                f"gen_length ({self.gen_length}) must be a multiple of block_length ({self.block_length})"
-            )
-        blocks = self.gen_length // self.block_length
-        if self.strategy == "llada" and (self.steps < blocks or self.steps % blocks):
-            raise ConfigError(
-                f"steps ({self.steps}) must be a positive multiple of the number of blocks "
-                f"(gen_length / block_length = {blocks})"
-            )
-        _in_range("temperature", self.temperature, 0, None)
-        _in_range("cfg_scale", self.cfg_scale, 0, None)
-        _in_range("threshold", self.threshold, 0, 1, open_low=True)
-        _in_range("factor", self.factor, 0, None, open_low=True)
-        _in_range("tau", self.tau, 0, 1, open_low=True)
-        _in_range("min_tokens", self.min_tokens, 1, None)
-        _in_range("max_tokens", self.max_tokens, 0, None)
-        _in_range("max_steps_per_block", self.max_steps_per_block, 0, None)
-        _in_range("eos_min_progress", self.eos_min_progress, 0, 1)
-        _in_range("eos_logit_penalty", self.eos_logit_penalty, 0, None)
-        if self.remasking not in REMASKING:
-            raise ConfigError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
-        if self.eos_confidence not in EOS_CONFIDENCE:
-            raise ConfigError(f"eos_confidence must be one of {', '.join(EOS_CONFIDENCE)}, got {self.eos_confidence!r}")
+    def __init__(self, **kw: Any) -> None:
+        params = kw.pop("params", None)
+        for f in loop_fields():
+            object.__setattr__(self, f.name, kw.pop(f.name, f.default))
+        _check_loop(self)
+        module = _strategy(self.strategy)
+        if params is not None and not isinstance(params, module.Params):
+            params = None  # the strategy changed (dataclasses.replace): its parameters start from defaults
+        unknown = sorted(set(kw) - {f.name for f in fields(module.Params)})
+        if unknown:
+            raise ConfigError(_not_a_param(self.strategy, unknown[0]))
+        try:
+            params = dataclasses.replace(params, **kw) if params is not None else module.Params(**kw)
+        except TypeError as e:  # a dataclass rejects an argument: already named above; keep the line short
+            raise ConfigError(f"{self.strategy}: {e}") from None
+        object.__setattr__(self, "params", params)
+        if self.strategy != "ar" and hasattr(module, "check"):
+            module.check(params, self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A parameter of the active strategy, read as ``cfg.threshold``."""
+        if name == "params" or name.startswith("__"):
+            raise AttributeError(name)
+        params = self.__dict__.get("params")
+        if params is not None and name in {f.name for f in fields(params)}:
+            return getattr(params, name)
+        raise AttributeError(f"{type(self).__name__!r} of strategy {self.__dict__.get('strategy')!r} has no "
+                             f"setting {name!r}")
 
     @property
     def num_blocks(self) -> int:
@@ -109,33 +97,90 @@ class DecodeConfig:
 
     @property
     def steps_per_block(self) -> int:
-        return self.steps // self.num_blocks
+        return int(self.params.steps) // self.num_blocks
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The loop's settings and the active strategy's parameters, flat (what result files record)."""
+        d = {f.name: getattr(self, f.name) for f in loop_fields()}
+        d.update(dataclasses.asdict(self.params))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DecodeConfig:
+        """A config from a recorded dict, ignoring the keys that belong to other strategies (result
+        files written before the strategy registry recorded every strategy's fields)."""
+        return cls(**{k: v for k, v in d.items() if k in setting_names(d.get("strategy", "llada"))})
+
+
+def loop_fields() -> list[dataclasses.Field]:
+    return [f for f in fields(DecodeConfig) if f.name != "params"]
+
+
+def _strategy(name: str):
+    from fewstep.strategies import strategy_module
+
+    return strategy_module(name)
+
+
+def setting_names(strategy: str) -> list[str]:
+    """The ``--set`` keys of a strategy: the loop's settings, then its parameters."""
+    return [f.name for f in loop_fields()] + [f.name for f in fields(_strategy(strategy).Params)]
+
+
+def _not_a_param(strategy: str, key: str) -> str:
+    from fewstep.strategies import REGISTRY
+
+    owners = [s for s in REGISTRY if key in {f.name for f in fields(_strategy(s).Params)}]
+    where = f" (a parameter of {', '.join(owners)})" if owners else ""
+    return (f"strategy {strategy!r} has no setting {key!r}{where}; its settings: "
+            f"{', '.join(setting_names(strategy))}")
+
+
+def _check_loop(cfg: DecodeConfig) -> None:
+    for f in loop_fields():
+        value, kind = getattr(cfg, f.name), str(f.type)
+        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, _TYPES[kind]):
+            raise ConfigError(f"{f.name} must be of type {kind}, got {value!r}")
+    if not isinstance(cfg.strategy, str):
+        raise ConfigError(f"strategy must be a name, got {cfg.strategy!r}")
+    if cfg.gen_length < 1:
+        raise ConfigError(f"gen_length must be >= 1, got {cfg.gen_length}")
+    if cfg.strategy == "ar":
+        return
+    if cfg.block_length < 1:
+        raise ConfigError(f"block_length must be >= 1, got {cfg.block_length}")
+    if cfg.gen_length % cfg.block_length:
+        raise ConfigError(f"gen_length ({cfg.gen_length}) must be a multiple of block_length ({cfg.block_length})")
+    _in_range("temperature", cfg.temperature, 0, None)
+    _in_range("cfg_scale", cfg.cfg_scale, 0, None)
+    _in_range("eos_logit_penalty", cfg.eos_logit_penalty, 0, None)
+    if cfg.remasking not in REMASKING:
+        raise ConfigError(f"remasking must be one of {', '.join(REMASKING)}, got {cfg.remasking!r}")
+    if cfg.eos_confidence not in EOS_CONFIDENCE:
+        raise ConfigError(f"eos_confidence must be one of {', '.join(EOS_CONFIDENCE)}, got {cfg.eos_confidence!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"seed must be in [0, 2**63), got {cfg.seed}")
 
 
 def _in_range(name: str, value: float, lo: float, hi: float | None, open_low: bool = False) -> None:
-    bad = value <= lo if open_low else value < lo
+    bad = not math.isfinite(value) or (value <= lo if open_low else value < lo)
     if bad or (hi is not None and value > hi):
         low = f"({lo}" if open_low else f"[{lo}"
         high = f"{hi}]" if hi is not None else "inf)"
         raise ConfigError(f"{name} must be in {low}, {high}, got {value}")
 
 
-_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool, "Any": object}
 
 
-def _check_types(cfg: DecodeConfig) -> None:
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        kind = str(f.type)
-        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, _TYPES[kind]):
-            raise ConfigError(f"{f.name} must be of type {kind}, got {value!r}")
+def _field_kind(strategy: str, name: str) -> str:
+    for f in [*loop_fields(), *fields(_strategy(strategy).Params)]:
+        if f.name == name:
+            return str(f.type)
+    raise ConfigError(_not_a_param(strategy, name))
 
 
-def _parse_value(name: str, text: str) -> Any:
-    kind = str(next(f.type for f in fields(DecodeConfig) if f.name == name))
+def _parse_value(kind: str, name: str, text: str) -> Any:
     try:
         if kind == "int":
             return int(text)
@@ -152,15 +197,18 @@ def _parse_value(name: str, text: str) -> Any:
     return text
 
 
-def override(cfg: DecodeConfig, assignments: list[str] | dict[str, Any]) -> DecodeConfig:
-    """Apply ``["key=value", ...]`` (strings, parsed by field type) or a dict of values."""
-    known = {f.name for f in fields(DecodeConfig)}
+def override(cfg: DecodeConfig, assignments: list[str] | tuple[str, ...] | dict[str, Any]) -> DecodeConfig:
+    """Apply ``["key=value", ...]`` (strings, parsed by the setting's type) or a dict of values.
+    ``strategy`` is applied first, so the other keys are checked against the new strategy."""
+    items = list(assignments.items()) if isinstance(assignments, dict) else [split_assignment(a) for a in assignments]
+    strategy = next((str(v) for k, v in items if k == "strategy"), cfg.strategy)
+    _strategy(strategy)
     values: dict[str, Any] = {}
-    items = assignments.items() if isinstance(assignments, dict) else [_split(a) for a in assignments]
     for key, value in items:
-        if key not in known:
-            raise ConfigError(f"unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
-        values[key] = _parse_value(key, value) if isinstance(value, str) else value
+        if key == "params":
+            raise ConfigError("unknown setting 'params'")
+        kind = _field_kind(strategy, key)
+        values[key] = _parse_value(kind, key, value) if isinstance(value, str) else value
     return dataclasses.replace(cfg, **values)
 
 
@@ -171,31 +219,53 @@ def parse_strategy_spec(spec: str, base: DecodeConfig | None = None) -> DecodeCo
     return override(base or DecodeConfig(), settings)
 
 
-def _split(assignment: str) -> tuple[str, str]:
+def split_assignment(assignment: str) -> tuple[str, str]:
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     return key.strip(), value.strip()
 
 
+def applicable(cfg: DecodeConfig, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are settings of ``cfg``'s strategy (for defaults that a model
+    directory declares for whichever strategy is used: ``steps`` concerns only llada)."""
+    names = set(setting_names(cfg.strategy)) - {"strategy"}
+    return {k: v for k, v in values.items() if k in names}
+
+
 def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple[str, ...],
                    default_gen_length: int | None = None) -> DecodeConfig:
     """Defaults, then the task's generation length (``default_gen_length``), then the model
-    directory's decode defaults, then ``--set`` overrides."""
-    strategy = strategy or ("ar" if model.kind == "causal" else "llada")
+    directory's decode defaults (those that concern the strategy), then ``--set`` overrides."""
+    settings = list(settings)
+    chosen = next((split_assignment(s)[1] for s in settings if split_assignment(s)[0] == "strategy"), None)
+    strategy = chosen or strategy or ("ar" if model.kind == "causal" else "llada")
     cfg = DecodeConfig(strategy=strategy)
     if default_gen_length is not None:
         cfg = _with_gen_length(cfg, default_gen_length)
-    cfg = override(cfg, dict(model.decode_defaults))
-    return override(cfg, list(settings))
+    cfg = override(cfg, applicable(cfg, dict(model.decode_defaults)))
+    return override(cfg, settings)
 
 
 def _with_gen_length(cfg: DecodeConfig, gen_length: int) -> DecodeConfig:
-    """``cfg`` with a new generation length; block length and steps follow when they equalled the
-    old generation length (one block, one token per step)."""
+    """``cfg`` with a new generation length; block length and llada's steps follow when they
+    equalled the old generation length (one block, one token per step)."""
     values: dict[str, Any] = {"gen_length": gen_length}
     if cfg.block_length == cfg.gen_length:
         values["block_length"] = gen_length
-    if cfg.steps == cfg.gen_length:
+    if cfg.strategy == "llada" and cfg.steps == cfg.gen_length:
         values["steps"] = gen_length
     return dataclasses.replace(cfg, **values)
+
+
+def same_settings(old: dict[str, Any], cfg: DecodeConfig) -> bool:
+    """Whether a recorded config (``summary.json``'s ``config``) describes the decode ``cfg`` does.
+
+    Only the loop's settings and the active strategy's parameters are compared; a setting missing
+    from the record (added after it was written) counts as its default. So adding a setting never
+    invalidates existing result directories, and other strategies' parameters never matter."""
+    if not isinstance(old, dict) or old.get("strategy") != cfg.strategy:
+        return False
+    defaults = {f.name: f.default for f in loop_fields()}
+    defaults.update({f.name: f.default for f in fields(type(cfg.params))})
+    return all(old.get(k, defaults[k]) == v for k, v in cfg.to_dict().items())

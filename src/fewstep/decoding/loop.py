@@ -1,23 +1,29 @@
 """The decode loop: one streaming generator that every strategy, the CLI and evaluation consume.
 
-Per row the loop keeps the canvas (prompt, left-padded, then ``gen_length`` positions), the step
-at which each generation position was committed and the row's forward count (NFE). A step is:
+Per row the loop keeps the canvas (prompt, left-padded, then ``gen_length`` positions), each
+generation position's state (masked, provisional, committed: :mod:`fewstep.decoding.canvas`), the
+step at which it was committed and the row's forward count (NFE). Blocks are decoded left to
+right. A step of block [lo, hi) is:
 
-1. rows with work: rows whose current block still holds masks (and, for ``llada``, whose
+1. rows with work: rows with an undecided position in the block (and, for ``llada``, whose
    schedule commits anything at this step); finished rows take no forward;
-2. one forward over those rows -> logits of the generation region;
+2. one forward over those rows -> logits of the block's positions only (``window_logits``); the
+   input is token ids, or input embeddings where an embedding prior is active;
 3. logits processing: guidance, EOS logit penalty, Gumbel noise -> candidates;
 4. scoring -> confidence (EOS confidence lowered with ``eos_confidence=last``);
-5. commit: the strategy's policy picks masked positions of the current block;
-6. early stop (``early_stop``): when a row completes a block and its generation, from its first
-   EOS up to the end of that block, is all EOS, every later position is filled with EOS and the
-   row takes no more forwards. A row whose answer has ended is thus never charged for blocks
-   it would only fill with EOS, while a row that wrote EOS and then more text keeps decoding;
-7. an event describing the step.
+5. decision: the strategy's policy says which undecided positions to commit and which to revoke
+   (:class:`fewstep.strategies.base.Decision`). The loop bounds it: at the block's last allowed
+   step (``policy.max_steps()``) every undecided position of the block is committed and nothing
+   is revoked, so every block ends within its budget whatever the policy does;
+6. early stop (``early_stop``): when a row's generation up to the end of the block is decided and,
+   from its first EOS on, all EOS, every later position is filled with EOS and the row takes no
+   more forwards. A row whose answer has ended is never charged for blocks it would only fill
+   with EOS, while a row that wrote EOS and then more text keeps decoding;
+7. an event describing the step (a snapshot only when the consumer asks for every step).
 
-Blocks are decoded left to right; a block is done when it holds no mask.
+A block is done when it holds no undecided position.
 
-Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, V vocabulary.
+Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, L = block length, V vocabulary.
 """
 
 from __future__ import annotations
@@ -28,17 +34,19 @@ from dataclasses import dataclass
 import torch
 
 from fewstep.config import DecodeConfig
+from fewstep.decoding.canvas import COMMITTED, MASKED, PROVISIONAL, CanvasInit, initial_state, progress, undecided
+from fewstep.decoding.scoring import LAST, candidates_and_confidence, window_logits
 from fewstep.errors import ConfigError, PromptTooLongError
 from fewstep.models.adapter import DiffusionModel
-from fewstep.strategies import make_policy, scorers
+from fewstep.strategies import make_policy
 from fewstep.strategies.base import StepContext
 
-LAST = -1e30  # confidence given to EOS candidates with eos_confidence=last (finite: still eligible)
+__all__ = ["LAST", "StepEvent", "candidates_and_confidence", "check_prompts", "decode", "ended_rows", "left_pad"]
 
 
 @dataclass
 class StepEvent:
-    """What one step did. Tensors are on the CPU; ``canvas`` is a snapshot of the generation region."""
+    """What one step did. Tensors are CPU copies that later steps cannot change."""
 
     step: int  # global step index (0-based)
     block: int
@@ -48,6 +56,7 @@ class StepEvent:
     nfe: torch.Tensor  # [B] forward passes so far, per row
     committed_at: torch.Tensor  # [B, G] step at which each position was committed (-1: not yet)
     done: bool  # True on the last event of the decode
+    state: torch.Tensor | None = None  # [B, G] int8 position states after the step (canvas.MASKED, ...)
 
 
 def _snap(t: torch.Tensor) -> torch.Tensor:
@@ -77,43 +86,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, extra: int = 0):
     return ids, att, p
 
 
-def _forward(model: DiffusionModel, ids, att, prompt_pos, cfg: DecodeConfig) -> torch.Tensor:
-    """Logits [b, T, V] in float32, with classifier-free guidance when cfg_scale > 0."""
-    if cfg.cfg_scale > 0:
-        un = torch.where(prompt_pos, torch.full_like(ids, model.mask_id), ids)
-        both = model.logits(input_ids=torch.cat([ids, un]), attention_mask=torch.cat([att, att])).float()
-        cond, uncond = both.chunk(2)
-        return uncond + (cfg.cfg_scale + 1) * (cond - uncond)
-    return model.logits(input_ids=ids, attention_mask=att).float()
-
-
-def candidates_and_confidence(logits: torch.Tensor, cfg: DecodeConfig, eos_id: int, generator: torch.Generator,
-                              mask_id: int | None = None):
-    """logits [b, G, V] -> candidate ids [b, G], confidence [b, G] (float64).
-
-    The mask token is never a candidate (committing it would leave the position masked forever);
-    this departs from LLaDA's reference only where the reference would return a mask token.
-
-    With temperature T > 0 the candidate is argmax(logits + T * Gumbel) computed in float64, which
-    is LLaDA's argmax(exp(logits) / (-log u)^T) in log space (no overflow). The confidence comes
-    from the noise-free softmax, through the scorer that ``remasking`` names."""
-    if cfg.eos_logit_penalty > 0 or mask_id is not None:
-        logits = logits.clone()
-        logits[..., eos_id] -= cfg.eos_logit_penalty
-        if mask_id is not None and mask_id < logits.shape[-1]:
-            logits[..., mask_id] = float("-inf")
-    if cfg.temperature > 0:
-        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
-        cand = (logits.double() - cfg.temperature * torch.log(-torch.log(u))).argmax(-1)
-    else:
-        cand = logits.argmax(-1)
-    probs = torch.softmax(logits.double(), dim=-1)
-    conf = scorers.SCORERS[cfg.remasking](probs, cand, generator)
-    if cfg.eos_confidence == "last":
-        conf = conf.masked_fill(cand == eos_id, LAST)
-    return cand, conf
-
-
 def ended_rows(gen: torch.Tensor, upto: int, eos_id: int) -> torch.Tensor:
     """[B] bool: rows whose gen[:, :upto] has an EOS and is all EOS from the first EOS on."""
     is_eos = gen[:, :upto] == eos_id  # [B, u]
@@ -121,8 +93,24 @@ def ended_rows(gen: torch.Tensor, upto: int, eos_id: int) -> torch.Tensor:
     return is_eos.any(1) & (is_eos | ~after_first).all(1)
 
 
-def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig) -> Iterator[StepEvent]:
-    """Decode a batch of tokenised prompts, yielding one :class:`StepEvent` per step."""
+def _scatter_rows(full_shape, fill, sub: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """values [b, ...] of the rows ``sub`` -> [B, ...] with ``fill`` elsewhere."""
+    return torch.full(full_shape, fill, dtype=values.dtype, device=values.device).index_copy_(0, sub, values)
+
+
+def _input_embeds(model: DiffusionModel, ids: torch.Tensor, p: int, prior: torch.Tensor, use: torch.Tensor):
+    """Token embeddings of ``ids`` [b, T], with ``prior`` [b, G, D] where ``use`` [b, G] holds."""
+    emb = model.embed(ids)  # [b, T, D]
+    emb[:, p:] = torch.where(use[..., None], prior.to(emb.dtype), emb[:, p:])
+    return emb
+
+
+def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig,
+           init: CanvasInit | None = None, snapshots: bool = True) -> Iterator[StepEvent]:
+    """Decode a batch of tokenised prompts, yielding a :class:`StepEvent` per step.
+
+    init: the initial canvas (provisional tokens, embedding priors); default all masked.
+    snapshots: False yields only the last event (nothing is copied at the other steps)."""
     if cfg.strategy == "ar":
         raise ConfigError(f"strategy 'ar' needs a causal model; {model.name} is a diffusion model")
     if getattr(model, "mask_id", -1) < 0:
@@ -130,8 +118,14 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     check_prompts(model, prompts, cfg.gen_length)
     ids, att, p = left_pad(prompts, model.pad_id, cfg.gen_length)
     ids, att = ids.to(model.device), att.to(model.device)
-    ids[:, p:] = model.mask_id
-    b, g, dev, mask_id = ids.shape[0], cfg.gen_length, ids.device, model.mask_id
+    b, g, dev, mask_id, eos_id = ids.shape[0], cfg.gen_length, ids.device, model.mask_id, model.eos_id
+    gen = ids[:, p:]  # [B, G] view of the canvas, updated in place
+    tokens, state = initial_state(b, g, init, mask_id, dev)
+    gen.copy_(tokens)
+    prior = prior_mask = None
+    if init is not None and init.embeds is not None:
+        prior = init.embeds.to(dev)
+        prior_mask = (init.embed_mask if init.embed_mask is not None else torch.ones(b, g, dtype=torch.bool)).to(dev)
     prompt_pos = torch.zeros_like(ids, dtype=torch.bool)
     prompt_pos[:, :p] = att[:, :p].bool()
     nfe = torch.zeros(b, dtype=torch.long, device=dev)
@@ -139,54 +133,80 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     policy = make_policy(cfg)
     cost = 2 if cfg.cfg_scale > 0 else 1
-    no_revoke = torch.zeros((b, g), dtype=torch.bool)
+    nothing = torch.zeros((b, g), dtype=torch.bool, device=dev)
     step = 0
     for blk in range(cfg.num_blocks):
         lo, hi = blk * cfg.block_length, (blk + 1) * cfg.block_length
-        in_block = torch.zeros(g, dtype=torch.bool, device=dev)
-        in_block[lo:hi] = True
-        policy.start_block((ids[:, p:] == mask_id) & in_block)
-        for s in range(policy.max_steps()):
-            gen = ids[:, p:]  # [B, G] view
-            eligible = (gen == mask_id) & in_block  # [B, G]
-            rows = eligible.any(1)  # [B]
+        window = slice(p + lo, p + hi)
+        blk_state, blk_tokens, blk_at = state[:, lo:hi], gen[:, lo:hi], committed_at[:, lo:hi]  # views
+        policy.start_block(blk_state == MASKED)
+        budget = policy.max_steps()
+        for s in range(budget):
+            todo = undecided(blk_state)  # [B, L]
+            rows = todo.any(1)  # [B]
             wanted = policy.rows_needing_forward(s)
             if wanted is not None:
                 rows &= wanted
             if not rows.any():
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
-            if sub is None:
-                logits = _forward(model, ids, att, prompt_pos, cfg)[:, p:]  # [B, G, V]
+
+            def pick(t: torch.Tensor, sub: torch.Tensor | None = sub) -> torch.Tensor:
+                return t if sub is None else t[sub]
+
+            embeds = None
+            if prior is not None and prior_mask is not None:
+                embeds = _input_embeds(model, pick(ids), p, pick(prior), pick(prior_mask & undecided(state)))
+            logits = window_logits(model, pick(ids), pick(att), pick(prompt_pos), window, cfg.cfg_scale, embeds)
+            cand, conf, probs = candidates_and_confidence(logits, cfg, eos_id, generator, mask_id)  # [b, L](, V)
+            if sub is not None:  # the active rows' results back in full batch shape
+                cand = _scatter_rows((b, hi - lo), 0, sub, cand)
+                conf = _scatter_rows((b, hi - lo), float("-inf"), sub, conf)
+                probs = _scatter_rows((b, hi - lo, probs.shape[-1]), 0.0, sub, probs)
+                todo &= rows[:, None]
+            eligible = (blk_state == MASKED) & rows[:, None]  # [B, L]
+            if s == budget - 1:  # the loop's bound: complete the block
+                commit, revoke = todo, None
             else:
-                logits = _forward(model, ids[sub], att[sub], prompt_pos[sub], cfg)[:, p:]  # [b, G, V]
-            cand, conf = candidates_and_confidence(logits, cfg, model.eos_id, generator, mask_id)
-            if sub is not None:  # scatter the active rows' results back to full batch shape
-                cand = torch.zeros_like(gen).index_copy_(0, sub, cand)
-                conf = torch.full((b, g), float("-inf"), dtype=conf.dtype, device=dev).index_copy_(0, sub, conf)
-            eligible &= rows[:, None]
-            progress = (gen != mask_id).double().mean(1)  # [B]
-            ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s, progress, model.eos_id)
-            commit = policy.step(ctx) & eligible  # [B, G]
-            ids[:, p:] = torch.where(commit, cand, gen)
-            committed_at.masked_fill_(commit, step)
+                provisional = (blk_state == PROVISIONAL) & rows[:, None]
+                ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s, progress(state),
+                                  eos_id, probs, blk_tokens, provisional)
+                decision = policy.step(ctx)
+                commit = decision.commit & todo
+                revoke = None
+                if decision.revoke is not None:
+                    revoke = decision.revoke & ~commit & rows[:, None] & (blk_state != MASKED)
+            blk_tokens.copy_(torch.where(commit & (blk_state == MASKED), cand, blk_tokens))
+            blk_state.masked_fill_(commit, COMMITTED)
+            blk_at.masked_fill_(commit, step)
+            if revoke is not None:
+                blk_tokens.masked_fill_(revoke, mask_id)
+                blk_state.masked_fill_(revoke, MASKED)
+                blk_at.masked_fill_(revoke, -1)
             nfe += rows.long() * cost
-            gen = ids[:, p:]
+            stopped = None
             if cfg.early_stop and hi < g:
-                stop = ~(gen[:, :hi] == mask_id).any(1) & ended_rows(gen, hi, model.eos_id)
-                stop &= (gen[:, hi:] == mask_id).any(1)
+                stop = ~undecided(state[:, :hi]).any(1) & ended_rows(gen, hi, eos_id) & undecided(state[:, hi:]).any(1)
                 if stop.any():
-                    fill = stop[:, None] & (gen == mask_id)
-                    ids[:, p:] = gen.masked_fill(fill, model.eos_id)
-                    committed_at.masked_fill_(fill, step)
-                    commit |= fill
-            last = not (ids[:, p:] == mask_id).any()
-            yield StepEvent(step, blk, _snap(commit), no_revoke, _snap(ids[:, p:]), _snap(nfe), _snap(committed_at),
-                            last)
+                    stopped = stop[:, None] & undecided(state)  # [B, G]
+                    gen.masked_fill_(stopped, eos_id)
+                    state.masked_fill_(stopped, COMMITTED)
+                    committed_at.masked_fill_(stopped, step)
+            done = not undecided(state).any()
+            if snapshots or done:
+                full_commit = torch.zeros((b, g), dtype=torch.bool, device=dev)
+                full_commit[:, lo:hi] = commit
+                if stopped is not None:
+                    full_commit |= stopped
+                full_revoke = nothing.clone()
+                if revoke is not None:
+                    full_revoke[:, lo:hi] = revoke
+                yield StepEvent(step, blk, _snap(full_commit), _snap(full_revoke), _snap(gen), _snap(nfe),
+                                _snap(committed_at), done, _snap(state))
             step += 1
-            if last:
+            if done:
                 return
-        if ((ids[:, p:] == mask_id) & in_block).any():
-            raise RuntimeError(f"strategy {cfg.strategy!r} left masks in block {blk} after {policy.max_steps()} steps")
-    # Unreachable for a terminating policy: every block completes, so the last step returned.
+        if undecided(blk_state).any():
+            raise RuntimeError(f"strategy {cfg.strategy!r} left block {blk} undecided after {budget} steps")
+    # Unreachable: every block completes within its budget, so the last step returned.
     raise RuntimeError("decode ended without completing the generation")

@@ -16,6 +16,7 @@ import math
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,39 @@ def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float, float
     return mean, mean - half, mean + half
 
 
+def bench_configs(model, strategies: Sequence[str], settings: Sequence[str],
+                  default_gen_length: int | None) -> list[DecodeConfig]:
+    """One configuration per strategy spec. ``settings`` (``--set``) apply to every strategy: the
+    loop's settings to all, a strategy parameter to the strategies that have it (a key that no
+    strategy of the bench has is an error)."""
+    from fewstep.config import applicable, override, resolve_config, split_assignment
+
+    pairs = [split_assignment(s) for s in settings]
+    loop = [f"{k}={v}" for k, v in pairs if k in DecodeConfig.__dataclass_fields__]
+    base = resolve_config(model, None, loop, default_gen_length)
+    cfgs = [parse_strategy_spec(s, base) for s in strategies]
+    rest = {k: v for k, v in pairs if k not in DecodeConfig.__dataclass_fields__}
+    for key in rest:
+        if not any(applicable(c, {key: None}) for c in cfgs):
+            raise ConfigError(f"--set {key}: no strategy of this bench has a setting {key!r}")
+    return [override(c, applicable(c, rest)) if applicable(c, rest) else c for c in cfgs]
+
+
+def _same_plan(old: dict[str, Any], plan: dict[str, Any], cfgs: list[DecodeConfig]) -> bool:
+    """A recorded plan matches when everything but the configurations is equal and each recorded
+    configuration matches by :func:`fewstep.config.same_settings` (new settings never break a resume)."""
+    from fewstep.config import same_settings
+
+    keys = [k for k in plan if k != "configs"]
+    if {k: old.get(k) for k in keys} != {k: plan[k] for k in keys}:
+        return False
+    recorded = old.get("configs", [])
+    return len(recorded) == len(cfgs) and all(same_settings(r, c) for r, c in zip(recorded, cfgs))
+
+
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from fewstep.config import resolve_config
     from fewstep.decoding.generate import generate
     from fewstep.evaluation.runner import (
         environment,
@@ -81,8 +111,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     task = get_task(req.task)
     examples = task.examples(req.data)[: req.limit]
     model = load_model(req.model, device=req.device, dtype=req.dtype)
-    base = resolve_config(model, None, req.settings, task.default_gen_length)
-    cfgs: list[DecodeConfig] = [parse_strategy_spec(s, base) for s in req.strategies]
+    cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +119,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
             "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
             "configs": [c.to_dict() for c in cfgs]}
     plan_path = out / "bench_plan.json"
-    if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+    if plan_path.exists() and not _same_plan(json.loads(plan_path.read_text()), plan, cfgs):
         raise ConfigError(f"{out} holds a different bench (task, model, strategies or sizes); use another --out")
     write_json(plan_path, plan)
 

@@ -226,11 +226,23 @@ def prepare(req: EvalRequest) -> _Run:
     summary_path = out / SUMMARY
     if summary_path.exists():
         old = json.loads(summary_path.read_text())
-        if {k: old.get(k) for k in header} != header:
+        if not same_run(old, header, cfg):
             raise ConfigError(f"{out} holds results of a different run (task, model or configuration); "
                               "use another --out")
     order = {e.id: i for i, e in enumerate(every)}
     return _Run(task, examples, order, model, cfg, out, header)
+
+
+def same_run(old: dict[str, Any], header: dict[str, Any], cfg: DecodeConfig) -> bool:
+    """Whether a recorded summary belongs to the run ``header`` describes: the same task, model,
+    data and batch size, and a decode configuration that :func:`fewstep.config.same_settings`
+    accepts (only the loop's settings and the active strategy's parameters count)."""
+    from fewstep.config import same_settings
+
+    others = [k for k in header if k != "config"]
+    if {k: old.get(k) for k in others} != {k: header[k] for k in others}:
+        return False
+    return header["strategy"] == "none" or same_settings(old.get("config", {}), cfg)
 
 
 def _decode(run: _Run, todo: list[Any], path: Path, rank: int, header: dict[str, Any], batch_size: int,

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from fewstep.errors import ConfigError
+
 
 @dataclass
 class _Base:
@@ -64,18 +66,46 @@ class DiffusionModel(_Base):
             return module.get_input_embeddings().weight
         return module.embed_tokens.weight
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings [B, T, D] of token ids [B, T] (the model's own embedding table)."""
+        return torch.nn.functional.embedding(ids, self.embedding_table())
+
     @torch.no_grad()
     def logits(
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        positions: slice | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Any = None,
     ) -> torch.Tensor:
-        """[B, T, V] logits; ``logits[:, i]`` predicts position i."""
-        out = self.module(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds).logits
-        if self.shifted_logits:
+        """Logits [B, n, V] of the positions ``positions`` (a slice of the sequence; None: all T);
+        row ``j`` predicts position ``positions.start + j``.
+
+        Models that declare ``supports_logits_positions`` (fewstep's own) compute the output head
+        for those positions only; any other module is run whole and its logits sliced. For models
+        trained with shifted logits (Dream) position i is read from the output at i - 1.
+        ``position_ids`` [B, T] overrides the positions the model derives from the attention mask.
+        ``cache`` is the seam for a key/value cache: no model supports one yet, so anything but
+        None is refused."""
+        if cache is not None:
+            raise ConfigError(f"{self.name} does not support a key/value cache")
+        module: Any = self.module
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
+                                  "inputs_embeds": inputs_embeds}
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        shift = 1 if self.shifted_logits else 0
+        if positions is not None and getattr(module, "supports_logits_positions", False):
+            start = positions.start - shift
+            if start < 0:  # a shifted model reads position 0 from itself (no position -1)
+                return self.logits(input_ids, attention_mask, inputs_embeds, None, position_ids)[:, positions]
+            return module(**kwargs, logits_positions=slice(start, positions.stop - shift)).logits
+        out = module(**kwargs).logits
+        if shift:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
-        return out
+        return out if positions is None else out[:, positions]
 
 
 @dataclass

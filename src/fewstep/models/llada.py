@@ -148,9 +148,13 @@ class _Inner(nn.Module):
 class LLaDAModel(nn.Module):
     """Bidirectional transformer; ``module(input_ids=..., attention_mask=...).logits`` [B, T, V].
 
-    ``logits[:, i]`` predicts position i. Positions come from the attention mask (count of real
-    tokens before each position), so a left-padded row is computed as if it stood alone.
+    ``logits[:, i]`` predicts position i; ``logits_positions`` (a slice) restricts the output head
+    to those positions (the decode loop asks for the active block only). Positions come from the
+    attention mask (count of real tokens before each position), so a left-padded row is computed as
+    if it stood alone.
     """
+
+    supports_logits_positions = True
 
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()
@@ -167,6 +171,7 @@ class LLaDAModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        logits_positions: slice | None = None,
     ) -> DiffusionLMOutput:
         tr = self.model.transformer
         x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
@@ -182,6 +187,8 @@ class LLaDAModel(nn.Module):
         rope = rotary(position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta)
         for block in tr.blocks:
             x = block(x, rope, key_mask)
+        if logits_positions is not None:  # the output head for these positions only
+            x = x[:, logits_positions]
         x = tr.ln_f(x)
         head = tr.wte.weight if self.config.weight_tying else tr.ff_out.weight
         return DiffusionLMOutput(logits=F.linear(x, head))

@@ -1,28 +1,54 @@
 """Decoding strategies as small components of the one decode loop.
 
 - scorers (``scorers.py``): confidence per position;
-- commit policies, one per file: ``llada`` (fixed schedule), ``threshold``, ``factor``, ``cad``.
+- commit policies, one module per strategy: ``llada`` (fixed schedule), ``threshold``, ``factor``,
+  ``cad``, ``eb``; plus ``ar`` (greedy decoding of causal models, no policy).
 
-:func:`make_policy` builds the policy a configuration names.
+Each strategy module declares ``SUMMARY``, ``Params`` (a frozen dataclass of its parameters that
+validates itself), ``policy(params, cfg)`` and optionally ``check(params, cfg)`` for rules that
+involve the loop's settings. :data:`REGISTRY` maps a strategy's name to its module; adding a
+strategy is one file and one line here. Importing this package loads no torch.
 """
 
 from __future__ import annotations
 
-from fewstep.config import DecodeConfig
+import importlib
+from types import ModuleType
+from typing import Any
+
 from fewstep.errors import ConfigError
-from fewstep.strategies.base import CommitPolicy
+
+REGISTRY: dict[str, str] = {
+    "llada": "fewstep.strategies.llada",
+    "threshold": "fewstep.strategies.threshold",
+    "factor": "fewstep.strategies.factor",
+    "cad": "fewstep.strategies.cad",
+    "eb": "fewstep.strategies.eb",
+    "ar": "fewstep.strategies.ar",
+}
 
 
-def make_policy(cfg: DecodeConfig) -> CommitPolicy:
-    from fewstep.strategies import cad, factor, llada, threshold
+def strategy_module(name: str) -> ModuleType:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown strategy {name!r}; choose one of: {', '.join(REGISTRY)}")
+    return importlib.import_module(REGISTRY[name])
 
-    if cfg.strategy == "llada":
-        return llada.FixedSchedule(cfg.steps_per_block)
-    if cfg.strategy == "threshold":
-        return threshold.Threshold(cfg.threshold, cfg.block_length)
-    if cfg.strategy == "factor":
-        return factor.Factor(cfg.factor, cfg.block_length)
-    if cfg.strategy == "cad":
-        return cad.CAD(cfg.tau, cfg.min_tokens, cfg.max_tokens, cfg.max_steps_per_block, cfg.eos_min_progress,
-                       cfg.block_length)
-    raise ConfigError(f"strategy {cfg.strategy!r} is not a diffusion commit policy")
+
+def make_policy(cfg: Any) -> Any:
+    """The commit policy of ``cfg.strategy`` with ``cfg``'s parameters."""
+    module = strategy_module(cfg.strategy)
+    if module.policy is None:
+        raise ConfigError(f"strategy {cfg.strategy!r} is not a diffusion commit policy")
+    return module.policy(cfg.params, cfg)
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every strategy with its summary and parameters (name, type, default, range, help), read from
+    the same declarations that validation uses."""
+    from fewstep.strategies.base import describe_params
+
+    out = []
+    for name in REGISTRY:
+        module = strategy_module(name)
+        out.append({"name": name, "summary": module.SUMMARY, "params": describe_params(module.Params)})
+    return out

@@ -4,16 +4,33 @@ c_n >= 1 - factor / (n + 1); always at least the most confident position."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from fewstep.strategies.base import AdaptivePolicy, StepContext, at_least_one
+from fewstep.strategies.base import AdaptivePolicy, Decision, StepContext, at_least_one, param, validate
+
+SUMMARY = "Fast-dLLM factor rule: the longest sorted prefix whose n-th confidence >= 1 - factor / (n + 1)"
+
+
+@dataclass(frozen=True)
+class Params:
+    factor: float = param(1.0, "f of the bound 1 - f / (n + 1) on the n-th most confident position", lo=0,
+                          open_low=True)
+
+    def __post_init__(self) -> None:
+        validate("factor", self)
+
+
+def policy(params: Params, cfg) -> Factor:
+    return Factor(params.factor, cfg.block_length)
 
 
 def select(confidence: torch.Tensor, factor: float) -> torch.Tensor:
-    """confidence [B, G] (-inf: ineligible) -> commit mask [B, G]."""
-    sorted_conf, order = confidence.sort(dim=1, descending=True, stable=True)  # [B, G]
+    """confidence [B, L] (-inf: ineligible) -> commit mask [B, L]."""
+    sorted_conf, order = confidence.sort(dim=1, descending=True, stable=True)  # [B, L]
     n = torch.arange(1, confidence.shape[1] + 1, device=confidence.device, dtype=confidence.dtype)
-    ok = sorted_conf >= 1 - factor / (n + 1)  # [B, G]
+    ok = sorted_conf >= 1 - factor / (n + 1)  # [B, L]
     prefix = ok.long().cumprod(dim=1).bool() & torch.isfinite(sorted_conf)  # the longest all-ok prefix
     chosen = torch.zeros_like(prefix).scatter_(1, order, prefix)
     return at_least_one(confidence, chosen)
@@ -23,5 +40,5 @@ class Factor(AdaptivePolicy):
     def __init__(self, factor: float, block_length: int):
         self.factor, self.budget = factor, block_length
 
-    def step(self, ctx: StepContext) -> torch.Tensor:
-        return select(ctx.confidence, self.factor)
+    def step(self, ctx: StepContext) -> Decision:
+        return Decision(select(ctx.confidence, self.factor))

@@ -1,22 +1,38 @@
 """``llada`` (LLaDA's reference decoding): a fixed number of commits per step, from the linear
 schedule of :func:`fewstep.decoding.schedule.num_transfer_tokens`, taking the top-k eligible
-positions by confidence."""
+positions by confidence. The schedule counts the positions still masked when a block starts, so a
+block that starts partly filled (a warm start) gets a shorter schedule."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from fewstep.decoding.schedule import num_transfer_tokens
-from fewstep.strategies.base import StepContext
+from fewstep.errors import ConfigError
+from fewstep.strategies.base import Decision, StepContext, param, topk_mask, validate
+
+SUMMARY = "LLaDA's reference decoding: a fixed linear schedule of commits per step, top-k by confidence"
 
 
-def topk_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The k[b] highest-confidence positions of each row, never an ineligible (-inf) one.
-    confidence [B, G], k [B] -> bool [B, G]. One sort, no loop over the batch."""
-    order = confidence.argsort(dim=1, descending=True, stable=True)  # [B, G]
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return (ranks < k[:, None]) & torch.isfinite(confidence)
+@dataclass(frozen=True)
+class Params:
+    steps: int = param(24, "denoising steps over the whole generation, split evenly over blocks", lo=1)
+
+    def __post_init__(self) -> None:
+        validate("llada", self)
+
+
+def check(params: Params, cfg) -> None:
+    blocks = cfg.gen_length // cfg.block_length
+    if params.steps < blocks or params.steps % blocks:
+        raise ConfigError(f"llada: steps ({params.steps}) must be a positive multiple of the number of blocks "
+                          f"(gen_length / block_length = {blocks})")
+
+
+def policy(params: Params, cfg) -> FixedSchedule:
+    return FixedSchedule(params.steps // (cfg.gen_length // cfg.block_length))
 
 
 class FixedSchedule:
@@ -36,6 +52,6 @@ class FixedSchedule:
         assert self.schedule is not None
         return self.schedule[:, step] > 0
 
-    def step(self, ctx: StepContext) -> torch.Tensor:
+    def step(self, ctx: StepContext) -> Decision:
         assert self.schedule is not None
-        return topk_mask(ctx.confidence, self.schedule[:, ctx.step])
+        return Decision(topk_mask(ctx.confidence, self.schedule[:, ctx.step]))

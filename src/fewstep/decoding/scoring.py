@@ -1,0 +1,66 @@
+"""One step's model call and logits processing, on the active window only.
+
+:func:`window_logits` runs the model and returns logits for the window of positions being decoded
+(the active block), never for the whole sequence; :func:`candidates_and_confidence` turns them
+into a candidate token and a confidence per position. float64 is used for the softmax only, on
+the window: that is what keeps confidences tie-exact with the reference implementations (which
+take the softmax of float32 logits in float64) while the step's memory stays block-local.
+
+Shapes: b rows, T sequence, L window length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fewstep.strategies import scorers
+
+LAST = -1e30  # confidence given to EOS candidates with eos_confidence=last (finite: still eligible)
+
+
+def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch.Tensor, window: slice,
+                  cfg_scale: float, embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits [b, L, V] in float32 for the positions of ``window``, with classifier-free guidance
+    when ``cfg_scale`` > 0 (the unconditional pass sees the prompt masked). ``embeds`` [b, T, D]
+    replaces the token embeddings as the model's input (embedding priors)."""
+    if cfg_scale > 0:
+        un = torch.where(prompt_pos, torch.full_like(ids, model.mask_id), ids)
+        both_embeds = None
+        if embeds is not None:
+            un_embeds = torch.where(prompt_pos[..., None], model.embed(un), embeds)
+            both_embeds = torch.cat([embeds, un_embeds])
+        both = model.logits(input_ids=None if both_embeds is not None else torch.cat([ids, un]),
+                            attention_mask=torch.cat([att, att]), inputs_embeds=both_embeds, positions=window).float()
+        cond, uncond = both.chunk(2)
+        return uncond + (cfg_scale + 1) * (cond - uncond)
+    if embeds is not None:
+        return model.logits(attention_mask=att, inputs_embeds=embeds, positions=window).float()
+    return model.logits(input_ids=ids, attention_mask=att, positions=window).float()
+
+
+def candidates_and_confidence(logits: torch.Tensor, cfg, eos_id: int, generator: torch.Generator,
+                              mask_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits [b, L, V] float32 -> candidate ids [b, L], confidence [b, L] (float64), probs
+    [b, L, V] (float64 softmax of the processed, noise-free logits). ``logits`` is modified in
+    place (EOS penalty, mask suppression): pass a tensor the caller owns.
+
+    The mask token is never a candidate (committing it would leave the position masked forever);
+    this departs from LLaDA's reference only where the reference would return a mask token.
+
+    With temperature T > 0 the candidate is argmax(logits + T * Gumbel) computed in float64, which
+    is LLaDA's argmax(exp(logits) / (-log u)^T) in log space (no overflow). The confidence comes
+    from the noise-free softmax, through the scorer that ``remasking`` names."""
+    if cfg.eos_logit_penalty > 0:
+        logits[..., eos_id] -= cfg.eos_logit_penalty
+    if mask_id is not None and mask_id < logits.shape[-1]:
+        logits[..., mask_id] = float("-inf")
+    if cfg.temperature > 0:
+        u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
+        cand = (logits.double() - cfg.temperature * torch.log(-torch.log(u))).argmax(-1)
+    else:
+        cand = logits.argmax(-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float64)
+    conf = scorers.SCORERS[cfg.remasking](probs, cand, generator)
+    if cfg.eos_confidence == "last":
+        conf = conf.masked_fill(cand == eos_id, LAST)
+    return cand, conf, probs
