@@ -60,7 +60,8 @@ def generate(
         if cfg.strategy != "ar":
             raise ConfigError(f"{model.name} is a causal model: use strategy 'ar', not {cfg.strategy!r}")
         return generate_ar(model, batch, cfg.gen_length)
-    last = deque(decode(model, batch, cfg, snapshots=False), maxlen=1)[0]
+    with torch.no_grad():
+        last = deque(decode(model, batch, cfg, snapshots=False), maxlen=1)[0]
     assert last.done
     return results_from_event(model, last)
 

@@ -93,6 +93,19 @@ def ended_rows(gen: torch.Tensor, upto: int, eos_id: int) -> torch.Tensor:
     return is_eos.any(1) & (is_eos | ~after_first).all(1)
 
 
+class _Lazy:
+    """A value made on first use (the decode's random generator: seeding one costs more than a
+    greedy step's own work, and greedy decoding never draws from it)."""
+
+    def __init__(self, make):
+        self.make, self.value = make, None
+
+    def __call__(self) -> torch.Generator:
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
 def _scatter_rows(full_shape, fill, sub: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """values [b, ...] of the rows ``sub`` -> [B, ...] with ``fill`` elsewhere."""
     return torch.full(full_shape, fill, dtype=values.dtype, device=values.device).index_copy_(0, sub, values)
@@ -116,9 +129,10 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     if getattr(model, "mask_id", -1) < 0:
         raise ConfigError(f"{model.name} is not a masked diffusion model")
     check_prompts(model, prompts, cfg.gen_length)
+    dev = model.device
     ids, att, p = left_pad(prompts, model.pad_id, cfg.gen_length)
-    ids, att = ids.to(model.device), att.to(model.device)
-    b, g, dev, mask_id, eos_id = ids.shape[0], cfg.gen_length, ids.device, model.mask_id, model.eos_id
+    ids, att = ids.to(dev), att.to(dev)
+    b, g, mask_id, eos_id = ids.shape[0], cfg.gen_length, model.mask_id, model.eos_id
     gen = ids[:, p:]  # [B, G] view of the canvas, updated in place
     tokens, state = initial_state(b, g, init, mask_id, dev)
     gen.copy_(tokens)
@@ -126,14 +140,13 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     if init is not None and init.embeds is not None:
         prior = init.embeds.to(dev)
         prior_mask = (init.embed_mask if init.embed_mask is not None else torch.ones(b, g, dtype=torch.bool)).to(dev)
-    prompt_pos = torch.zeros_like(ids, dtype=torch.bool)
+    prompt_pos = torch.zeros_like(ids, dtype=torch.bool)  # what guidance masks (cfg_scale > 0)
     prompt_pos[:, :p] = att[:, :p].bool()
     nfe = torch.zeros(b, dtype=torch.long, device=dev)
     committed_at = torch.full((b, g), -1, dtype=torch.long, device=dev)
-    generator = torch.Generator(device=dev).manual_seed(cfg.seed)
+    generator = _Lazy(lambda: torch.Generator(device=dev).manual_seed(cfg.seed))
     policy = make_policy(cfg)
     cost = 2 if cfg.cfg_scale > 0 else 1
-    nothing = torch.zeros((b, g), dtype=torch.bool, device=dev)
     step = 0
     for blk in range(cfg.num_blocks):
         lo, hi = blk * cfg.block_length, (blk + 1) * cfg.block_length
@@ -198,7 +211,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 full_commit[:, lo:hi] = commit
                 if stopped is not None:
                     full_commit |= stopped
-                full_revoke = nothing.clone()
+                full_revoke = torch.zeros((b, g), dtype=torch.bool, device=dev)
                 if revoke is not None:
                     full_revoke[:, lo:hi] = revoke
                 yield StepEvent(step, blk, _snap(full_commit), _snap(full_revoke), _snap(gen), _snap(nfe),

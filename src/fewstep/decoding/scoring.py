@@ -38,11 +38,12 @@ def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch
     return model.logits(input_ids=ids, attention_mask=att, positions=window).float()
 
 
-def candidates_and_confidence(logits: torch.Tensor, cfg, eos_id: int, generator: torch.Generator,
+def candidates_and_confidence(logits: torch.Tensor, cfg, eos_id: int, generator,
                               mask_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits [b, L, V] float32 -> candidate ids [b, L], confidence [b, L] (float64), probs
     [b, L, V] (float64 softmax of the processed, noise-free logits). ``logits`` is modified in
-    place (EOS penalty, mask suppression): pass a tensor the caller owns.
+    place (EOS penalty, mask suppression): pass a tensor the caller owns. ``generator`` is a
+    ``torch.Generator`` or a function returning one (made only when a random draw is needed).
 
     The mask token is never a candidate (committing it would leave the position masked forever);
     this departs from LLaDA's reference only where the reference would return a mask token.
@@ -54,6 +55,8 @@ def candidates_and_confidence(logits: torch.Tensor, cfg, eos_id: int, generator:
         logits[..., eos_id] -= cfg.eos_logit_penalty
     if mask_id is not None and mask_id < logits.shape[-1]:
         logits[..., mask_id] = float("-inf")
+    if callable(generator):
+        generator = generator() if cfg.temperature > 0 or cfg.remasking == "random" else None
     if cfg.temperature > 0:
         u = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float64)
         cand = (logits.double() - cfg.temperature * torch.log(-torch.log(u))).argmax(-1)

@@ -70,7 +70,6 @@ class DiffusionModel(_Base):
         """Input embeddings [B, T, D] of token ids [B, T] (the model's own embedding table)."""
         return torch.nn.functional.embedding(ids, self.embedding_table())
 
-    @torch.no_grad()
     def logits(
         self,
         input_ids: torch.Tensor | None = None,
@@ -91,6 +90,9 @@ class DiffusionModel(_Base):
         None is refused."""
         if cache is not None:
             raise ConfigError(f"{self.name} does not support a key/value cache")
+        if torch.is_grad_enabled():  # callers that decode many steps disable autograd once, around the loop
+            with torch.no_grad():
+                return self.logits(input_ids, attention_mask, inputs_embeds, positions, position_ids)
         module: Any = self.module
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
                                   "inputs_embeds": inputs_embeds}
