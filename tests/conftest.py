@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep.models import lab
+from fewstep.training import lab
 
 # Tiny models gain nothing from intra-op threads, and spinning threads fight any other job on the machine.
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import torch
 
 from fewstep.cli import main
 from fewstep.errors import ConfigError, TaskError
-from fewstep.models import lab
+from fewstep.training import lab
 
 SMALL = ["--task", "arith", "--limit", "8", "--batch-size", "3", "--set", "steps=12", "--no-progress"]
 

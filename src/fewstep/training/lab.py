@@ -1,5 +1,6 @@
 """The lab models: fresh architectures and tokenizers for the ``arith`` task, saved in Hugging
-Face layout (config.json, model.safetensors, tokenizer.json) so they load like real checkpoints."""
+Face layout (config.json, model.safetensors, tokenizer.json) so that ``fewstep.load_model`` reads
+them like real checkpoints (the loader never needs this module)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from fewstep.models import tokenizers
 from fewstep.models.llada import LLaDAConfig, LLaDAModel
 from fewstep.tasks import arith
+from fewstep.training import tokenizers
 
 CHARS = string.ascii_letters + string.digits + " .?+-=/#:x"
 
@@ -57,7 +58,7 @@ def new_ar(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: 
     return LlamaForCausalLM(cfg), tok
 
 
-def _init(model: torch.nn.Module) -> None:
+def _init(model: LLaDAModel) -> None:
     for name, p in model.named_parameters():
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02)
