@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import make_random_dlm
 from fewstep.cli import main
 from fewstep.errors import ConfigError, TaskError
-from fewstep.training import lab
 
 SMALL = ["--task", "arith", "--limit", "8", "--batch-size", "3", "--set", "steps=12", "--no-progress"]
 
@@ -153,15 +152,7 @@ def test_bad_process_count(capsys, random_dlm_dir, tmp_path):
 @pytest.fixture(scope="module")
 def long_context_dlm(tmp_path_factory) -> Path:
     """A random model like ``random_dlm_dir`` but with a 512-token context, for GSM8K-length prompts."""
-    torch.manual_seed(0)
-    model, tok = lab.new_dlm(32, 2, 4, 64, max_len=512)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    path = tmp_path_factory.mktemp("models") / "random-dlm-512"
-    lab.save_dlm(model, tok, path)
-    return path
+    return make_random_dlm(tmp_path_factory.mktemp("models") / "random-dlm-512", max_len=512)
 
 
 def test_gsm8k_end_to_end(capsys, random_dlm_dir, long_context_dlm, tmp_path):
@@ -180,5 +171,6 @@ def test_gsm8k_end_to_end(capsys, random_dlm_dir, long_context_dlm, tmp_path):
                           "--set", "steps=12", "--out", str(out), "--no-progress")
     assert code == 0 and stdout.startswith("gsm8k ")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 4 and summary["nfe_mean"] == 12 and 0 <= summary["accuracy"] <= 1
-    assert all(r["output"] for r in rows(out))
+    assert summary["n"] == 4 and summary["nfe_mean"] == 12
+    assert summary["accuracy"] == sum(r["correct"] for r in rows(out)) / 4
+    assert all(r["output"] and r["nfe"] == 12 for r in rows(out))
