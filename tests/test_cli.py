@@ -49,6 +49,7 @@ def test_bad_input_is_one_clear_line(capsys, random_dlm_dir, extra, message):
     assert err.count("\n") == 1 and err.startswith("fewstep: error: ")
 
 
+@pytest.mark.slow
 def test_console_script_exit_status(random_dlm_dir):
     proc = subprocess.run(
         [sys.executable, "-m", "fewstep.cli", "generate", "hi", "--model", "/no/such/dir"],

@@ -80,6 +80,7 @@ def test_gold_refuses_to_decode_prompts(capsys):
 # --- several processes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(capsys, random_dlm_dir, one_process, tmp_path):
     code, stdout, _ = run(capsys, "eval", "--model", str(random_dlm_dir), "--out", str(tmp_path),
                           "--num-processes", "2", *SMALL)
@@ -96,6 +97,7 @@ def test_two_processes_match_one(capsys, random_dlm_dir, one_process, tmp_path):
     assert summary["wall_s"] == max(summary["wall_s_per_rank"]) > 0
 
 
+@pytest.mark.slow
 def test_torchrun_launch_matches_one_process(random_dlm_dir, one_process, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
@@ -114,6 +116,7 @@ def test_torchrun_launch_matches_one_process(random_dlm_dir, one_process, tmp_pa
     assert json.loads((tmp_path / "summary.json").read_text())["num_processes"] == 2
 
 
+@pytest.mark.slow
 def test_worker_error_is_one_clear_line(capsys, random_dlm_dir, tmp_path):
     data = tmp_path / "long.jsonl"
     question = " ".join(["Mia has 7 pens ."] * 30)  # 120 words: beyond the 96-token context

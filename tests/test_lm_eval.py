@@ -62,6 +62,7 @@ def test_importing_fewstep_does_not_import_lm_eval():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_generate_until_task_through_simple_evaluate(offline, task_dir, random_dlm_dir):
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -156,6 +157,7 @@ def test_bad_model_args_are_clear(random_dlm_dir):
         FewstepLM(pretrained=str(random_dlm_dir)).loglikelihood_rolling([])
 
 
+@pytest.mark.slow
 def test_command_line_wrapper(offline, task_dir, random_dlm_dir, tmp_path):
     """``python -m fewstep.integrations.lm_eval`` is lm-eval's command line with the model registered."""
     proc = subprocess.run(

@@ -127,7 +127,7 @@ def test_rows_finish_independently():
     assert ev.nfe.tolist() == [8, 16]
 
 
-@pytest.mark.parametrize("strategy", ["llada", "threshold", "cad", "factor"])
+@pytest.mark.parametrize("strategy", [pytest.param("llada", marks=pytest.mark.slow), "threshold", "cad", "factor"])
 def test_batch_invariance_on_random_model(random_dlm_dir, strategy):
     model = fewstep.load_model(random_dlm_dir)
     questions = [p.question for p in arith.test_set()[:12]]
@@ -164,6 +164,7 @@ def test_mask_token_is_never_a_candidate():
         assert ev.canvas[0, :5].tolist() == [10, 11, 12, 13, 14]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [dict(steps=6), dict(strategy="threshold", threshold=0.9),
                                   dict(strategy="cad", tau=0.9, block_length=8, early_stop=True)])
 def test_batch_invariance_on_bundled_model(spec):
