@@ -127,7 +127,7 @@ def test_rows_finish_independently():
     assert ev.nfe.tolist() == [8, 16]
 
 
-@pytest.mark.parametrize("strategy", [pytest.param("llada", marks=pytest.mark.slow), "threshold", "cad", "factor"])
+@pytest.mark.parametrize("strategy", ["llada", "threshold", "cad", "factor"])
 def test_batch_invariance_on_random_model(random_dlm_dir, strategy):
     model = fewstep.load_model(random_dlm_dir)
     questions = [p.question for p in arith.test_set()[:12]]

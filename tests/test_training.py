@@ -15,7 +15,7 @@ TINY = dict(d_model=32, n_layers=1, n_heads=2, mlp_hidden=64, batch_size=8, save
             log_every=1, warmup=2)
 
 
-@pytest.mark.parametrize("kind", [pytest.param("dlm", marks=pytest.mark.slow), "ar"])
+@pytest.mark.parametrize("kind", ["dlm", "ar"])
 def test_resume_matches_uninterrupted(tmp_path, kind):
     full = train(TrainConfig(kind=kind, steps=4, **TINY), tmp_path / "full", progress=False)
     half = TrainConfig(kind=kind, steps=4, **TINY)
