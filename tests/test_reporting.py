@@ -47,7 +47,13 @@ def _row(spec: str, strategy: str, accuracy: float, ci: tuple[float, float], nfe
             "tokens_per_forward": tpf, "wall_s": wall, "overhead_fraction": overhead, "vs_first": vs_first}
 
 
+def _cells(line: str) -> list[str]:
+    assert line.startswith("| ") and line.endswith(" |"), line
+    return [c.strip() for c in line[2:-2].split(" | ")]
+
+
 def test_bench_markdown_table():
+    """Each column by its header, so that a column added to the table does not break the check."""
     result = {
         "task": "arith", "model": "tiny-dlm", "n": 1000, "batch_size": 100, "repeats": 3,
         "results": [
@@ -58,13 +64,18 @@ def test_bench_markdown_table():
                   "accuracy_diff_ci95": [-0.0104, 0.0004]}),
         ],
     }
-    assert markdown_table(result) == (
-        "arith / tiny-dlm: 1000 problems, batch 100, median of 3 timed repeat(s)\n"
-        "\n"
-        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | NFE | tokens/forward | NFE ratio | wall s "
-        "| wall ratio | engine overhead |\n"
-        "|---|---|---|---:|---:|---:|---:|---:|---:|\n"
-        "| `llada` | 90.0% [88.0%, 91.7%] | +0.0% [+0.0%, +0.0%] | 24.00 | 0.59 | 1.00x | 152.55 | 1.00x | 0.5% |\n"
-        "| `threshold:threshold=0.8` | 89.5% [87.4%, 91.3%] | -0.5% [-1.0%, +0.0%] | 2.26 | 6.23 | 10.62x | 13.72 "
-        "| 11.12x | 1.4% |\n"
-    )
+    head, blank, *table = markdown_table(result).split("\n")
+    assert head.startswith("arith / tiny-dlm: 1000 problems, batch 100, median of 3 timed repeat(s)")
+    assert blank == "" and table[-1] == "" and len(table) == 2 + 2 + 1  # header, rule, two rows, final newline
+    header = _cells(table[0])
+    assert set(table[1].strip("|").split("|")) <= {"---", "---:"} and table[1].count("|") == len(header) + 1
+    rows = [dict(zip(header, _cells(line), strict=True)) for line in table[2:4]]
+    expected = [
+        {"strategy": "`llada`", "accuracy [95% CI]": "90.0% [88.0%, 91.7%]",
+         "Δ acc vs first [95% CI]": "+0.0% [+0.0%, +0.0%]", "NFE": "24.00", "tokens/forward": "0.59",
+         "NFE ratio": "1.00x", "wall s": "152.55", "wall ratio": "1.00x", "engine overhead": "0.5%"},
+        {"strategy": "`threshold:threshold=0.8`", "accuracy [95% CI]": "89.5% [87.4%, 91.3%]",
+         "Δ acc vs first [95% CI]": "-0.5% [-1.0%, +0.0%]", "NFE": "2.26", "tokens/forward": "6.23",
+         "NFE ratio": "10.62x", "wall s": "13.72", "wall ratio": "11.12x", "engine overhead": "1.4%"},
+    ]
+    assert [{k: row[k] for k in expected[0]} for row in rows] == expected
