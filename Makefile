@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 FEWSTEP := $(VENV)/bin/fewstep
 
-.PHONY: setup demo test lint lab-models clean
+.PHONY: setup demo test test-fast lint lab-models clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (each over about 3 seconds on one thread).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewstep.models import lab
+from fewstep.training import lab
 
 # Tiny models gain nothing from intra-op threads, and spinning threads fight any other job on the machine.
 torch.set_num_threads(1)
@@ -16,10 +16,11 @@ torch.set_num_threads(1)
 ASSETS = Path(__file__).resolve().parent.parent / "src" / "fewstep" / "assets"
 
 
-def make_random_dlm(path: Path, d_model: int = 32, layers: int = 2, std: float = 0.3, seed: int = 0) -> Path:
+def make_random_dlm(path: Path, d_model: int = 32, layers: int = 2, std: float = 0.3, seed: int = 0,
+                    max_len: int = 96) -> Path:
     """A random LLaDA-architecture model with the lab tokenizer; large init so logits are peaked."""
     torch.manual_seed(seed)
-    model, tok = lab.new_dlm(d_model, layers, 4, 2 * d_model, max_len=96)
+    model, tok = lab.new_dlm(d_model, layers, 4, 2 * d_model, max_len=max_len)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:

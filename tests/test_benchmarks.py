@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
+import types
 from fractions import Fraction
 from pathlib import Path
 
@@ -48,6 +50,16 @@ def datasets() -> Path:
     if missing:
         pytest.skip(f"benchmark data not available: {', '.join(missing)} missing in {folder}")
     return folder
+
+
+@pytest.fixture
+def offline_hub(monkeypatch):
+    """The hub out of reach, without waiting for network timeouts (and alike on machines that reach it)."""
+
+    def load_dataset(name, config=None, split=None):
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
 
 
 def _every(examples: list[Example], n: int) -> list[Example]:
@@ -216,7 +228,7 @@ def test_registry_knows_the_benchmarks():
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math500", "mbpp"])
-def test_missing_data_says_to_pass_data(task, tmp_path, monkeypatch):
+def test_missing_data_says_to_pass_data(task, tmp_path, monkeypatch, offline_hub):
     monkeypatch.setenv("FEWSTEP_DATASETS", str(tmp_path))
     with pytest.raises(TaskError, match="--data"):
         get_task(task).examples()
@@ -248,7 +260,7 @@ def test_data_option_reads_each_layout(tmp_path):
     assert get_task("humaneval").score(example, example.gold_output).correct
 
 
-def test_gsm8k_fixed_shots_match_the_train_file(datasets, tmp_path, monkeypatch):
+def test_gsm8k_fixed_shots_match_the_train_file(datasets, tmp_path, monkeypatch, offline_hub):
     from_file = gsm8k.load_shots(8)
     monkeypatch.setenv("FEWSTEP_DATASETS", str(tmp_path))
     assert gsm8k.load_shots(8) == from_file == gsm8k.FIXED_SHOTS
@@ -298,6 +310,7 @@ def test_gsm8k_all_gold_answers(datasets):
     _assert_gold_and_wrong("gsm8k", examples)
 
 
+@pytest.mark.slow
 def test_math500_all_gold_answers(datasets):
     pytest.importorskip("math_verify")
     examples = get_task("math500").examples()
@@ -318,12 +331,6 @@ def test_mbpp_sample_gold_solutions(datasets):
 
 def test_hub_fallback_when_no_local_file(tmp_path, monkeypatch):
     """Without a local copy, tasks read the usual hub dataset (datasets.load_dataset) when reachable."""
-    import sys
-    import types
-
-    from fewstep.errors import TaskError
-    from fewstep.tasks.base import get_task
-
     monkeypatch.setenv("FEWSTEP_DATASETS", str(tmp_path))  # an empty folder: no local files
     calls = []
 

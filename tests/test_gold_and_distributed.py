@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import make_random_dlm
 from fewstep.cli import main
 from fewstep.errors import ConfigError, TaskError
-from fewstep.models import lab
 
 SMALL = ["--task", "arith", "--limit", "8", "--batch-size", "3", "--set", "steps=12", "--no-progress"]
 
@@ -81,6 +80,7 @@ def test_gold_refuses_to_decode_prompts(capsys):
 # --- several processes -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(capsys, random_dlm_dir, one_process, tmp_path):
     code, stdout, _ = run(capsys, "eval", "--model", str(random_dlm_dir), "--out", str(tmp_path),
                           "--num-processes", "2", *SMALL)
@@ -97,6 +97,7 @@ def test_two_processes_match_one(capsys, random_dlm_dir, one_process, tmp_path):
     assert summary["wall_s"] == max(summary["wall_s_per_rank"]) > 0
 
 
+@pytest.mark.slow
 def test_torchrun_launch_matches_one_process(random_dlm_dir, one_process, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
@@ -115,6 +116,7 @@ def test_torchrun_launch_matches_one_process(random_dlm_dir, one_process, tmp_pa
     assert json.loads((tmp_path / "summary.json").read_text())["num_processes"] == 2
 
 
+@pytest.mark.slow
 def test_worker_error_is_one_clear_line(capsys, random_dlm_dir, tmp_path):
     data = tmp_path / "long.jsonl"
     question = " ".join(["Mia has 7 pens ."] * 30)  # 120 words: beyond the 96-token context
@@ -153,15 +155,7 @@ def test_bad_process_count(capsys, random_dlm_dir, tmp_path):
 @pytest.fixture(scope="module")
 def long_context_dlm(tmp_path_factory) -> Path:
     """A random model like ``random_dlm_dir`` but with a 512-token context, for GSM8K-length prompts."""
-    torch.manual_seed(0)
-    model, tok = lab.new_dlm(32, 2, 4, 64, max_len=512)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    path = tmp_path_factory.mktemp("models") / "random-dlm-512"
-    lab.save_dlm(model, tok, path)
-    return path
+    return make_random_dlm(tmp_path_factory.mktemp("models") / "random-dlm-512", max_len=512)
 
 
 def test_gsm8k_end_to_end(capsys, random_dlm_dir, long_context_dlm, tmp_path):
@@ -180,5 +174,6 @@ def test_gsm8k_end_to_end(capsys, random_dlm_dir, long_context_dlm, tmp_path):
                           "--set", "steps=12", "--out", str(out), "--no-progress")
     assert code == 0 and stdout.startswith("gsm8k ")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n"] == 4 and summary["nfe_mean"] == 12 and 0 <= summary["accuracy"] <= 1
-    assert all(r["output"] for r in rows(out))
+    assert summary["n"] == 4 and summary["nfe_mean"] == 12
+    assert summary["accuracy"] == sum(r["correct"] for r in rows(out)) / 4
+    assert all(r["output"] and r["nfe"] == 12 for r in rows(out))

@@ -1,7 +1,9 @@
+import ast
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +116,18 @@ def test_dream_directory_without_code_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream"}))
     with pytest.raises(ModelLoadError, match="modelling code"):
         fewstep.load_model(tmp_path)
+
+
+def test_loading_needs_no_training_code():
+    """``fewstep.models`` (the loader and the architectures) imports nothing from ``fewstep.training``,
+    lazily or not: lab-model construction lives with training."""
+    models = Path(fewstep.__file__).parent / "models"
+    imported = set()
+    for path in models.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert ("loading.py", "fewstep.models.adapter") in imported  # the walk sees the loader's imports
+    assert [(f, m) for f, m in sorted(imported) if m.startswith("fewstep.training")] == []

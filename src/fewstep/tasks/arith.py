@@ -13,6 +13,8 @@ compute a chain of lookups in a single forward pass: that is what makes parallel
 
 The test set is fixed (seed ``TEST_SEED``, ``TEST_SIZE`` problems); training problems come from
 other seeds and are filtered against the test questions, so no test question is ever trained on.
+:class:`ArithTask` puts the test set behind the task interface (``fewstep eval --task arith``) and
+scores an output by exact match of the number after its last ``####``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+
+from fewstep.tasks.base import Example, Score
+from fewstep.tasks.jsonl import read_jsonl
 
 NAMES_SHE = ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruth", "Sara")
 NAMES_HE = ("Tom", "Sam", "Leo", "Ben", "Max", "Jack", "Omar", "Ivan")
@@ -102,7 +107,7 @@ def test_set(size: int = TEST_SIZE, seed: int = TEST_SEED) -> tuple[Problem, ...
     """The fixed, seeded test set (distinct questions)."""
     rng = random.Random(seed)
     seen: set[str] = set()
-    out = []
+    out: list[Problem] = []
     while len(out) < size:
         p = make_problem(rng)
         if p.question not in seen:
@@ -134,11 +139,6 @@ def extract_answer(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def score(prediction: str, problem: Problem) -> bool:
-    """Exact match of the extracted final answer."""
-    return extract_answer(prediction) == problem.answer
-
-
 def vocabulary() -> list[str]:
     """Every word the task can produce (the lab diffusion model's word-level vocabulary)."""
     words = {str(i) for i in range(MAX_VALUE + 1)}
@@ -150,3 +150,25 @@ def vocabulary() -> list[str]:
         words.update(p.question.split())
         words.update(p.solution.split())
     return sorted(words)
+
+
+class ArithTask:
+    """``arith`` behind the task interface: the fixed test set (or ``--data`` rows with ``question``
+    and ``answer``), scored by exact match of the ``#### N`` answer."""
+
+    name = "arith"
+    default_gen_length = 24
+
+    def examples(self, data: str | None = None) -> list[Example]:
+        if data is not None:
+            rows = read_jsonl(data, required=("question", "answer"))
+            return [
+                Example(str(i), r["question"], extract_answer(r["answer"]), r["answer"]) for i, r in enumerate(rows)
+            ]
+        return [
+            Example(str(i), p.question, p.answer, p.solution, {"steps": p.steps}) for i, p in enumerate(test_set())
+        ]
+
+    def score(self, example: Example, output: str) -> Score:
+        got = extract_answer(output)
+        return Score(got is not None and got == example.reference, got)

@@ -41,7 +41,7 @@ class Task(Protocol):
 
 # name -> "module:attribute"; modules are imported only when a task is asked for.
 REGISTRY: dict[str, str] = {
-    "arith": "fewstep.tasks.arith_task:ArithTask",
+    "arith": "fewstep.tasks.arith:ArithTask",
     "gsm8k": "fewstep.tasks.gsm8k:GSM8KTask",
     "math500": "fewstep.tasks.math500:Math500Task",
     "humaneval": "fewstep.tasks.humaneval:HumanEvalTask",

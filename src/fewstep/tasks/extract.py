@@ -205,7 +205,7 @@ def extract_code(text: str) -> str:
     for match in _FENCE.finditer(text):
         if match.group(1).lower() in _CODE_LANGUAGES:
             return match.group(2).rstrip() + "\n"
-    match = _BEGIN_DONE.search(text)
-    if match:
-        return match.group(1).rstrip() + "\n"
+    begin = _BEGIN_DONE.search(text)
+    if begin:
+        return begin.group(1).rstrip() + "\n"
     return text.split("[DONE]", 1)[0].rstrip() + "\n"

@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from fewstep.errors import ConfigError
-from fewstep.models import lab
-from fewstep.training import data, objectives
+from fewstep.training import data, lab, objectives
 from fewstep.training.config import TrainConfig
 
 

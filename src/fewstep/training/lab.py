@@ -1,22 +1,31 @@
 """The lab models: fresh architectures and tokenizers for the ``arith`` task, saved in Hugging
-Face layout (config.json, model.safetensors, tokenizer.json) so they load like real checkpoints."""
+Face layout (config.json, model.safetensors, tokenizer.json) so that ``fewstep.load_model`` reads
+them like real checkpoints (the loader never needs this module)."""
 
 from __future__ import annotations
 
 import json
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
-from fewstep.models import tokenizers
 from fewstep.models.llada import LLaDAConfig, LLaDAModel
 from fewstep.tasks import arith
+from fewstep.training import tokenizers
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 CHARS = string.ascii_letters + string.digits + " .?+-=/#:x"
 
 
-def new_dlm(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512):
+def new_dlm(
+    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512
+) -> tuple[LLaDAModel, PreTrainedTokenizerFast]:
+    """A freshly initialised LLaDA-architecture model over the arith word-level vocabulary."""
     tok = tokenizers.word_level(arith.vocabulary())
     cfg = LLaDAConfig(
         d_model=d_model,
@@ -36,7 +45,10 @@ def new_dlm(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len:
     return model, tok
 
 
-def new_ar(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512):
+def new_ar(
+    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A freshly initialised transformers Llama causal LM over a character-level tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tokenizers.char_level(CHARS)
@@ -57,7 +69,7 @@ def new_ar(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: 
     return LlamaForCausalLM(cfg), tok
 
 
-def _init(model: torch.nn.Module) -> None:
+def _init(model: LLaDAModel) -> None:
     for name, p in model.named_parameters():
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02)
@@ -65,7 +77,7 @@ def _init(model: torch.nn.Module) -> None:
                 p.data /= (2 * model.config.n_layers) ** 0.5
 
 
-def save_dlm(model: LLaDAModel, tok, out: Path) -> None:
+def save_dlm(model: LLaDAModel, tok: PreTrainedTokenizerFast, out: Path) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +86,7 @@ def save_dlm(model: LLaDAModel, tok, out: Path) -> None:
     tok.save_pretrained(out)
 
 
-def save_ar(model, tok, out: Path) -> None:
+def save_ar(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tok.save_pretrained(out)
