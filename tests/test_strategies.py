@@ -30,6 +30,7 @@ def test_scorers():
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     r1, r2 = scorers.random(probs, cand, g1), scorers.random(probs, cand, g2)
     assert torch.equal(r1, r2) and ((0 <= r1) & (r1 < 1)).all()
+    assert not torch.equal(r1, scorers.random(probs, cand, torch.Generator().manual_seed(1)))  # the seed is used
 
 
 def test_threshold_commits_all_above_and_at_least_one():

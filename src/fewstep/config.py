@@ -25,6 +25,7 @@ from fewstep.errors import ConfigError
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
+INIT = ("mask", "inject", "interpolate")
 
 
 @dataclass(frozen=True, init=False)
@@ -47,6 +48,33 @@ class DecodeConfig:
     eos_confidence: ``keep``, or ``last``: EOS candidates get a confidence below every other
         candidate (-1e30, still finite), so they are committed after every other candidate
         (LLaDA's appendix B.4 advice for long answers).
+    drafter: warm starts (:mod:`fewstep.drafting`): a causal LM (bundled name or directory) that
+        answers first; empty: none.
+    init: how the drafter's answer starts the canvas: ``mask`` (no warm start), ``inject`` (draft
+        tokens as provisional tokens), ``interpolate`` (input embedding (1 - alpha) * E[mask] +
+        alpha * E[draft] at a masked position until it is committed).
+    rho: each draft position is kept with probability rho (injection dropout 1 - rho), seeded per
+        prompt, so a prompt's canvas does not depend on its batch.
+    alpha, alpha_decay: interpolation weight, multiplied by (1 - alpha_decay) at every step.
+    draft_min_confidence: calibrated injection: keep only draft tokens whose drafter probability
+        is at least this (0: off).
+    drafter_max_tokens: the drafter's token budget (0: its model directory's gen_length, else gen_length).
+    remask_threshold: prior skepticism: a provisional token goes back to mask when the diffusion
+        model's probability for it falls below this after a forward (0: never).
+    confirm_threshold: a provisional token is committed once that probability reaches this (1:
+        only when nothing else is left to decode in its block).
+    revise_threshold, max_revisions: bounded revision: a committed token goes back to mask when
+        the model's probability for it falls below revise_threshold (0: off), at most
+        max_revisions times per position.
+    verify_groups: how provisional tokens are judged. 1: from the model's output at the visible
+        token (the paper's skepticism). k > 1: at step s the provisional positions i with
+        i % k == s % k are fed to the model as masks and judged by its prediction there, the rest
+        stay visible as context; every draft token is judged within k forwards. Rationale: a masked
+        diffusion model is trained to predict masked positions only, so its output at a visible
+        token is not a calibrated probability of that token; its prediction at a masked one is.
+    verify_prefix: judge a block's draft as a whole once all of it has been judged: confirm the
+        longest prefix whose tokens reach remask_threshold, revoke the rest (chained errors are
+        repaired, not locked in; :mod:`fewstep.decoding.revise`).
     params: the active strategy's parameters (e.g. ``threshold``; ``steps`` for llada).
     """
 
@@ -60,6 +88,19 @@ class DecodeConfig:
     early_stop: bool = False
     eos_logit_penalty: float = 0.0
     eos_confidence: str = "keep"
+    drafter: str = ""
+    init: str = "mask"
+    rho: float = 1.0
+    alpha: float = 0.5
+    alpha_decay: float = 0.0
+    draft_min_confidence: float = 0.0
+    drafter_max_tokens: int = 0
+    remask_threshold: float = 0.0
+    confirm_threshold: float = 1.0
+    revise_threshold: float = 0.0
+    max_revisions: int = 1
+    verify_groups: int = 1
+    verify_prefix: bool = False
     params: Any = None
 
     def __init__(self, **kw: Any) -> None:
@@ -160,6 +201,20 @@ def _check_loop(cfg: DecodeConfig) -> None:
         raise ConfigError(f"eos_confidence must be one of {', '.join(EOS_CONFIDENCE)}, got {cfg.eos_confidence!r}")
     if not 0 <= cfg.seed < 2**63:
         raise ConfigError(f"seed must be in [0, 2**63), got {cfg.seed}")
+    if cfg.init not in INIT:
+        raise ConfigError(f"init must be one of {', '.join(INIT)}, got {cfg.init!r}")
+    if cfg.init != "mask" and not cfg.drafter:
+        raise ConfigError(f"init={cfg.init} needs a drafter (--drafter NAME_OR_PATH or --set drafter=...)")
+    for name in ("rho", "alpha", "alpha_decay", "draft_min_confidence", "remask_threshold", "confirm_threshold",
+                 "revise_threshold"):
+        _in_range(name, getattr(cfg, name), 0, 1)
+    if cfg.drafter_max_tokens < 0 or cfg.max_revisions < 0:
+        raise ConfigError("drafter_max_tokens and max_revisions must be >= 0")
+    if cfg.verify_groups < 1:
+        raise ConfigError(f"verify_groups must be >= 1, got {cfg.verify_groups}")
+    if cfg.remask_threshold > cfg.confirm_threshold:
+        raise ConfigError(f"remask_threshold ({cfg.remask_threshold}) must not exceed confirm_threshold "
+                          f"({cfg.confirm_threshold})")
 
 
 def _in_range(name: str, value: float, lo: float, hi: float | None, open_low: bool = False) -> None:

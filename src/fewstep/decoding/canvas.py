@@ -29,14 +29,17 @@ class CanvasInit:
 
     tokens: [B, G] long, a token id where the canvas starts with a provisional token and -1
         where it starts masked.
-    embeds: [B, G, D] input embeddings that replace the embedding of the position's current token
-        while ``embed_mask`` holds there and the position is not yet committed (embedding
-        interpolation); ``embed_mask`` [B, G] bool.
+    embeds: [B, G, D] target input embeddings where ``embed_mask`` [B, G] holds: until the position
+        is committed the model's input there is ``(1 - a) * E[current token] + a * embeds`` with
+        ``a = alpha * (1 - alpha_decay) ** step`` (embedding interpolation; alpha 1, decay 0: the
+        given embeddings as they are).
     """
 
     tokens: torch.Tensor | None = None
     embeds: torch.Tensor | None = None
     embed_mask: torch.Tensor | None = None
+    alpha: float = 1.0
+    alpha_decay: float = 0.0
 
 
 def undecided(state: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,11 @@ class GenerationResult:
     nfe: int  # forward passes of the model for this prompt
     answer_tokens: int  # generated tokens up to (not including) the first EOS
     committed_at: list[int] = field(default_factory=list)  # step of each position's commit
-    drafter_nfe: int = 0  # forward passes of a drafter, when one was used
+    drafter_nfe: int = 0  # forward passes of the drafter (warm starts; 0 without one)
+    drafter_s: float = 0.0  # this prompt's share of the drafter's wall time
+    injected: int = 0  # draft tokens the canvas started with (provisional)
+    confirmed: int = 0  # of those, kept by the diffusion model
+    revoked: int = 0  # positions sent back to mask (provisional or committed)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -39,10 +43,14 @@ def _tokenise(model, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> 
     return [model.encode_prompt(p) if isinstance(p, str) else list(p) for p in prompts]
 
 
-def results_from_event(model: DiffusionModel, event: StepEvent) -> list[GenerationResult]:
+def results_from_event(model: DiffusionModel, event: StepEvent, warm=None) -> list[GenerationResult]:
     out = []
-    for row, nfe, at in zip(event.canvas.tolist(), event.nfe.tolist(), event.committed_at.tolist()):
-        out.append(GenerationResult(row, model.decode(row), nfe, model.answer_length(row), at))
+    counts = {k: v.tolist() for k, v in (event.counts or {}).items()}
+    for i, (row, nfe, at) in enumerate(zip(event.canvas.tolist(), event.nfe.tolist(), event.committed_at.tolist())):
+        extra: dict[str, Any] = {k: counts[k][i] for k in ("injected", "confirmed", "revoked") if k in counts}
+        if warm is not None:
+            extra.update(drafter_nfe=warm.drafter_nfe[i], drafter_s=warm.drafter_s[i])
+        out.append(GenerationResult(row, model.decode(row), nfe, model.answer_length(row), at, **extra))
     return out
 
 
@@ -60,10 +68,24 @@ def generate(
         if cfg.strategy != "ar":
             raise ConfigError(f"{model.name} is a causal model: use strategy 'ar', not {cfg.strategy!r}")
         return generate_ar(model, batch, cfg.gen_length)
+    warm = None
     with torch.no_grad():
-        last = deque(decode(model, batch, cfg, snapshots=False), maxlen=1)[0]
+        if cfg.drafter:
+            warm = warm_start_for(model, prompts, cfg)
+        last = deque(decode(model, batch, cfg, init=warm.init if warm else None, snapshots=False), maxlen=1)[0]
     assert last.done
-    return results_from_event(model, last)
+    return results_from_event(model, last, warm)
+
+
+def warm_start_for(model: DiffusionModel, prompts, cfg: DecodeConfig):
+    """The drafter's answers as the initial canvas (:mod:`fewstep.drafting`); needs text prompts."""
+    from fewstep.drafting.warmstart import warm_start
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not all(isinstance(p, str) for p in prompts):
+        raise ConfigError("a drafter needs the prompts as text (its tokenizer is not the diffusion model's)")
+    return warm_start(model, list(prompts), cfg)
 
 
 @torch.no_grad()

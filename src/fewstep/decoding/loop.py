@@ -35,6 +35,7 @@ import torch
 
 from fewstep.config import DecodeConfig
 from fewstep.decoding.canvas import COMMITTED, MASKED, PROVISIONAL, CanvasInit, initial_state, progress, undecided
+from fewstep.decoding.revise import revise, token_probability, verify_prefix
 from fewstep.decoding.scoring import LAST, candidates_and_confidence, window_logits
 from fewstep.errors import ConfigError, PromptTooLongError
 from fewstep.models.adapter import DiffusionModel
@@ -57,6 +58,7 @@ class StepEvent:
     committed_at: torch.Tensor  # [B, G] step at which each position was committed (-1: not yet)
     done: bool  # True on the last event of the decode
     state: torch.Tensor | None = None  # [B, G] int8 position states after the step (canvas.MASKED, ...)
+    counts: dict[str, torch.Tensor] | None = None  # [B] each: injected, confirmed, revoked (so far)
 
 
 def _snap(t: torch.Tensor) -> torch.Tensor:
@@ -111,11 +113,34 @@ def _scatter_rows(full_shape, fill, sub: torch.Tensor, values: torch.Tensor) -> 
     return torch.full(full_shape, fill, dtype=values.dtype, device=values.device).index_copy_(0, sub, values)
 
 
-def _input_embeds(model: DiffusionModel, ids: torch.Tensor, p: int, prior: torch.Tensor, use: torch.Tensor):
-    """Token embeddings of ``ids`` [b, T], with ``prior`` [b, G, D] where ``use`` [b, G] holds."""
+def _input_embeds(model: DiffusionModel, ids: torch.Tensor, p: int, init: CanvasInit, open_: torch.Tensor,
+                  step: int, pick) -> torch.Tensor:
+    """Input embeddings [b, T] of ``ids`` [b, T] with the embedding prior mixed in at the positions
+    that have one and are still undecided (``open_`` [b, G])."""
+    assert init.embeds is not None
     emb = model.embed(ids)  # [b, T, D]
-    emb[:, p:] = torch.where(use[..., None], prior.to(emb.dtype), emb[:, p:])
+    mask = open_ if init.embed_mask is None else open_ & pick(init.embed_mask.to(open_.device))
+    a = init.alpha * (1 - init.alpha_decay) ** step
+    target = pick(init.embeds.to(emb.device)).to(emb.dtype)  # [b, G, D]
+    mixed = (1 - a) * emb[:, p:] + a * target
+    emb[:, p:] = torch.where(mask[..., None], mixed, emb[:, p:])
     return emb
+
+
+def _apply(tokens: torch.Tensor, state: torch.Tensor, at: torch.Tensor, commit: torch.Tensor | None,
+           cand: torch.Tensor | None, revoke: torch.Tensor | None, mask_id: int, step: int) -> None:
+    """Apply a decision to a block's views, in place: ``commit`` [B, L] makes positions committed
+    (a masked position takes ``cand``, a provisional one keeps its token); ``revoke`` [B, L] sends
+    positions back to mask."""
+    if commit is not None:
+        if cand is not None:
+            tokens.copy_(torch.where(commit & (state == MASKED), cand, tokens))
+        state.masked_fill_(commit, COMMITTED)
+        at.masked_fill_(commit, step)
+    if revoke is not None:
+        tokens.masked_fill_(revoke, mask_id)
+        state.masked_fill_(revoke, MASKED)
+        at.masked_fill_(revoke, -1)
 
 
 def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig,
@@ -136,10 +161,13 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     gen = ids[:, p:]  # [B, G] view of the canvas, updated in place
     tokens, state = initial_state(b, g, init, mask_id, dev)
     gen.copy_(tokens)
-    prior = prior_mask = None
-    if init is not None and init.embeds is not None:
-        prior = init.embeds.to(dev)
-        prior_mask = (init.embed_mask if init.embed_mask is not None else torch.ones(b, g, dtype=torch.bool)).to(dev)
+    counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": torch.zeros(b, dtype=torch.long, device=dev),
+              "revoked": torch.zeros(b, dtype=torch.long, device=dev)}
+    revising = bool(counts["injected"].any()) or cfg.revise_threshold > 0  # else the revise stage is skipped
+    revisions = torch.zeros((b, g), dtype=torch.long, device=dev)  # revocations of committed tokens, per position
+    checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # provisional tokens the model has judged
+    score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged (verify_prefix)
+    groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
     prompt_pos = torch.zeros_like(ids, dtype=torch.bool)  # what guidance masks (cfg_scale > 0)
     prompt_pos[:, :p] = att[:, :p].bool()
     nfe = torch.zeros(b, dtype=torch.long, device=dev)
@@ -155,11 +183,13 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
         policy.start_block(blk_state == MASKED)
         budget = policy.max_steps()
         for s in range(budget):
-            todo = undecided(blk_state)  # [B, L]
-            rows = todo.any(1)  # [B]
+            masked = blk_state == MASKED  # [B, L]
+            rows = masked.any(1)  # [B]
             wanted = policy.rows_needing_forward(s)
             if wanted is not None:
                 rows &= wanted
+            if revising:  # provisional tokens not yet judged need a verifying forward even without masks
+                rows |= ((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & ~masked.any(1)
             if not rows.any():
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
@@ -168,34 +198,65 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 return t if sub is None else t[sub]
 
             embeds = None
-            if prior is not None and prior_mask is not None:
-                embeds = _input_embeds(model, pick(ids), p, pick(prior), pick(prior_mask & undecided(state)))
-            logits = window_logits(model, pick(ids), pick(att), pick(prompt_pos), window, cfg.cfg_scale, embeds)
+            if init is not None and init.embeds is not None:
+                embeds = _input_embeds(model, pick(ids), p, init, pick(undecided(state)), step, pick)
+            judged = None  # [B, L] provisional positions judged at this step
+            x = ids
+            if revising:
+                judged = blk_state == PROVISIONAL
+                if cfg.verify_groups > 1:  # judge one group, fed to the model masked (see DecodeConfig)
+                    judged &= groups[lo:hi] == s % cfg.verify_groups
+                    x = ids.clone()
+                    x[:, p + lo:p + hi].masked_fill_(judged, mask_id)
+            logits = window_logits(model, pick(x), pick(att), pick(prompt_pos), window, cfg.cfg_scale, embeds)
             cand, conf, probs = candidates_and_confidence(logits, cfg, eos_id, generator, mask_id)  # [b, L](, V)
             if sub is not None:  # the active rows' results back in full batch shape
                 cand = _scatter_rows((b, hi - lo), 0, sub, cand)
                 conf = _scatter_rows((b, hi - lo), float("-inf"), sub, conf)
                 probs = _scatter_rows((b, hi - lo, probs.shape[-1]), 0.0, sub, probs)
-                todo &= rows[:, None]
-            eligible = (blk_state == MASKED) & rows[:, None]  # [B, L]
-            if s == budget - 1:  # the loop's bound: complete the block
-                commit, revoke = todo, None
-            else:
-                provisional = (blk_state == PROVISIONAL) & rows[:, None]
+            active = rows[:, None]  # [B, 1]
+            was_provisional = blk_state == PROVISIONAL
+            revoke = torch.zeros_like(masked)
+            last_step = s == budget - 1
+            if revising and not last_step:  # 6. revise: skepticism and bounded revision (before committing)
+                assert judged is not None
+                tok_p = token_probability(probs, blk_tokens)
+                checked[:, lo:hi] |= judged & active
+                if cfg.verify_prefix:
+                    score[:, lo:hi] = torch.where(judged & active, tok_p, score[:, lo:hi])
+                    ready = ~((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & rows
+                    confirm, revoke = verify_prefix(score[:, lo:hi], blk_state, ready, cfg.remask_threshold)
+                else:
+                    confirm, revoke = revise(tok_p, blk_state, revisions[:, lo:hi], cfg)
+                    confirm, revoke = confirm & active & (judged | (blk_state != PROVISIONAL)), revoke & active
+                    revoke &= judged | (blk_state != PROVISIONAL)
+                revisions[:, lo:hi] += revoke & (blk_state == COMMITTED)
+                _apply(blk_tokens, blk_state, blk_at, confirm, None, revoke, mask_id, step)
+            todo = undecided(blk_state) & active
+            # positions revoked at this step wait for the next forward: their logits came from a
+            # context (or an input) that still held the draft
+            eligible = (blk_state == MASKED) & active & ~revoke  # [B, L]
+            if last_step:  # the loop's bound: complete the block
+                commit = todo
+            else:  # 5. commit: the strategy's decision
                 ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s, progress(state),
-                                  eos_id, probs, blk_tokens, provisional)
+                                  eos_id, probs, blk_tokens, (blk_state == PROVISIONAL) & active)
                 decision = policy.step(ctx)
                 commit = decision.commit & todo
-                revoke = None
                 if decision.revoke is not None:
-                    revoke = decision.revoke & ~commit & rows[:, None] & (blk_state != MASKED)
-            blk_tokens.copy_(torch.where(commit & (blk_state == MASKED), cand, blk_tokens))
-            blk_state.masked_fill_(commit, COMMITTED)
-            blk_at.masked_fill_(commit, step)
-            if revoke is not None:
-                blk_tokens.masked_fill_(revoke, mask_id)
-                blk_state.masked_fill_(revoke, MASKED)
-                blk_at.masked_fill_(revoke, -1)
+                    extra = decision.revoke & ~commit & active & (blk_state != MASKED)
+                    _apply(blk_tokens, blk_state, blk_at, None, None, extra, mask_id, step)
+                    revoke |= extra
+            _apply(blk_tokens, blk_state, blk_at, commit, cand, None, mask_id, step)
+            if revising:  # nothing left to decode in the block: its provisional tokens are kept
+                prov = blk_state == PROVISIONAL
+                pending = (blk_state == MASKED) | (prov & ~checked[:, lo:hi])  # [B, L]
+                settled = ~pending.any(1, keepdim=True)
+                keep = prov & settled & active
+                _apply(blk_tokens, blk_state, blk_at, keep, None, None, mask_id, step)
+                commit = commit | keep
+                counts["confirmed"] += (was_provisional & (blk_state == COMMITTED)).sum(1)
+                counts["revoked"] += revoke.sum(1)
             nfe += rows.long() * cost
             stopped = None
             if cfg.early_stop and hi < g:
@@ -212,10 +273,9 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 if stopped is not None:
                     full_commit |= stopped
                 full_revoke = torch.zeros((b, g), dtype=torch.bool, device=dev)
-                if revoke is not None:
-                    full_revoke[:, lo:hi] = revoke
+                full_revoke[:, lo:hi] = revoke
                 yield StepEvent(step, blk, _snap(full_commit), _snap(full_revoke), _snap(gen), _snap(nfe),
-                                _snap(committed_at), done, _snap(state))
+                                _snap(committed_at), done, _snap(state), {k: _snap(v) for k, v in counts.items()})
             step += 1
             if done:
                 return

@@ -1,4 +1,4 @@
-"""The model interface the decode loop talks to (design.md section 3).
+"""The model interface the decode loop talks to.
 
 ``DiffusionModel`` wraps a masked diffusion LM: ``logits(input_ids | inputs_embeds, attention_mask)``
 -> [B, T, V] where ``logits[:, i]`` predicts position i (models trained with shifted logits, like
