@@ -23,6 +23,23 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
                    help="override a decode setting, e.g. --set steps=6 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+    _add_drafter_arg(p)
+
+
+def _add_drafter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drafter", default=None, metavar="NAME_OR_PATH",
+                   help="warm start from this causal LM's answer (bundled tiny-ar or a directory); same as --set "
+                        "drafter=...; with no --set init=..., injects its draft (init=inject)")
+
+
+def _settings(args: argparse.Namespace) -> list[str]:
+    """--set values, with --drafter as drafter=... (and init=inject unless an init is set)."""
+    settings = list(args.settings)
+    if getattr(args, "drafter", None):
+        settings.append(f"drafter={args.drafter}")
+        if not any(s.split("=", 1)[0].strip() == "init" for s in settings):
+            settings.append("init=inject")
+    return settings
 
 
 def _flag(text: str) -> bool:
@@ -55,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
+    _add_drafter_arg(b)
     b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
@@ -92,39 +110,55 @@ def _generate(args: argparse.Namespace) -> int:
     from fewstep.models.loading import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    cfg = resolve_config(model, args.strategy, args.settings)
-    if args.stream and model.kind == "diffusion":
-        result = _stream(model, args.prompt, cfg)
+    cfg = resolve_config(model, args.strategy, _settings(args))
+    origin = None
+    if (args.stream or args.trace) and model.kind == "diffusion":
+        result, origin = _stream(model, args.prompt, cfg, show=args.stream)
     else:
         [result] = generate(model, [args.prompt], cfg)
     print(result.text)
     if args.trace:
         from fewstep.trace import write_trace
 
-        paths = write_trace(model, args.prompt, result.token_ids, result.committed_at, result.nfe,
-                            cfg.strategy, args.trace)
+        spec = cfg.strategy + (f" + {cfg.init} from {cfg.drafter}" if cfg.drafter else "")
+        paths = write_trace(model, args.prompt, result.token_ids, result.committed_at, result.nfe, spec, args.trace,
+                            origin)
         print("trace: " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
     if args.stats:
+        drafter = f" drafter_nfe={result.drafter_nfe} injected={result.injected} confirmed={result.confirmed} " \
+                  f"revoked={result.revoked}" if cfg.drafter else ""
         print(f"nfe={result.nfe} answer_tokens={result.answer_tokens} "
-              f"tokens_per_forward={result.tokens_per_forward:.2f}", file=sys.stderr)
+              f"tokens_per_forward={result.tokens_per_forward:.2f}{drafter}", file=sys.stderr)
     return 0
 
 
-def _stream(model, prompt: str, cfg):
-    """Decode one prompt, redrawing the canvas after every step (one line per step off a terminal)."""
-    from fewstep.decoding.generate import results_from_event
+def _stream(model, prompt: str, cfg, show: bool = True):
+    """Decode one prompt through the loop's events, redrawing the canvas after every step when
+    ``show`` (one line per step off a terminal); -> the result and each position's origin."""
+    import torch
+
+    from fewstep.decoding.generate import results_from_event, warm_start_for
     from fewstep.decoding.loop import decode
-    from fewstep.trace import render_canvas
+    from fewstep.trace import origins, render_canvas
 
     tty = sys.stderr.isatty()
     event = None
-    for event in decode(model, [model.encode_prompt(prompt)], cfg):
-        line = f"step {event.step + 1:>3} nfe {int(event.nfe[0]):>3} | {render_canvas(model, event.canvas[0].tolist())}"
-        print(("\r\x1b[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
-    if tty:
+    with torch.no_grad():
+        warm = warm_start_for(model, [prompt], cfg) if cfg.drafter else None
+        init = warm.init if warm else None
+        revoked = torch.zeros(cfg.gen_length, dtype=torch.bool)
+        for event in decode(model, [model.encode_prompt(prompt)], cfg, init=init):
+            revoked |= event.revoked[0]
+            if show:
+                line = f"step {event.step + 1:>3} nfe {int(event.nfe[0]):>3} | " \
+                       f"{render_canvas(model, event.canvas[0].tolist())}"
+                print(("\r\x1b[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    if show and tty:
         print(file=sys.stderr)
     assert event is not None
-    return results_from_event(model, event)[0]
+    result = results_from_event(model, event, warm)[0]
+    injected = init.tokens[0].tolist() if init is not None and init.tokens is not None else [-1] * cfg.gen_length
+    return result, origins(injected, revoked.tolist(), result.token_ids)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -132,7 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
                        limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
-                       settings=tuple(args.settings), data=args.data, device=args.device, dtype=args.dtype)
+                       settings=tuple(_settings(args)), data=args.data, device=args.device, dtype=args.dtype)
     run_bench(req, progress=not args.no_progress)
     print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
@@ -144,7 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
     from fewstep.evaluation.runner import EvalRequest, one_line, run_eval
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
-                      batch_size=args.batch_size, settings=tuple(args.settings), data=args.data,
+                      batch_size=args.batch_size, settings=tuple(_settings(args)), data=args.data,
                       device=args.device, dtype=args.dtype, num_processes=args.num_processes)
     summary = run_eval(req, progress=not args.no_progress)
     if is_main_process():
