@@ -40,8 +40,8 @@ def test_write_trace_html_and_json(tmp_path):
     assert data["committed_at"] == steps and data["token_ids"] == ids and data["nfe"] == 3
 
     page = paths["html"].read_text()
-    cells = re.findall(r'background:(rgb\([\d,]+\));color:(#\w+)" title="position (\d+), committed at step (\d+)">'
-                       r"(.*?)<sub>(\d+)</sub>", page)
+    cells = re.findall(r'background:(rgb\([\d,]+\));color:(#\w+)" title="position (\d+), committed at step (\d+), '
+                       r'model">(.*?)<sub>(\d+)</sub>', page)
     assert cells == [
         (DARK, "#fff", "0", "0", "7", "0"),
         (YELLOW, "#000", "1", "2", "+", "2"),
@@ -62,3 +62,12 @@ def test_write_trace_png_has_a_point_per_commit_step(tmp_path):
         assert img.format == "PNG" and img.size == (660, 308)  # 6 x 2.8 inches at 110 dpi
         colours = {c for _, c in img.convert("RGB").getcolors(maxcolors=1 << 20)}
     assert (68, 1, 84) in colours and (253, 231, 37) in colours  # viridis ends: the first and the last step
+
+
+def test_warm_start_origins_are_outlined(tmp_path):
+    from fewstep.trace import origins
+
+    org = origins([10, 20, -1, 13], [False, True, False, False], [10, 11, 12, 13])
+    assert org == ["confirmed", "revoked", "model", "confirmed"]
+    page = write_trace(MODEL, "q", [10, 11, 12, 13], [0, 1, 0, 0], 2, "threshold", tmp_path, org)["html"].read_text()
+    assert page.count("outline:3px solid #1a9850") == 2 and page.count("outline:3px solid #d73027") == 1
