@@ -186,7 +186,9 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             masked = blk_state == MASKED  # [B, L]
             rows = masked.any(1)  # [B]
             wanted = policy.rows_needing_forward(s)
-            if wanted is not None:
+            if s == budget - 1:  # the last allowed step completes every undecided row
+                rows = undecided(blk_state).any(1)
+            elif wanted is not None:
                 rows &= wanted
             if revising:  # provisional tokens not yet judged need a verifying forward even without masks
                 rows |= ((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & ~masked.any(1)

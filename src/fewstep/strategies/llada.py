@@ -54,4 +54,8 @@ class FixedSchedule:
 
     def step(self, ctx: StepContext) -> Decision:
         assert self.schedule is not None
+        left = ctx.eligible.sum(1)  # [B]
+        if (left > self.schedule[:, ctx.step:].sum(1)).any():  # revocations added masks: spread them anew
+            rest = self.steps_per_block - ctx.step
+            self.schedule[:, ctx.step:] = torch.maximum(self.schedule[:, ctx.step:], num_transfer_tokens(left, rest))
         return Decision(topk_mask(ctx.confidence, self.schedule[:, ctx.step]))
