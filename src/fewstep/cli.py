@@ -85,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from fewstep.decoding.generate import generate
     from fewstep.config import resolve_config
+    from fewstep.decoding.generate import generate
     from fewstep.models.loading import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
