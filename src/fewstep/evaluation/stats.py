@@ -62,7 +62,7 @@ def _phi(t: PairedTable) -> float:
     margins = (t.a + t.b) * (t.c + t.d) * (t.a + t.c) * (t.b + t.d)
     if margins == 0:
         return 0.0
-    cross = t.a * t.d - t.b * t.c
+    cross: float = t.a * t.d - t.b * t.c
     if cross > t.n / 2:
         cross -= t.n / 2
     elif cross >= 0:
