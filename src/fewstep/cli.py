@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from fewstep.errors import FewstepError
 
@@ -80,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
     from fewstep.training.config import TrainConfig
 
+    kinds: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _flag}
     for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
+        kind = kinds[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the trained model to this directory")
