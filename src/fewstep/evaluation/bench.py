@@ -165,11 +165,12 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
 def markdown_table(result: dict[str, Any]) -> str:
     head = (f"{result['task']} / {result['model']}: {result['n']} problems, batch {result['batch_size']}, "
             f"median of {result['repeats']} timed repeat(s); Δ: paired difference against the first strategy "
-            f"with Newcombe's 95% interval, McNemar: exact two-sided p-value\n\n")
+            f"with Newcombe's 95% interval; only first / only it: problems exactly one of the two solved; "
+            f"McNemar: exact two-sided p-value\n\n")
     lines = [
-        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | McNemar p | NFE | tokens/forward | NFE ratio | "
-        "wall s | wall ratio | engine overhead |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | only first / only it | McNemar p | NFE | "
+        "tokens/forward | NFE ratio | wall s | wall ratio | engine overhead |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["results"]:
         lo, hi = s["accuracy_ci95"]
@@ -177,7 +178,8 @@ def markdown_table(result: dict[str, Any]) -> str:
         dlo, dhi = v["accuracy_diff_ci95"]
         lines.append(
             f"| `{s['spec']}` | {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {v['accuracy_diff']:+.1%} "
-            f"[{dlo:+.1%}, {dhi:+.1%}] | {_p_value(v.get('mcnemar_p'))} | {s['nfe_mean']:.2f} | "
+            f"[{dlo:+.1%}, {dhi:+.1%}] | {v.get('only_first_correct', '-')} / {v.get('only_second_correct', '-')} | "
+            f"{_p_value(v.get('mcnemar_p'))} | {s['nfe_mean']:.2f} | "
             f"{s['tokens_per_forward']:.2f} | "
             f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
         )
