@@ -99,6 +99,7 @@ def test_importing_fewstep_does_not_import_lm_eval():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_shell_command_equals_fewstep_eval(task_dir, tmp_path):
     """``fewstep lm-eval`` (lm-eval's own entry point) on the local YAML tasks: the generations equal
     ``fewstep eval``'s on the same problems, and the loglikelihoods equal fewstep's estimator."""
@@ -165,6 +166,7 @@ def _requests(kind: str, args: list[tuple]) -> list:
     return [Instance(kind, {}, a, i) for i, a in enumerate(args)]
 
 
+@pytest.mark.slow
 def test_fewshot_turns_and_system_instruction_reach_the_model(offline, task_dir):
     """The lab template renders only the last user message: lm-eval's few-shot turns and system
     instruction are folded into it rather than dropped."""
@@ -218,6 +220,7 @@ def test_chat_template_asked_of_a_model_without_one_is_an_error(random_dlm_dir, 
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
+@pytest.mark.slow
 def test_chat_template_error_from_the_command_line(offline, task_dir, random_dlm_dir, tmp_path, capsys):
     from fewstep.cli import main
 
