@@ -81,9 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
     from fewstep.training.config import TrainConfig
 
-    kinds: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _flag}
+    parsers: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _flag}
     for f in fields(TrainConfig):
-        kind = kinds[str(f.type)]
+        kind = parsers[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the trained model to this directory")
