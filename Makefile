@@ -15,7 +15,7 @@ EXTRAS ?= dev,eval,lmeval
 PY := $(VENV)/bin/python
 FEWSTEP := $(VENV)/bin/fewstep
 
-.PHONY: setup demo test lint lab-models lock clean
+.PHONY: setup demo test test-fast lint lab-models clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The suite without the tests marked slow (each over about 3 seconds on one thread).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/mypy
@@ -46,6 +50,7 @@ lab-models: setup
 # Refresh the lock: upgrade every dependency to the newest version pyproject's ranges allow (torch
 # stays at TORCH), run the test suite, and only then write constraints.txt (pip freeze, less torch
 # and fewstep itself). About 5 minutes on 2 CPU cores plus the downloads.
+.PHONY: lock
 lock: setup
 	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS)]"
 	$(PY) -m pytest -q
