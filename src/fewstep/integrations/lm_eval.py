@@ -37,7 +37,6 @@ import hashlib
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("fewstep.integrations.lm_eval needs lm-eval: pip install 'fewstep[lmeval]'") from e
 
-from fewstep.config import DecodeConfig, override
+from fewstep.config import override
 from fewstep.errors import ConfigError, PromptTooLongError
 
 NAME = "fewstep"
@@ -210,13 +209,10 @@ def _device(device: str | None) -> str:
 
 
 def _decode_settings(extra: dict[str, Any]) -> dict[str, Any]:
-    """The model_args that are decode settings; anything else is refused with the list of known names."""
-    known = {f.name for f in fields(DecodeConfig)}
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        raise ConfigError(f"unknown fewstep model_args {unknown}; known: pretrained, strategy, batch_size, device, "
-                          f"dtype, mc_num and the decode settings {', '.join(sorted(known))}")
-    return extra
+    """The model_args that are decode settings, as strings (parsed by the setting's type). Keys
+    that are not settings of the strategy are refused by :func:`fewstep.config.override`."""
+    return {k: v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in extra.items()}
 
 
 def cut_at(text: str, until: Sequence[str]) -> str:
@@ -254,7 +250,11 @@ class FewstepLM(LM):
         if self.model.kind not in ("diffusion", "causal"):
             raise ConfigError(f"{pretrained!r} cannot be evaluated with lm-eval: it does not decode prompts")
         self.pretrained = str(pretrained)
-        self.cfg = override(resolve_config(self.model, strategy, ()), _decode_settings(decode))
+        try:
+            self.cfg = override(resolve_config(self.model, strategy, ()), _decode_settings(decode))
+        except ConfigError as e:
+            raise ConfigError(f"unknown fewstep model_args or bad value: {e} (model_args also take pretrained, "
+                              "strategy, batch_size, device, dtype, mc_num, mc_padding)") from None
         self.batch_size = _batch_size(batch_size)
         if int(mc_num) < 1:
             raise ConfigError(f"mc_num must be >= 1, got {mc_num}")
