@@ -1,19 +1,27 @@
 # The README's two commands: `make demo` (set up, then evaluate the bundled lab model) and
 # `make test` (set up, then run the test suite). Both start from nothing: the virtual
 # environment is created on first use. TORCH lets users with CUDA pick their own build.
+#
+# Reproducible set-up: pyproject.toml keeps version ranges (for people who install fewstep as a
+# library); `make setup` installs with constraints.txt, the exact versions the test suite passed
+# with. `make lock` moves the lock to the newest versions the ranges allow and reruns the tests;
+# constraints.txt changes only when they pass. A different TORCH can need other versions of
+# torch's own dependencies: `make setup TORCH=... CONSTRAINTS=/dev/null` then installs without the lock.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+CONSTRAINTS ?= constraints.txt
+EXTRAS ?= dev,eval,lmeval
 PY := $(VENV)/bin/python
 FEWSTEP := $(VENV)/bin/fewstep
 
 .PHONY: setup demo test test-fast lint lab-models clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,eval,lmeval]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,6 +46,17 @@ lint: setup
 lab-models: setup
 	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --stop-at 2500 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
 	$(FEWSTEP) train --kind ar --steps 1000 --batch-size 64 --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden 320 --lr 0.002 --snapshot-every 100 --stop-at 900 --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
+
+# Refresh the lock: upgrade every dependency to the newest version pyproject's ranges allow (torch
+# stays at TORCH), run the test suite, and only then write constraints.txt (pip freeze, less torch
+# and fewstep itself). About 5 minutes on 2 CPU cores plus the downloads.
+.PHONY: lock
+lock: setup
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[$(EXTRAS)]"
+	$(PY) -m pytest -q
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(torch|fewstep)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	touch $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

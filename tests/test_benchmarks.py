@@ -99,6 +99,63 @@ GSM8K_CASES = [
     ("no numbers here", None, "none"),
 ]
 
+# LaTeX and other tricky final answers (math-verify computes the LaTeX values).
+GSM8K_LATEX_CASES = [
+    ("So each gets \\boxed{\\frac{1}{2}}.", "0.5", "boxed"),
+    ("\\boxed{\\dfrac{3}{4}} of the cake", "0.75", "boxed"),
+    ("\\boxed{-\\frac{3}{4}}", "-0.75", "boxed"),
+    ("\\boxed{\u2212\\frac{1}{3}}", "-1/3", "boxed"),
+    ("\\boxed{\\frac{-1}{2}}", "-0.5", "boxed"),
+    ("\\boxed{1/2}", "0.5", "boxed"),
+    ("\\boxed{2\\frac{1}{2}} pies", "2.5", "boxed"),
+    ("\\boxed{1{,}234}", "1234", "boxed"),
+    ("\\boxed{1,234,567}", "1234567", "boxed"),
+    ("\\boxed{\\$1,000.50}", "1000.5", "boxed"),
+    ("\\boxed{18 \\text{ dollars}}", "18", "boxed"),
+    ("\\boxed{18\\text{ cm}^2}", "18", "boxed"),
+    ("\\boxed{25\\%}", "25", "boxed"),
+    ("\\boxed{2^{3}}", "8", "boxed"),
+    ("\\boxed{-12}", "-12", "boxed"),
+    ("first \\boxed{3}, then on reflection \\boxed{\\frac{5}{2}}", "2.5", "boxed"),
+    ("\\boxed{3} and \\boxed{4}", "4", "boxed"),
+    ("#### \\frac{7}{2}", "3.5", "####"),
+    ("#### -1,500 dollars", "-1500", "####"),
+    ("The answer is $\\frac{1}{2}$.", "0.5", "answer is"),
+    ("The answer is 3/4 of a pie.", "0.75", "answer is"),
+]
+
+
+@pytest.mark.parametrize("output,value,rule", GSM8K_LATEX_CASES)
+def test_gsm8k_latex_extraction(output, value, rule):
+    pytest.importorskip("math_verify")
+    found, found_rule = gsm8k.extract_prediction(output)
+    assert (format_number(found) if found is not None else None) == value
+    assert found_rule == rule
+
+
+def test_gsm8k_scores_a_boxed_fraction_by_its_value():
+    pytest.importorskip("math_verify")
+    task = gsm8k.GSM8KTask()
+    example = Example("x", "", "0.5", "")
+    assert task.score(example, "\\boxed{\\frac{1}{2}}").correct
+    assert not task.score(example, "\\boxed{\\frac{1}{3}}").correct
+    assert not task.score(Example("y", "", "1", ""), "\\boxed{\\frac{1}{2}}").correct  # was read as 1
+
+
+@pytest.mark.parametrize(
+    "output,expected",
+    [
+        ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\boxed{3} or maybe \\boxed{4}", "4"),
+        ("The answer is $-\\frac{3}{4}$.", "-\\frac{3}{4}"),
+        ("Therefore $x = \\frac{\\pi}{2}$", "x = \\frac{\\pi}{2}"),  # math-verify's own extraction
+        ("I am not sure.", None),
+    ],
+)
+def test_math500_extraction(output, expected):
+    pytest.importorskip("math_verify")
+    assert math500.extract_prediction(output) == expected
+
 
 @pytest.mark.parametrize("output,value,rule", GSM8K_CASES)
 def test_gsm8k_extraction(output, value, rule):
@@ -210,6 +267,7 @@ def test_humaneval_program(output, expected):
         ("3", "\\boxed{2}", False),
         ("\\frac{1}{2}", "\\boxed{\\frac{1}{3}}", False),
         ("5", "I am not sure.", False),
+        ("\\frac{\\pi}{2}", "Therefore $x = \\frac{\\pi}{2}$", True),
     ],
 )
 def test_math500_scoring(reference, output, correct):

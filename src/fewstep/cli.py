@@ -1,7 +1,11 @@
-"""The ``fewstep`` command line: generate (with --stream / --trace), eval, bench, train.
+"""The ``fewstep`` command line: generate (with --stream / --trace), eval, bench, train, list, lm-eval.
 
 Errors that fewstep raises on purpose (bad configuration, unknown model, prompt too long, ...)
 are printed as one line ``fewstep: error: ...`` with exit status 2.
+
+``fewstep lm-eval ARGS`` is lm-eval's own command line with the ``fewstep`` model registered: lm-eval
+finds no models of other packages by itself (see :mod:`fewstep.integrations.lm_eval`), so every
+argument after ``lm-eval`` goes to it untouched.
 """
 
 from __future__ import annotations
@@ -47,7 +51,10 @@ def _flag(text: str) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from fewstep import __version__
+
     parser = argparse.ArgumentParser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
+    parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="answer one prompt")
@@ -101,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-at", type=int, default=None,
                    help="end at this step, keeping the schedule of --steps (a later run without it continues)")
     t.add_argument("--no-progress", action="store_true")
+
+    ls = sub.add_parser("list", help="list the tasks, bundled models or decoding strategies (with their parameters)")
+    ls.add_argument("what", choices=("tasks", "models", "strategies"))
+    ls.add_argument("--json", action="store_true", help="print the listing as JSON")
+
+    sub.add_parser("lm-eval", add_help=False,
+                   help="lm-eval's command line with the fewstep model registered (all arguments passed through)")
     return parser
 
 
@@ -186,6 +200,39 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    """Print a listing (``fewstep list tasks|models|strategies``), as a table or as JSON."""
+    import json
+
+    from fewstep import catalog
+
+    rows, fmt = {
+        "tasks": (catalog.task_rows, catalog.format_tasks),
+        "models": (catalog.model_rows, catalog.format_models),
+        "strategies": (catalog.strategy_rows, catalog.format_strategies),
+    }[args.what]
+    listing = rows()
+    print(json.dumps(listing, indent=2, default=str) if args.json else fmt(listing), end="\n" if args.json else "")
+    return 0
+
+
+def lm_eval_command(argv: Sequence[str]) -> int:
+    """``fewstep lm-eval ARGS``: lm-eval's command line (``ARGS`` untouched) with the model registered."""
+    try:
+        from fewstep.integrations import lm_eval
+    except ImportError as e:
+        print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        lm_eval.main(list(argv))
+    except FewstepError as e:
+        print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # lm-eval's argparse exits (--help, bad arguments) keep their status
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from fewstep.training.config import TrainConfig
     from fewstep.training.loop import export, train
@@ -200,9 +247,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"]:
+        return lm_eval_command(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train}[args.command](args)
+        commands = {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train, "list": _list}
+        return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2

@@ -12,7 +12,6 @@ the first one), ``bench.md`` and ``pareto.png``.
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 import time
@@ -51,14 +50,15 @@ def _label(i: int, spec: str) -> str:
     return f"{i:02d}-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", spec)[:60]
 
 
-def paired_difference(a: list[bool], b: list[bool]) -> tuple[float, float, float]:
-    """Mean of b - a over the same problems, with a 95% normal interval of the paired difference."""
-    n = len(a)
-    d = [int(y) - int(x) for x, y in zip(a, b)]
-    mean = sum(d) / n
-    var = sum((x - mean) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
-    half = 1.959963984540054 * math.sqrt(var / n) if n else 0.0
-    return mean, mean - half, mean + half
+def paired_comparison(first: list[bool], second: list[bool]) -> dict[str, Any]:
+    """How ``second`` differs from ``first`` on the same problems: accuracy difference (second minus
+    first) with Newcombe's paired 95% interval, the exact McNemar p-value, and the discordant counts."""
+    from fewstep.evaluation.stats import PairedTable, mcnemar_exact, newcombe_paired
+
+    table = PairedTable.from_outcomes(first, second)
+    diff, lo, hi = newcombe_paired(table)
+    return {"accuracy_diff": diff, "accuracy_diff_ci95": [lo, hi], "accuracy_diff_method": "newcombe-paired-10",
+            "mcnemar_p": mcnemar_exact(table), "only_first_correct": table.b, "only_second_correct": table.c}
 
 
 def bench_configs(model, strategies: Sequence[str], settings: Sequence[str],
@@ -130,7 +130,9 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     batches = [examples[i: i + req.batch_size] for i in range(0, len(examples), req.batch_size)]
     timer = ForwardTimer()
     units = req.repeats * len(batches) * len(cfgs)
-    bar = tqdm(total=units, initial=len(done), disable=not progress, desc="bench", unit="batch")
+    rows_done = sum(len(batches[t["batch"]]) for t in timings if t["batch"] < len(batches))
+    bar = tqdm(total=req.repeats * len(examples) * len(cfgs), initial=rows_done, disable=not progress,
+               desc="bench", unit="row", dynamic_ncols=True)  # rows done of all, rate and time left
     with timer.attach(model.module), open(timing_path, "a") as tf:
         if len(done) < units:
             for cfg in cfgs:  # warm-up, untimed
@@ -143,6 +145,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
                 for lab, cfg in order:
                     if (lab, r, bi) in done:
                         continue
+                    bar.set_description(f"bench {req.strategies[labels.index(lab)]} (repeat {r + 1}/{req.repeats})")
                     t0, m0 = time.perf_counter(), timer.seconds
                     results = generate(model, [e.prompt for e in batch], cfg)
                     wall, model_s = time.perf_counter() - t0, timer.seconds - m0
@@ -156,7 +159,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
                     tf.write(json.dumps(t) + "\n")
                     tf.flush()
                     timings.append(t)
-                    bar.update(1)
+                    bar.update(len(batch))
     bar.close()
 
     rows = []
@@ -176,12 +179,10 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     for s, lab in zip(rows, labels):
         mine = {x["id"]: x["correct"] for x in samples[lab]}
         ids = sorted(set(mine) & set(by_id_first), key=lambda i: (len(i), i))
-        diff, lo, hi = paired_difference([by_id_first[i] for i in ids], [mine[i] for i in ids])
         s["vs_first"] = {
             "nfe_ratio": first["nfe_mean"] / s["nfe_mean"] if s["nfe_mean"] else None,
             "wall_ratio": first["wall_s"] / s["wall_s"] if s["wall_s"] else None,
-            "accuracy_diff": diff,
-            "accuracy_diff_ci95": [lo, hi],
+            **paired_comparison([by_id_first[i] for i in ids], [mine[i] for i in ids]),
         }
     result = {**{k: v for k, v in plan.items() if k != "configs"}, "results": rows, "environment": environment()}
     write_json(out / "bench.json", result)
@@ -192,11 +193,13 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
 
 def markdown_table(result: dict[str, Any]) -> str:
     head = (f"{result['task']} / {result['model']}: {result['n']} problems, batch {result['batch_size']}, "
-            f"median of {result['repeats']} timed repeat(s)\n\n")
+            f"median of {result['repeats']} timed repeat(s); Δ: paired difference against the first strategy "
+            f"with Newcombe's 95% interval; only first / only it: problems exactly one of the two solved; "
+            f"McNemar: exact two-sided p-value\n\n")
     lines = [
-        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | NFE | tokens/forward | NFE ratio | wall s | "
-        "wall ratio | engine overhead |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | only first / only it | McNemar p | NFE | "
+        "tokens/forward | NFE ratio | wall s | wall ratio | engine overhead |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in result["results"]:
         lo, hi = s["accuracy_ci95"]
@@ -204,10 +207,19 @@ def markdown_table(result: dict[str, Any]) -> str:
         dlo, dhi = v["accuracy_diff_ci95"]
         lines.append(
             f"| `{s['spec']}` | {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {v['accuracy_diff']:+.1%} "
-            f"[{dlo:+.1%}, {dhi:+.1%}] | {s['nfe_mean']:.2f} | {s['tokens_per_forward']:.2f} | "
+            f"[{dlo:+.1%}, {dhi:+.1%}] | {v.get('only_first_correct', '-')} / {v.get('only_second_correct', '-')} | "
+            f"{_p_value(v.get('mcnemar_p'))} | {s['nfe_mean']:.2f} | "
+            f"{s['tokens_per_forward']:.2f} | "
             f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def _p_value(p: float | None) -> str:
+    """A p-value for the table: two significant digits, ``<0.001`` below that, ``-`` when absent."""
+    if p is None:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.2g}"
 
 
 def plot_pareto(result: dict[str, Any], path: Path) -> bool:

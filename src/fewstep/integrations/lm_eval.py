@@ -1,35 +1,43 @@
 """The lm-evaluation-harness model ``fewstep``: any fewstep model and decoding strategy under lm-eval.
 
-Importing this module registers the model (lm-eval does not discover it by itself)::
+lm-eval (0.4.13) finds models only in its own registry, filled by its own package and by modules that
+call ``register_model`` when imported; it reads no entry points of other packages. So the model is
+registered by importing this module, and the shell commands are::
 
-    import lm_eval
-    import fewstep.integrations.lm_eval  # registers "fewstep"
+    fewstep lm-eval --model fewstep --model_args pretrained=tiny-dlm,strategy=threshold,threshold=0.9 ...
+    python -m fewstep.integrations.lm_eval --model fewstep ...     # the same
 
-    lm_eval.simple_evaluate(model="fewstep", model_args="pretrained=tiny-dlm,strategy=threshold,threshold=0.9",
-                           tasks=["my_task"], task_manager=lm_eval.tasks.TaskManager(include_path="tasks/"))
-
-From a shell, ``python -m fewstep.integrations.lm_eval ARGS`` is lm-eval's command line with the model
-registered (``lm_eval ARGS`` alone does not know it). See docs/lm-eval.md.
+both lm-eval's own command line, every argument passed through, with the model registered. From
+Python: ``import fewstep.integrations.lm_eval`` before ``lm_eval.simple_evaluate(model="fewstep", ...)``.
 
 ``model_args``: ``pretrained`` (a bundled name or a model directory), ``strategy``, ``batch_size``,
-``device``, ``dtype``, ``mc_num`` (Monte-Carlo samples per loglikelihood request, default 32) and any
+``device``, ``dtype``, ``mc_num`` (Monte-Carlo samples per loglikelihood request, default 32),
+``mc_padding`` (``eos`` or ``none``, see :func:`mc_loglikelihood`) and any
 :class:`~fewstep.config.DecodeConfig` field by name (``steps=12,gen_length=24``).
 
 - ``generate_until``: requests are decoded in batches of ``batch_size`` with the configured strategy,
   and each output is cut at the first of its ``until`` strings. The canvas size is the decode config's
   ``gen_length``; the task's ``max_gen_toks``, ``temperature`` and ``do_sample`` are not used (set
-  ``gen_length`` / ``temperature`` in ``model_args``). Contexts are encoded as given: pass lm-eval's
-  ``apply_chat_template`` to wrap them in the model's chat template.
-- ``loglikelihood`` (masked diffusion models): LLaDA's Monte-Carlo estimate (see
-  :func:`mc_loglikelihood`); ``is_greedy`` is a one-step check (see :func:`greedy_in_one_step`).
+  ``gen_length`` / ``temperature`` in ``model_args``).
+- ``loglikelihood`` (masked diffusion models): a Monte-Carlo estimate of the masked-diffusion
+  likelihood bound (see :func:`mc_loglikelihood`); ``is_greedy`` is a one-step check (see
+  :func:`greedy_in_one_step`). Context and continuation are split on a token boundary (see
+  :meth:`FewstepLM.encode_pair`).
 - ``loglikelihood_rolling``: not implemented (raises NotImplementedError).
+- Chat templates (``--apply_chat_template``): the model's own; a model without one is an error. A
+  template that renders only the last user message (the lab models') gets the system instruction and
+  few-shot turns folded into that message, so nothing is dropped (see :func:`fold_messages`).
+- ``get_model_info``: the decode configuration, forward passes per request, and a SHA-256 of the model
+  directory, in lm-eval's results under ``config``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,6 +56,8 @@ from fewstep.errors import ConfigError, PromptTooLongError
 NAME = "fewstep"
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_MC_NUM = 32
+MC_PADDING = ("eos", "none")
+log = logging.getLogger(__name__)
 
 
 # --- the Monte-Carlo loglikelihood of masked diffusion models ------------------------------------------
@@ -87,15 +97,26 @@ def fit_context(prefix: list[int], target: list[int], max_length: int) -> list[i
     return prefix[len(prefix) - room:] if len(prefix) > room else prefix
 
 
+def scored_region(target: list[int], eos_id: int, gen_length: int, padding: str) -> list[int]:
+    """The tokens a loglikelihood request scores: the continuation, followed (``padding="eos"``) by EOS
+    up to ``gen_length`` tokens, the layout the model was trained on (answers padded with EOS to the
+    generation length, padding included in the loss); ``padding="none"`` scores the continuation alone."""
+    if padding == "eos":
+        return target + [eos_id] * max(0, gen_length - len(target))
+    return list(target)
+
+
 @torch.no_grad()
 def mc_loglikelihood(model, prefix: list[int], target: list[int], mc_num: int = DEFAULT_MC_NUM,
                      batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> float:
-    """LLaDA's Monte-Carlo estimate of log p(target | prefix) for a masked diffusion model.
+    """Monte-Carlo estimate of log p(target | prefix) for a masked diffusion model (LLaDA's estimator).
 
-    Each of ``mc_num`` samples masks l ~ U{1..L} of the L target tokens (prefix unmasked), and
-    scores the cross-entropy of the masked tokens, weighted by L / l; the estimate is minus their
-    mean. In expectation it is a lower bound of the log-likelihood (the model's ELBO), as in LLaDA's
-    evaluation. Samples run ``batch_size`` at a time; ``seed`` makes the estimate reproducible.
+    Each of ``mc_num`` samples masks l ~ U{1..L} of the L target tokens (prefix unmasked; the l are
+    stratified over the samples), and scores the cross-entropy of the masked tokens, weighted by L / l;
+    the estimate is minus their mean. In expectation it is the masked-diffusion bound (ELBO) on the
+    log-likelihood, the quantity the training loss estimates, so it is a lower bound. ``target`` is
+    scored whole: pass :func:`scored_region` to score an answer with its EOS padding. Samples run
+    ``batch_size`` at a time; ``seed`` makes the estimate reproducible. Costs ``mc_num`` sequence forwards.
     """
     if not target:
         return 0.0
@@ -115,7 +136,7 @@ def mc_loglikelihood(model, prefix: list[int], target: list[int], mc_num: int = 
 
 @torch.no_grad()
 def greedy_in_one_step(model, prefix: list[int], target: list[int]) -> bool:
-    """Whether one forward over the prefix and an all-masked continuation predicts every target token
+    """Whether one forward over the prefix and an all-masked target predicts every target token
     as its argmax. LLaDA's check unmasks one token per step instead (L forwards); this one costs a
     single forward, and the two can disagree either way."""
     if not target:
@@ -124,6 +145,40 @@ def greedy_in_one_step(model, prefix: list[int], target: list[int]) -> bool:
     ids = torch.tensor([prefix + [model.mask_id] * len(target)], dtype=torch.long, device=model.device)
     guess = model.logits(input_ids=ids)[0, len(prefix):].argmax(-1).cpu()
     return bool((guess == torch.tensor(target)).all())
+
+
+# --- chat templates ------------------------------------------------------------------------------------
+
+
+def fold_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation as one user message (and a trailing assistant prefill, if any): the system
+    instruction, then each earlier turn (question and answer joined by a space), then the last user
+    message, separated by blank lines. For templates that render the last user message only."""
+    prefill = [messages[-1]] if messages and messages[-1]["role"] == "assistant" else []
+    body = messages[: len(messages) - len(prefill)]
+    parts: list[str] = []
+    for m in body:
+        if m["role"] == "assistant" and parts:
+            parts[-1] = f"{parts[-1]} {m['content']}"
+        else:
+            parts.append(m["content"])
+    return [{"role": "user", "content": "\n\n".join(parts)}, *prefill]
+
+
+def renders_everything(rendered: str, messages: list[dict[str, str]]) -> bool:
+    """Whether every message's content appears in the rendered prompt."""
+    return all(m["content"] in rendered for m in messages)
+
+
+def model_checksum(path: Path) -> str:
+    """SHA-256 over a model directory: every file's relative path and bytes, in name order."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 # --- the lm-eval model ---------------------------------------------------------------------------------
@@ -186,7 +241,7 @@ class FewstepLM(LM):
 
     def __init__(self, pretrained: str = "tiny-dlm", strategy: str | None = None, batch_size: Any = None,
                  device: str | None = None, dtype: str | None = None, mc_num: int = DEFAULT_MC_NUM,
-                 max_batch_size: Any = None, **decode: Any) -> None:
+                 mc_padding: str = "eos", max_batch_size: Any = None, **decode: Any) -> None:
         from fewstep.config import resolve_config
         from fewstep.models.loading import load_model
 
@@ -194,16 +249,23 @@ class FewstepLM(LM):
         self.model = load_model(str(pretrained), device=_device(device), dtype=None if dtype == "auto" else dtype)
         if self.model.kind not in ("diffusion", "causal"):
             raise ConfigError(f"{pretrained!r} cannot be evaluated with lm-eval: it does not decode prompts")
+        self.pretrained = str(pretrained)
         try:
             self.cfg = override(resolve_config(self.model, strategy, ()), _decode_settings(decode))
         except ConfigError as e:
             raise ConfigError(f"unknown fewstep model_args or bad value: {e} (model_args also take pretrained, "
-                              "strategy, batch_size, device, dtype, mc_num)") from None
+                              "strategy, batch_size, device, dtype, mc_num, mc_padding)") from None
         self.batch_size = _batch_size(batch_size)
         if int(mc_num) < 1:
             raise ConfigError(f"mc_num must be >= 1, got {mc_num}")
+        if mc_padding not in MC_PADDING:
+            raise ConfigError(f"mc_padding must be one of {', '.join(MC_PADDING)}, got {mc_padding!r}")
         self.mc_num = int(mc_num)
+        self.mc_padding = mc_padding
         self._device = self.model.device
+        self._templated = False  # apply_chat_template was used for the contexts
+        self._warned_plain = False
+        self._cost: dict[str, dict[str, int]] = {}  # request type -> requests, forwards
 
     # --- text <-> tokens ---
 
@@ -214,14 +276,34 @@ class FewstepLM(LM):
         return list(tok.encode(text, add_special_tokens=not (bos and text.startswith(bos))))
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Context and continuation ids, the continuation taken off the encoding of the whole text
-        (trailing spaces of the context move to the continuation, as lm-eval's models do)."""
+        """Context and continuation ids, split on a token boundary.
+
+        Trailing spaces of the context move to the continuation (as lm-eval's models do). The whole
+        text is tokenised at once; when its tokens start with the context's own tokens, the rest is
+        the continuation. Otherwise the joint tokenisation has no token boundary where the context
+        ends (a chat template's ``A:`` followed by ``5`` reads as one unknown word ``A:5``): the model
+        then answers from the end of the context, so the continuation is tokenised on its own.
+        """
         spaces = len(context) - len(context.rstrip())
         if spaces:
             context, continuation = context[:-spaces], context[-spaces:] + continuation
+        ctx = self.encode(context) if context else []
         whole = self.encode(context + continuation)
-        n = len(self.encode(context)) if context else 0
-        return whole[:n], whole[n:]
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            return ctx, whole[len(ctx):]
+        return ctx, list(self.model.tokenizer.encode(continuation, add_special_tokens=False))
+
+    def _count(self, kind: str, requests: int, forwards: int) -> None:
+        cost = self._cost.setdefault(kind, {"requests": 0, "forwards": 0})
+        cost["requests"] += requests
+        cost["forwards"] += forwards
+
+    def _check_plain_contexts(self) -> None:
+        """Warn once when a chat model gets contexts that were not put in its chat template."""
+        if not self._templated and not self._warned_plain and getattr(self.model.tokenizer, "chat_template", None):
+            self._warned_plain = True
+            log.warning("fewstep: %s has a chat template but the contexts are plain text; a chat-trained model "
+                        "usually needs --apply_chat_template", self.pretrained)
 
     # --- lm-eval's interface ---
 
@@ -231,12 +313,15 @@ class FewstepLM(LM):
 
         from fewstep.decoding.generate import generate
 
+        self._check_plain_contexts()
         prompts = [self.encode(req.args[0]) for req in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
         outputs = [""] * len(requests)
         batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         for chunk in tqdm(batches, disable=disable_tqdm or self.rank != 0, desc="fewstep generate_until"):
-            for i, result in zip(chunk, generate(self.model, [prompts[i] for i in chunk], self.cfg)):
+            results = generate(self.model, [prompts[i] for i in chunk], self.cfg)
+            self._count("generate_until", len(chunk), sum(r.nfe for r in results))
+            for i, result in zip(chunk, results):
                 outputs[i] = cut_at(result.text, _until(requests[i].args[1]))
                 self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
         return outputs
@@ -248,14 +333,23 @@ class FewstepLM(LM):
         if self.model.kind != "diffusion":
             raise ConfigError("the fewstep lm-eval model computes loglikelihood for masked diffusion models only; "
                               "evaluate causal models with lm-eval's own 'hf' model")
+        self._check_plain_contexts()
         results = []
         for req in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="fewstep loglikelihood"):
-            prefix, target = self.encode_pair(*req.args)
-            result = (mc_loglikelihood(self.model, prefix, target, self.mc_num, self.batch_size, self.cfg.seed),
-                      greedy_in_one_step(self.model, prefix, target))
+            result = self.score(*req.args)
             self.cache_hook.add_partial("loglikelihood", req.args, result)
             results.append(result)
         return results
+
+    def score(self, context: str, continuation: str) -> tuple[float, bool]:
+        """One loglikelihood request: (estimate, greedy check) over the scored region of the continuation."""
+        prefix, target = self.encode_pair(context, continuation)
+        if not target:
+            return 0.0, True
+        region = scored_region(target, self.model.eos_id, self.cfg.gen_length, self.mc_padding)
+        self._count("loglikelihood", 1, self.mc_num + 1)
+        return (mc_loglikelihood(self.model, prefix, region, self.mc_num, self.batch_size, self.cfg.seed),
+                greedy_in_one_step(self.model, prefix, region))
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
         raise NotImplementedError(
@@ -269,14 +363,68 @@ class FewstepLM(LM):
     def tokenizer_name(self) -> str:
         return str(getattr(self.model.tokenizer, "name_or_path", self.model.name)).replace("/", "__")
 
+    def _template(self) -> str:
+        template = getattr(self.model.tokenizer, "chat_template", None)
+        if not template:
+            raise ConfigError(f"{self.pretrained} has no chat template, so --apply_chat_template cannot be used; "
+                              "run without it (contexts are then given to the model as plain text)")
+        return template
+
     def chat_template(self, chat_template: bool | str = False) -> str | None:
-        return getattr(self.model.tokenizer, "chat_template", None)
+        """The model's chat template; an error when one is asked for and the model has none."""
+        return self._template() if chat_template else getattr(self.model.tokenizer, "chat_template", None)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """The conversation rendered with the model's chat template, as text."""
-        return self.model.tokenizer.apply_chat_template(
-            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        """The conversation rendered with the model's chat template, as text, with nothing dropped: when
+        the template leaves out a message (the system instruction or few-shot turns), the conversation is
+        folded into one user message (:func:`fold_messages`); when even that loses text, an error."""
+        self._template()
+        self._templated = True
+        history = [{"role": m["role"], "content": m["content"]} for m in chat_history]
+        rendered = self._render(history, add_generation_prompt)
+        if rendered is not None and renders_everything(rendered, history):
+            return rendered
+        folded = fold_messages(history)
+        rendered = self._render(folded, add_generation_prompt)
+        if rendered is not None and renders_everything(rendered, folded):
+            if len(history) > 1:
+                log.info("fewstep: the chat template of %s renders one message; system instruction and few-shot "
+                         "turns were folded into the user message", self.pretrained)
+            return rendered
+        roles = ", ".join(m["role"] for m in history)
+        raise ConfigError(f"the chat template of {self.pretrained} cannot render this conversation ({roles}) "
+                          "without dropping text")
+
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str | None:
+        """The template's text for ``messages``; None when the template refuses them."""
+        try:
+            return str(self.model.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt))
+        except Exception:  # jinja raises TemplateError (and others) for conversations a template refuses
+            return None
+
+    # --- what lm-eval records about the model ---
+
+    def get_model_info(self) -> dict[str, Any]:
+        """Model, decode configuration and cost, for lm-eval's results (``config``): the forwards per
+        request of each request type (``generate_until``: the decode's NFE; ``loglikelihood``: mc_num
+        sequences plus one for the greedy check) and a SHA-256 of the model directory."""
+        from fewstep import __version__
+        from fewstep.models.loading import resolve
+
+        module = self.model.module
+        cost = {kind: {**c, "forwards_per_request": c["forwards"] / c["requests"] if c["requests"] else 0.0}
+                for kind, c in self._cost.items()}
+        return {
+            "fewstep_version": __version__,
+            "model_num_parameters": sum(p.numel() for p in module.parameters()),
+            "model_dtype": str(next(module.parameters()).dtype),
+            "model_sha256": model_checksum(resolve(self.pretrained)),
+            "decode_config": self.cfg.to_dict(),
+            "loglikelihood_estimator": {"method": "monte-carlo masked-diffusion bound", "mc_num": self.mc_num,
+                                        "mc_padding": self.mc_padding},
+            "nfe": cost,
+        }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -79,6 +79,24 @@ def _quiet_transformers() -> Iterator[None]:
         logging.enable_progress_bar()
 
 
+@contextmanager
+def _no_weight_init() -> Iterator[None]:
+    """Skip torch.nn.init while a module whose weights are loaded next is built on the meta device.
+    Initialising meta tensors does no work, but some init functions (``normal_``) go through torch's
+    reference implementations, whose first use imports torch._dynamo: seconds of start-up for nothing."""
+    import torch.nn.init as init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
 def _tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -126,7 +144,7 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
         cfg = LLaDAConfig.from_dict(config)
     except TypeError as e:
         raise ModelLoadError(f"invalid LLaDA config in {path}: {e}") from None
-    with torch.device("meta"):
+    with torch.device("meta"), _no_weight_init():
         module = LLaDAModel(cfg)
     state = _state_dict(path)
     if cfg.weight_tying:

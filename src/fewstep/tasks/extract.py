@@ -1,10 +1,12 @@
 """Helpers the benchmark tasks share: locating the local dataset files, reading answers out of model
-output (``#### N``, ``\\boxed{...}``, "The answer is ...", numbers), and extracting code from it."""
+output (``#### N``, ``\\boxed{...}``, "The answer is ...", numbers, LaTeX values through math-verify),
+and extracting code from it."""
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from fewstep.errors import TaskError
 
 DATASETS_ENV = "FEWSTEP_DATASETS"
+MATH_VERIFY_TIMEOUT_S = 5
 _ROOT_MARKERS = ("pyproject.toml", ".git")
 
 # --- dataset files ------------------------------------------------------------------------------------
@@ -91,6 +94,7 @@ def _hub_rows(hub: str, config: str | None, split: str) -> list[dict] | None:
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOXED_BARE = re.compile(r"\\boxed\s+([^\s$]+)")
+_LEADING_FRACTION = re.compile(r"\s*([-\u2212]?\d+)\s*/\s*(\d+)(?![\d.])")  # "3/4 of a pie"
 _ANSWER_IS = re.compile(r"the (?:final )?answer is\s*:?", re.IGNORECASE)
 _NUMBER = re.compile(
     r"(?<![\d.])(?:(?P<sign>[-\u2212])\s*)?(?:\\?\$\s*)?(?P<sign2>[-\u2212])?"
@@ -170,6 +174,58 @@ def parse_number(text: str) -> Fraction | None:
     cleaned = text.strip().replace(",", "").replace("\\$", "").replace("$", "").replace("\u2212", "-")
     cleaned = cleaned.rstrip(".%").strip()
     return _to_fraction(cleaned)
+
+
+def answer_value(text: str) -> Fraction | None:
+    """The number a short answer states: a plain number (``1,234``, ``$5.50``, ``-3``, ``12%``), else,
+    when it is written in LaTeX or as a fraction, the value math-verify gives it (``\\frac{1}{2}``,
+    ``-\\dfrac{3}{4}``, ``1{,}234``, ``18 \\text{ cm}^2``, ``2^{3}``), else a leading ``a/b`` (``3/4 of
+    a pie``), else the first number written in it. A percent sign is dropped (``10\\%`` is 10, as
+    GSM8K writes its answers)."""
+    value = parse_number(text)
+    if value is not None:
+        return value
+    if any(ch in text for ch in "\\/^{"):
+        value = latex_value(text.replace("\\%", "").replace("%", "").strip().rstrip("."))
+        if value is not None:
+            return value
+    fraction = _LEADING_FRACTION.match(text)
+    if fraction and int(fraction.group(2)):
+        return Fraction(int(fraction.group(1).replace("\u2212", "-")), int(fraction.group(2)))
+    return first_number(text)
+
+
+def latex_value(text: str) -> Fraction | None:
+    """The exact rational value of a LaTeX expression (math-verify parses it); None when it has
+    none (a symbol, a set, an irrational number) or when math-verify is not installed."""
+    parsed = math_verify_parse(f"${text}$")
+    expr = parsed[0] if parsed else None
+    if expr is None or not getattr(expr, "is_number", False):
+        return None
+    value = expr.doit()
+    if getattr(value, "is_Rational", False):
+        return Fraction(int(value.p), int(value.q))
+    if getattr(value, "is_Float", False):
+        return _to_fraction(str(value))
+    return None
+
+
+def math_verify_timeout() -> int | None:
+    """math-verify's timeout in seconds: it enforces timeouts with SIGALRM, which only the main
+    thread may use, so other threads run without one."""
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def math_verify_parse(text: str, required: bool = False) -> list:
+    """``math_verify.parse(text)`` ([sympy expression, string] or []); [] without math-verify unless
+    ``required`` (then TaskError saying how to install it)."""
+    try:
+        from math_verify import parse
+    except ImportError:
+        if required:
+            raise TaskError("this task's scoring needs math-verify: pip install 'math-verify[antlr4_13_2]'") from None
+        return []
+    return list(parse(text, parsing_timeout=math_verify_timeout()))
 
 
 def _to_fraction(text: str) -> Fraction | None:

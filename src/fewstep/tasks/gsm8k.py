@@ -1,10 +1,12 @@
 """GSM8K: grade-school maths word problems, scored by the final number.
 
 Data: ``question`` and ``answer`` (a worked solution ending in ``#### N``). The prediction is read from
-the output by the first of these that yields a number: ``#### N``, ``\\boxed{N}``, "The answer is N",
-the last number in the text. Numbers are compared exactly after removing commas, ``$`` and trailing
-full stops. Prompts are zero-shot or k-shot (``num_shots``), the shots being the first rows of the
-train file (or the same rows kept below when the file is not there).
+the output by the first of these that yields a number: ``#### N``, the last ``\\boxed{N}``, "The answer
+is N", the last number in the text. The answer's value is a plain number (commas, ``$``, ``%`` and a
+trailing full stop removed), else a LaTeX value computed by math-verify (``\\frac{1}{2}`` is 1/2), else
+its first number (``72 clips`` is 72); values are compared exactly. Prompts are zero-shot or k-shot
+(``num_shots``), the shots being the first rows of the train file
+(or the same rows kept below when the file is not there).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import (
     after_marker,
     answer_is,
-    first_number,
+    answer_value,
     format_number,
     last_boxed,
     last_number,
@@ -113,7 +115,7 @@ def extract_prediction(output: str) -> tuple[Fraction | None, str]:
         ("boxed", last_boxed(output)),
         ("answer is", answer_is(output)),
     ):
-        value = first_number(segment) if segment is not None else None
+        value = answer_value(segment) if segment is not None else None
         if value is not None:
             return value, rule
     value = last_number(output)

@@ -2,22 +2,19 @@
 
 Data: ``problem``, ``solution`` (ending in ``\\boxed{answer}``), ``answer``, ``subject``, ``level``,
 ``unique_id``. The prediction is the last ``\\boxed{...}`` in the output (else what follows "The answer
-is"); it is correct when it equals the reference after light LaTeX normalisation, or when the
-``math-verify`` library finds the two equivalent.
+is", else the final answer math-verify extracts); it is correct when it equals the reference after light
+LaTeX normalisation, or when the ``math-verify`` library finds the two equivalent.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 
-from fewstep.errors import TaskError
 from fewstep.tasks.base import Example, Score
-from fewstep.tasks.extract import answer_is, last_boxed, load_rows
+from fewstep.tasks.extract import answer_is, last_boxed, load_rows, math_verify_parse, math_verify_timeout
 
 TEST_FILE = "math500_test.jsonl"
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
-VERIFY_TIMEOUT_S = 5
 _SPACING = re.compile(r"\\[,;:! ]|\\q?quad|\s+")
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\\circ\}?")
@@ -35,24 +32,27 @@ def normalize_answer(answer: str) -> str:
 
 
 def extract_prediction(output: str) -> str | None:
-    """The answer in a model's output: the last ``\\boxed{...}``, else what follows "The answer is"."""
+    """The answer in a model's output: the last ``\\boxed{...}``, else what follows "The answer is",
+    else the final answer math-verify's own extraction finds (the last LaTeX or plain expression)."""
     boxed = last_boxed(output)
-    return boxed if boxed is not None else answer_is(output)
+    if boxed is not None:
+        return boxed
+    stated = answer_is(output)
+    if stated is not None:
+        return stated
+    parsed = math_verify_parse(output)
+    return str(parsed[1]) if len(parsed) > 1 else None
 
 
 def equivalent(reference: str, prediction: str) -> bool:
     """Whether two LaTeX answers agree: equal after normalisation, or equivalent for math-verify."""
     if normalize_answer(reference) == normalize_answer(prediction):
         return True
-    try:
-        from math_verify import parse, verify
-    except ImportError:
-        raise TaskError("math500 scoring needs math-verify: pip install 'math-verify[antlr4_13_2]'") from None
-    # math-verify enforces its timeouts with SIGALRM, which only the main thread may use
-    timeout = VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-    gold = parse(f"${reference}$", parsing_timeout=timeout)
-    guess = parse(f"${prediction}$", parsing_timeout=timeout)
-    return bool(gold) and bool(guess) and verify(gold, guess, timeout_seconds=timeout)
+    from math_verify import verify
+
+    gold = math_verify_parse(f"${reference}$", required=True)
+    guess = math_verify_parse(f"${prediction}$", required=True)
+    return bool(gold) and bool(guess) and verify(gold, guess, timeout_seconds=math_verify_timeout())
 
 
 class Math500Task:

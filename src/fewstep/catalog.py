@@ -1,0 +1,145 @@
+"""What ``fewstep list`` prints: the tasks, the bundled models and the decoding strategies.
+
+Each listing is built from the declarations the rest of the package runs on (the task registry, the
+bundled model directories, the strategy registry), so it cannot drift from them. Rows are plain dicts;
+:func:`table` lays them out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fewstep.errors import FewstepError
+
+DIFFUSION_TYPES = ("llada", "dream")
+
+
+def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """Rows as left-aligned columns under ``header``, two spaces apart."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells) + "\n"
+
+
+# --- tasks --------------------------------------------------------------------------------------------
+
+
+def task_rows() -> list[dict[str, Any]]:
+    """One row per registered task: name, default generation length, and the first line of its module's
+    description."""
+    from fewstep.tasks.base import REGISTRY
+
+    rows = []
+    for name, target in sorted(REGISTRY.items()):
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+        summary = (module.__doc__ or "").strip().splitlines()[0].replace("``", "") if module.__doc__ else ""
+        rows.append({"name": name, "gen_length": cls.default_gen_length, "summary": summary})
+    return rows
+
+
+def format_tasks(rows: list[dict[str, Any]]) -> str:
+    return table([(r["name"], r["gen_length"], r["summary"]) for r in rows], ("task", "gen_length", "what it is"))
+
+
+# --- models -------------------------------------------------------------------------------------------
+
+
+def safetensors_parameters(path: Path) -> int:
+    """Number of values stored in a safetensors file, read from its header (no tensor is loaded)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def describe_model_dir(path: Path) -> dict[str, Any]:
+    """Kind, architecture, parameter count, context length and chat template of a model directory."""
+    config = json.loads((path / "config.json").read_text())
+    model_type = str(config.get("model_type", "?"))
+    weights = sorted(path.glob("*.safetensors"))
+    tok_cfg = path / "tokenizer_config.json"
+    has_template = (path / "chat_template.jinja").is_file() or (
+        tok_cfg.is_file() and bool(json.loads(tok_cfg.read_text()).get("chat_template")))
+    return {
+        "kind": "diffusion" if model_type.lower() in DIFFUSION_TYPES else "causal",
+        "model_type": model_type,
+        "parameters": sum(safetensors_parameters(w) for w in weights),
+        "context": config.get("max_sequence_length", config.get("max_position_embeddings", "?")),
+        "chat_template": has_template,
+    }
+
+
+def model_rows() -> list[dict[str, Any]]:
+    """The bundled models (installed or not) and the built-in ``gold`` model."""
+    from fewstep.models.loading import ASSETS, BUNDLED
+
+    rows: list[dict[str, Any]] = []
+    for name in BUNDLED:
+        path = ASSETS / name
+        if (path / "config.json").is_file():
+            rows.append({"name": name, "installed": True, "path": str(path), **describe_model_dir(path)})
+        else:
+            rows.append({"name": name, "installed": False, "path": str(path)})
+    rows.append({"name": "gold", "installed": True, "kind": "reference", "path": "(built in)",
+                 "summary": "answers every problem with its reference solution (checks a task's pipeline)"})
+    return rows
+
+
+def format_models(rows: list[dict[str, Any]]) -> str:
+    def line(r: dict[str, Any]) -> tuple[Any, ...]:
+        if not r["installed"]:
+            return (r["name"], "-", "-", "-", "-", "not installed")
+        if r["kind"] == "reference":
+            return (r["name"], r["kind"], "-", "-", "-", r["summary"])
+        params = f"{r['parameters'] / 1e6:.2f}M"
+        return (r["name"], f"{r['kind']} ({r['model_type']})", params, r["context"],
+                "yes" if r["chat_template"] else "no", r["path"])
+
+    return table([line(r) for r in rows], ("model", "kind", "parameters", "context", "chat template", "where"))
+
+
+# --- strategies ---------------------------------------------------------------------------------------
+
+
+def strategy_rows() -> list[dict[str, Any]]:
+    """The strategy registry's own description: ``fewstep.strategies.describe()``, a list of
+    ``{"name", "summary", "params": [{"name", "type", "default", "range", "help"}]}`` built from the
+    declarations the engine validates against."""
+    # HOOK: fewstep.strategies.describe() is provided by the strategy registry (strategies/__init__.py).
+    import fewstep.strategies as strategies
+
+    describe = getattr(strategies, "describe", None)
+    if describe is None:
+        raise FewstepError("this version of fewstep has no strategy registry to list (fewstep.strategies.describe)")
+    return list(describe())
+
+
+def format_strategies(rows: list[dict[str, Any]]) -> str:
+    """Each strategy's name and summary, then a table of its parameters (type, default, range, meaning)."""
+    parts = []
+    for s in rows:
+        params = s.get("params", [])
+        grid = table([(p["name"], p["type"], _plain(p.get("default")), _plain(p.get("range")), p.get("help", ""))
+                      for p in params], ("parameter", "type", "default", "range", "meaning")) if params else ""
+        body = "".join(f"  {ln}\n" for ln in grid.splitlines())
+        parts.append(f"{s['name']}: {s.get('summary', '')}\n{body}")
+    return "\n".join(parts)
+
+
+def _plain(value: Any) -> str:
+    """A default or range as the user would type it."""
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

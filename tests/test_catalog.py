@@ -1,0 +1,91 @@
+"""``fewstep --version`` and ``fewstep list``: listings built from the registries the package runs on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fewstep
+from fewstep import catalog
+from fewstep.cli import main
+from fewstep.tasks.base import REGISTRY
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"fewstep {fewstep.__version__}"
+
+
+def test_list_tasks_is_the_registry(capsys):
+    assert main(["list", "tasks", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == sorted(REGISTRY)
+    assert {r["name"]: r["gen_length"] for r in rows}["gsm8k"] == 256
+    assert main(["list", "tasks"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["task", "gen_length", "what", "it", "is"] and "math500" in out
+
+
+def test_list_models_reads_the_bundled_directories(capsys):
+    from conftest import bundled
+
+    bundled("tiny-dlm")
+    assert main(["list", "models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["tiny-dlm"]["kind"] == "diffusion" and rows["tiny-dlm"]["parameters"] == 3_301_120
+    assert rows["tiny-dlm"]["chat_template"] is True
+    assert rows["gold"]["kind"] == "reference"
+    if rows.get("tiny-ar", {}).get("installed"):
+        assert rows["tiny-ar"]["kind"] == "causal" and rows["tiny-ar"]["parameters"] == 764_544
+
+
+def test_parameter_count_from_the_header_matches_the_loaded_model():
+    from conftest import bundled
+    from fewstep.models.loading import load_model
+
+    path = bundled("tiny-dlm")
+    model = load_model(str(path))
+    stored = {k for k in model.module.state_dict()}
+    assert catalog.safetensors_parameters(path / "model.safetensors") == sum(
+        model.module.state_dict()[k].numel() for k in stored)
+
+
+DESCRIBED = [
+    {"name": "threshold", "summary": "commit every masked position whose confidence is at least the threshold",
+     "params": [{"name": "threshold", "type": "float", "default": 0.9, "range": [0, 1],
+                 "help": "confidence threshold"},
+                {"name": "early_stop", "type": "bool", "default": False, "range": None, "help": "stop at EOS"}]},
+    {"name": "llada", "summary": "fixed schedule", "params": []},
+]
+
+
+def test_list_strategies_prints_the_registry_description(capsys, monkeypatch):
+    import fewstep.strategies
+
+    monkeypatch.setattr(fewstep.strategies, "describe", lambda: DESCRIBED, raising=False)
+    assert main(["list", "strategies"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "threshold: commit every masked position whose confidence is at least the threshold"
+    assert out[1].split() == ["parameter", "type", "default", "range", "meaning"]
+    assert out[2].split() == ["threshold", "float", "0.9", "[0,", "1]", "confidence", "threshold"]
+    assert out[3].split() == ["early_stop", "bool", "false", "-", "stop", "at", "EOS"]
+    assert "llada: fixed schedule" in out
+    assert main(["list", "strategies", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == DESCRIBED
+
+
+def test_list_strategies_without_a_registry_is_one_clear_line(capsys, monkeypatch):
+    import fewstep.strategies
+
+    monkeypatch.delattr(fewstep.strategies, "describe", raising=False)
+    assert main(["list", "strategies"]) == 2
+    assert capsys.readouterr().err.startswith("fewstep: error: ")
+
+
+def test_lm_eval_subcommand_passes_arguments_through(capsys):
+    pytest.importorskip("lm_eval")
+    assert main(["lm-eval", "--help"]) == 0
+    assert "--model_args" in capsys.readouterr().out
