@@ -103,6 +103,9 @@ def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str
         "nfe_mean": nfe / n if n else 0.0,
         "tokens_per_forward": sum(s["answer_tokens"] for s in samples) / nfe if nfe else 0.0,
         "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
+        "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
+        **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
+           for k in ("injected", "confirmed", "revoked")},
         "wall_s": max(walls.values(), default=0.0),
         "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
     }
@@ -118,7 +121,8 @@ def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0
         sc = task.score(e, r.text)
         rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
                      "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
-                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe,
+                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
+                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
                      "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
     return rows
 
@@ -317,4 +321,6 @@ def one_line(s: dict[str, Any]) -> str:
     lo, hi = s["accuracy_ci95"]
     return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
             f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
-            f"drafter NFE {s['drafter_nfe_mean']:.2f} | wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")
+            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
+               if s.get("config", {}).get("drafter") else "")
+            + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")
