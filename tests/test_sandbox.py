@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fewstep.evaluation import sandbox
-from fewstep.evaluation.sandbox import SandboxResult, isolation, run_program, run_tests
+from fewstep.sandbox import jail as sandbox
+from fewstep.sandbox.jail import SandboxResult, isolation, run_program, run_tests
 
 NORMAL_PROGRAM = "print(sum(range(10)))"
 

@@ -85,8 +85,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from fewstep.decoding.generate import generate
     from fewstep.config import resolve_config
+    from fewstep.decoding.generate import generate
     from fewstep.models.loading import load_model
 
     model = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -139,7 +139,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
     from fewstep.evaluation.distributed import is_main_process
-    from fewstep.evaluation.runner import EvalRequest, one_line, run_eval
+    from fewstep.evaluation.results import one_line
+    from fewstep.evaluation.runner import EvalRequest, run_eval
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(args.settings), data=args.data,

@@ -65,7 +65,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
 
     from fewstep.config import resolve_config
     from fewstep.decoding.generate import generate
-    from fewstep.evaluation.runner import (
+    from fewstep.evaluation.results import (
         environment,
         read_samples,
         sample_rows,

@@ -79,111 +79,10 @@ class Isolation:
     cgroup_base: str | None = None  # where per-run pids cgroups are made, when process_limit is "cgroup"
 
 
-# ---------------------------------------------------------------------------------------------------
-# The prelude: runs in the child before the program, installs the audit hook, then executes main.py.
-# ---------------------------------------------------------------------------------------------------
-
-_PRELUDE = r"""
-import builtins, os, posix, sys
-
-_ROOT = os.path.realpath(os.getcwd())
-os.chdir(_ROOT)
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_DENIED_EVENTS = frozenset({
-    "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn", "os.spawn",
-    "os.system", "os.startfile", "subprocess.Popen", "pty.spawn", "resource.setrlimit", "resource.prlimit",
-    "webbrowser.open",
-})
-_DENIED_PREFIXES = ("socket.", "ctypes.")
-_AF_UNIX = 1
-_DENIED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
-# event -> (indices of path arguments, index of the dir_fd argument or None)
-_PATH_EVENTS = {
-    "os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.rename": ((0, 1), 2), "os.link": ((0, 1), 2),
-    "os.symlink": ((0, 1), 2), "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2), "os.chown": ((0,), 3),
-    "os.utime": ((0,), 3), "os.truncate": ((0,), None), "os.setxattr": ((0,), None),
-    "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
-    "shutil.rmtree": ((0,), 1),
-}
-
-
-def _fd_target(fd):
-    return os.readlink("/proc/self/fd/%d" % fd)
-
-
-def _resolve(path, dir_fd=None):
-    if isinstance(path, int):
-        return _fd_target(path)
-    path = os.fsdecode(os.fspath(path))
-    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
-        path = os.path.join(_fd_target(dir_fd), path)
-    return os.path.realpath(path)
-
-
-def _inside(path, dir_fd=None):
-    try:
-        target = _resolve(path, dir_fd)
-    except Exception:
-        return False
-    return target == _ROOT or target.startswith(_ROOT + os.sep) or target.startswith("pipe:") or target == "/dev/null"
-
-
-def _refuse(what):
-    raise PermissionError("sandbox: %s is not allowed" % what)
-
-
-def _guard(event, args):
-    if event == "socket.__new__" and args[1] == _AF_UNIX:
-        return  # local socket pairs (asyncio's self-pipe); connect and bind stay refused
-    if event in _DENIED_EVENTS or event.startswith(_DENIED_PREFIXES):
-        _refuse(event)
-    if event == "import" and args[0] in _DENIED_IMPORTS:
-        _refuse("importing " + args[0])
-    if event == "open":
-        mode, flags = args[1], args[2]
-        writes = isinstance(flags, int) and flags & _WRITE_FLAGS or isinstance(mode, str) and set(mode) & set("wax+")
-        if writes and not _inside(args[0]):
-            _refuse("writing %r outside the working directory" % (args[0],))
-    elif event in _PATH_EVENTS:
-        paths, dir_fd_index = _PATH_EVENTS[event]
-        dir_fd = args[dir_fd_index] if dir_fd_index is not None and dir_fd_index < len(args) else None
-        for i in paths:
-            if i < len(args) and not _inside(args[i], dir_fd):
-                _refuse("%s on %r outside the working directory" % (event, args[i]))
-
-
-def _disabled(name):
-    def disabled(*args, **kwargs):
-        _refuse(name)
-    return disabled
-
-
-def _open_without_dir_fd(real_open):
-    def open(path, flags, mode=0o777, *, dir_fd=None):
-        if dir_fd is not None:
-            _refuse("os.open with dir_fd")
-        return real_open(path, flags, mode)
-    return open
-
-
-import _posixsubprocess
-_posixsubprocess.fork_exec = _disabled("_posixsubprocess.fork_exec")
-for _module in (os, posix):
-    for _name in ("kill", "killpg", "system", "fork", "forkpty", "chdir", "fchdir", "chroot", "mknod",
-                  "mkfifo", "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid",
-                  "setresgid"):
-        if hasattr(_module, _name):
-            setattr(_module, _name, _disabled("os." + _name))
-    _module.open = _open_without_dir_fd(posix.open)
-builtins.exit = builtins.quit = sys.exit
-sys.addaudithook(_guard)
-
-_path = os.path.join(_ROOT, "main.py")
-with open(_path, encoding="utf-8") as _file:
-    _code = compile(_file.read(), _path, "exec")
-sys.argv = [_path]
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": builtins})
-"""
+@functools.lru_cache(maxsize=1)
+def _child_source() -> str:
+    """The text of :mod:`fewstep.sandbox.child`, run with ``-c`` so the child imports nothing of fewstep."""
+    return Path(__file__).with_name("child.py").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,9 +150,9 @@ def isolation() -> Isolation:
     """Detect (once) which namespaces, capability dropping and process cap work for this user."""
     prefix: tuple[str, ...] = ()
     flags = (False, False, False)
-    for candidate, *found in _candidate_prefixes():
+    for candidate, net, pid, caps in _candidate_prefixes():
         if _starts_python(candidate):
-            prefix, flags = tuple(candidate), tuple(found)
+            prefix, flags = tuple(candidate), (net, pid, caps)
             break
     base = _pids_cgroup_base()
     if base is not None:
@@ -381,7 +280,7 @@ def _start(workdir: str, limits: _Limits, guard: bool) -> subprocess.Popen:
 
     With ``guard`` it runs the prelude, which then executes the program; without, the program file directly.
     """
-    entry = ["-c", _PRELUDE] if guard else [PROGRAM_FILE]
+    entry = ["-c", _child_source()] if guard else [PROGRAM_FILE]
     command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
     return subprocess.Popen(
         command,
