@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
+    b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
     b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--num-processes", type=int, default=1, metavar="N",
                    help="shard the problems over N processes (gloo) and merge the results; under torchrun / "
                         "accelerate launch the launcher's processes are used instead")
+    e.add_argument("--overwrite", action="store_true",
+                   help="remove the results already in --out (of any run) instead of resuming them")
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
@@ -130,7 +133,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
                        limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
-                       settings=tuple(args.settings), data=args.data, device=args.device, dtype=args.dtype)
+                       settings=tuple(args.settings), data=args.data, device=args.device, dtype=args.dtype,
+                       overwrite=args.overwrite)
     run_bench(req, progress=not args.no_progress)
     print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
@@ -144,7 +148,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(args.settings), data=args.data,
-                      device=args.device, dtype=args.dtype, num_processes=args.num_processes)
+                      device=args.device, dtype=args.dtype, num_processes=args.num_processes,
+                      overwrite=args.overwrite)
     summary = run_eval(req, progress=not args.no_progress)
     if is_main_process():
         print(one_line(summary))
@@ -153,9 +158,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from fewstep.training.config import TrainConfig
-    from fewstep.training.loop import export, train
+    from fewstep.training.loop import check_export, export, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if args.export:
+        check_export(args.out, args.export)
     final = train(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
     if args.export:
         export(cfg, final, args.export)

@@ -1,21 +1,42 @@
 """Result files of ``fewstep eval`` and ``fewstep bench``: reading, atomic writing, merging, summaries.
 
-An eval directory holds ``samples.jsonl`` (one row per problem, keyed by its ``id``),
-``summary.json`` (rewritten after each batch) and, with several ranks, ``samples.rank{r}.jsonl``
-until rank 0 merges them. Nothing here decodes; :mod:`fewstep.evaluation.runner` and
-:mod:`fewstep.evaluation.distributed` orchestrate, and both import this module.
+An eval directory holds ``run.json`` (the run's identity, written before the first row),
+``samples.jsonl`` (one row per problem, keyed by its ``id``), ``summary.json`` (rewritten after
+each batch) and, with several ranks, ``samples.rank{r}.jsonl`` until rank 0 merges them. Nothing
+here decodes; :mod:`fewstep.evaluation.runner` and :mod:`fewstep.evaluation.distributed`
+orchestrate, and both import this module.
+
+Guarantees (tested by killing runs at random moments): a directory has one writer at a time
+(:func:`lock_dir`); every file is replaced by a rename of a complete temporary file in the same
+directory (:func:`write_json`, :func:`write_jsonl`, :func:`replace_dir`); only the last line of an
+appended file can be cut by an interruption, and it is dropped on resume; a directory holding
+another run's results is refused (:func:`check_identity`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import platform
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fewstep.errors import ResultsError
+
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
+IDENTITY = "run.json"
+HOLDER = ".fewstep-lock"  # who holds the directory's lock (informational; the lock is on the directory)
+# Identity fields added after the first release: directories written before them resume without them.
+LATER_FIELDS = ("data_sha256", "model_sha256")
 
 
 def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
@@ -88,30 +109,282 @@ def environment() -> dict[str, Any]:
     }
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not UTF-8 text: not a fewstep result file") from None
+    except OSError as e:
+        raise ResultsError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
+    """The rows of a JSONL result file, first copy of each ``key`` only (``key=None``: every row).
+
+    A last line cut off by an interruption is dropped (that problem is decoded again); any other
+    line that is not a JSON object with ``key`` is an error naming the line.
+    """
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut off by an interruption: that problem is decoded again
-    return rows
+    lines = _read_text(path).splitlines()
+    rows: dict[Any, dict[str, Any]] = {}
+    unkeyed: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ResultsError(f"{path}:{n}: not a JSON line; the file is corrupt (use another --out)") from None
+        if not isinstance(row, dict) or (key is not None and key not in row):
+            raise ResultsError(f"{path}:{n}: not a result row (a JSON object with {key!r})")
+        if key is None:
+            unkeyed.append(row)
+        else:
+            rows.setdefault(json.dumps(row[key]), row)
+    return unkeyed if key is None else list(rows.values())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by fewstep, or an error naming the file."""
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is corrupt ({e.msg} at line {e.lineno}); use another --out") from None
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{path} is corrupt (not a JSON object); use another --out")
+    return obj
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a complete temporary file in the same directory, synced, renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Replace ``path`` with ``obj`` as strict JSON (a NaN or infinity is an error, never written)."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False, default=str)
+    except ValueError:
+        raise ResultsError(f"refusing to write {path}: a value is NaN or infinite") from None
+    write_bytes(path, (text + "\n").encode())
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Replace ``path`` with ``rows``, one JSON object per line, in one atomic rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+
+
+def append_rows(f: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to an open JSONL file in one write, then flush (a kill can cut only the last line)."""
+    f.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    f.flush()
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the complete directory ``tmp`` at ``dest`` (same filesystem), replacing what was there.
+
+    With the Linux ``renameat2(RENAME_EXCHANGE)`` call the swap is atomic: at every moment ``dest``
+    is either the old directory or the new one. Elsewhere the old one is moved aside first.
+    """
+    if dest.exists() and _exchange(tmp, dest):
+        shutil.rmtree(tmp)  # now the old directory
+        return
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, dest)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def temp_dir_for(dest: Path) -> Path:
+    """A fresh empty directory beside ``dest`` (same filesystem), to be moved there by :func:`replace_dir`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.mkdir()
+    return tmp
+
+
+# ---------------------------------------------------------------------------------------------------
+# One writer per directory.
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output directory, or say in one line why it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"cannot create --out {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ResultsError(f"--out {out} is not writable")
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on ``fd``; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def lock_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``out`` (created if needed) for the block.
+
+    The lock is an ``flock`` on the directory itself, so it leaves no file behind and dies with its
+    holder (even on SIGKILL). A second writer fails at once with one line naming the holder, which
+    the holder records in ``.fewstep-lock`` while it runs.
+    """
+    prepare_out(out)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    holder = out / HOLDER
+    try:
+        if not try_lock(fd):
+            who = holder.read_text(errors="replace").strip() if holder.is_file() else "unknown process"
+            raise ResultsError(f"{out} is in use by another fewstep run ({who}); wait for it or use another --out")
+        command = " ".join(["fewstep", *sys.argv[1:]]) if sys.argv else "fewstep"
+        write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}".encode())
+        try:
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's identity.
+# ---------------------------------------------------------------------------------------------------
+
+
+def same_config(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """Whether two decode configurations (``DecodeConfig.to_dict()``) decode alike."""
+    return old == new
+
+
+def same_run(old_header: dict[str, Any], new_header: dict[str, Any]) -> bool:
+    """Whether results written under ``old_header`` belong to the run ``new_header`` describes.
+
+    Compared: every field of the new header; ``config`` / ``configs`` through :func:`same_config`;
+    the checksums (``LATER_FIELDS``) only where the old header has them, so that directories
+    written before they existed still resume.
+    """
+    for key, new in new_header.items():
+        if key in LATER_FIELDS and key not in old_header:
+            continue
+        old = old_header.get(key)
+        if key == "config":
+            if not same_config(old, new):
+                return False
+        elif key == "configs":
+            if not isinstance(old, list) or len(old) != len(new) or not all(map(same_config, old, new)):
+                return False
+        elif old != new:
+            return False
+    return True
+
+
+def differences(old_header: dict[str, Any], new_header: dict[str, Any]) -> list[str]:
+    """The fields that make :func:`same_run` false, for the error message."""
+    return [k for k in new_header if not same_run({**new_header, k: old_header.get(k)}, new_header)
+            and not (k in LATER_FIELDS and k not in old_header)]
+
+
+def check_identity(out: Path, header: dict[str, Any], identity: str = IDENTITY,
+                   result_files: Iterable[Path] = ()) -> None:
+    """Refuse a directory that holds another run's results; else record ``header`` before any row.
+
+    The previous identity is ``identity`` if present, else the header of ``summary.json`` (eval
+    directories written before ``run.json`` existed). Result files without any identity are
+    refused too: nothing says which run wrote them.
+    """
+    path = out / identity
+    old = read_json(path) if path.exists() else read_json(out / SUMMARY) if (out / SUMMARY).exists() else None
+    if old is None and any(p.exists() for p in result_files):
+        raise ResultsError(f"{out} holds results without a record of the run that wrote them; "
+                           "use another --out or --overwrite")
+    if old is not None and not same_run(old, header):
+        raise ResultsError(f"{out} holds results of a different run ({', '.join(differences(old, header))} "
+                           "differ); use another --out or --overwrite")
+    write_json(path, header)
+
+
+def sha256_rows(rows: Iterable[Any]) -> str:
+    """A checksum of JSON-serialisable rows (the task's problems), independent of where they came from."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+_WHOLE_FILE_BYTES = 64 * 1024 * 1024
+_ENDS_BYTES = 1024 * 1024
+
+
+def sha256_dir(path: Path) -> str:
+    """A checksum of a model directory: every file's name and size, and its content (files over 64 MiB:
+    their first and last MiB, so an 8B checkpoint is not read in full at every start)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path)}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= _WHOLE_FILE_BYTES:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(_ENDS_BYTES))
+                fh.seek(size - _ENDS_BYTES)
+                h.update(fh.read(_ENDS_BYTES))
+    return h.hexdigest()
+
+
+def model_checksum(name: str) -> str | None:
+    """The checksum of the model directory ``name`` resolves to; None for the built-in ``gold``."""
+    if name == "gold":
+        return None
+    from fewstep.models.loading import resolve
+
+    return sha256_dir(resolve(name))
+
+
+def remove_results(out: Path, names: Iterable[str]) -> None:
+    """``--overwrite``: remove the named result files and directories of ``out`` (nothing else)."""
+    for name in names:
+        for p in out.glob(name):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def shard_path(out: Path, rank: int, world: int) -> Path:
@@ -135,7 +408,10 @@ def collect(out: Path) -> list[dict[str, Any]]:
 
 
 def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
-    """Fold the rank files into samples.jsonl, in problem order, and remove them."""
+    """Fold the rank files into samples.jsonl, in problem order, and remove them.
+
+    Rows of problems beyond ``order`` (decoded by an earlier run with a larger ``--limit``) are kept
+    at the end, for a later run that asks for them again."""
     rows = sorted(collect(out), key=lambda r: order.get(r["id"], len(order)))
     write_jsonl(out / SAMPLES, rows)
     for path in shard_files(out):

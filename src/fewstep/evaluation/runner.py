@@ -17,27 +17,40 @@ The model ``gold`` answers each problem with its reference solution (see
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fewstep.config import DecodeConfig, resolve_config
-from fewstep.errors import ConfigError
+from fewstep.errors import ConfigError, ResultsError
 from fewstep.evaluation.results import (
+    IDENTITY,
+    SAMPLES,
     SUMMARY,
+    append_rows,
+    check_identity,
     collect,
     environment,
+    lock_dir,
     merge,
+    model_checksum,
+    prepare_out,
     read_samples,
+    remove_results,
     sample_rows,
+    sha256_rows,
+    shard_files,
     shard_path,
     summarise,
+    try_lock,
     write_json,
     write_jsonl,
 )
+
+RESULT_FILES = (IDENTITY, SUMMARY, SAMPLES, "samples.rank*.jsonl")
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class EvalRequest:
     device: str = "cpu"
     dtype: str | None = None
     num_processes: int = 1
+    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
 
 
 @dataclass
@@ -61,21 +75,30 @@ class _Run:
 
     task: Any
     examples: list[Any]  # the problems of this run (after --limit)
+    every: list[Any]  # all the task's problems (for the data checksum)
     order: dict[str, int]  # problem id -> position in the task's data, for merged files
     model: Any
     cfg: DecodeConfig
     out: Path
     header: dict[str, Any]  # what identifies the run (compared on resume)
 
+    def mine(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows of this run's problems: exactly ``--limit`` of them once it is done."""
+        ids = {e.id for e in self.examples}
+        return [r for r in rows if r["id"] in ids]
+
 
 def check_request(req: EvalRequest) -> None:
-    """Reject sizes that cannot work before anything is loaded."""
+    """Reject sizes and paths that cannot work before anything is loaded."""
     if req.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {req.batch_size}")
     if req.limit is not None and req.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {req.limit}")
     if req.num_processes < 1:
         raise ConfigError(f"--num-processes must be >= 1, got {req.num_processes}")
+    out = Path(req.out)
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} exists and is not a directory")
 
 
 def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
@@ -90,48 +113,45 @@ def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
 
 
 def prepare(req: EvalRequest) -> _Run:
-    """Load the task, its problems, the model and the configuration; refuse a directory that holds
-    another run's results."""
+    """Load the task, its problems, the model and the configuration (nothing is written yet)."""
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
     task = get_task(req.task)
     every = task.examples(req.data)
+    if not every:
+        raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     examples = every[: req.limit] if req.limit is not None else every
     model = load_model(req.model, device=req.device, dtype=req.dtype)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
-    out = Path(req.out)
-    out.mkdir(parents=True, exist_ok=True)
     strategy = "none" if model.kind == "gold" else cfg.strategy
     header = {"task": req.task, "model": req.model, "strategy": strategy, "config": cfg.to_dict(),
-              "data": req.data, "batch_size": req.batch_size}
-    summary_path = out / SUMMARY
-    if summary_path.exists():
-        old = json.loads(summary_path.read_text())
-        if {k: old.get(k) for k in header} != header:
-            raise ConfigError(f"{out} holds results of a different run (task, model or configuration); "
-                              "use another --out")
+              "data": req.data, "batch_size": req.batch_size,
+              "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
+              "model_sha256": model_checksum(req.model)}
     order = {e.id: i for i, e in enumerate(every)}
-    return _Run(task, examples, order, model, cfg, out, header)
+    return _Run(task, examples, every, order, model, cfg, Path(req.out), header)
 
 
 def _decode(run: _Run, todo: list[Any], path: Path, rank: int, header: dict[str, Any], batch_size: int,
             bar) -> None:
-    """Decode ``todo`` batch by batch, appending rows to ``path``; rank 0 also refreshes summary.json."""
+    """Decode ``todo`` batch by batch, appending rows to ``path``; rank 0 also refreshes summary.json.
+
+    ``path`` is locked while it is written: a second process writing the same rank file fails."""
     from fewstep.evaluation.timing import ForwardTimer
 
     timer = ForwardTimer()
-    with open(path, "a") as f, timer.attach(run.model.module):
+    with open(path, "a", encoding="utf-8") as f, timer.attach(run.model.module):
+        if not try_lock(f.fileno()):
+            raise ResultsError(f"{path} is being written by another process; wait for it or use another --out")
         for i in range(0, len(todo), batch_size):
             batch = todo[i: i + batch_size]
             t0, m0 = time.perf_counter(), timer.seconds
             results = answers(run.model, batch, run.cfg)
             wall, model_s = time.perf_counter() - t0, timer.seconds - m0
-            for row in sample_rows(run.task, batch, results, wall, model_s, rank):
-                f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
+            append_rows(f, sample_rows(run.task, batch, results, wall, model_s, rank))
             if rank == 0:
-                summary = summarise(collect(run.out), header)
+                summary = summarise(run.mine(collect(run.out)), header)
                 write_json(run.out / SUMMARY, summary)
                 bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
             bar.update(len(batch))
@@ -141,14 +161,22 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
                    progress: bool = True) -> dict[str, Any] | None:
     """Decode this process's problems (``examples[rank::world]``) not yet in any samples file.
 
-    ``barrier`` (several ranks) is called once this rank is done; then rank 0 merges every file
-    into samples.jsonl, writes summary.json and returns it. Other ranks return None.
+    With ``req.overwrite`` rank 0 first removes the directory's earlier results (the other ranks wait
+    at ``barrier``). The run's identity is checked against the directory's and recorded before the
+    first row. ``barrier`` (several ranks) is called again once this rank is done; then rank 0
+    merges every file into samples.jsonl, writes summary.json and returns it. Other ranks return None.
     """
     from tqdm import tqdm
 
     run = prepare(req)
+    if req.overwrite and rank == 0:
+        remove_results(run.out, RESULT_FILES)
+    if req.overwrite and barrier is not None:
+        barrier()
+    check_identity(run.out, run.header, result_files=[run.out / SAMPLES, *shard_files(run.out)])
     path = shard_path(run.out, rank, world)
-    write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
+    if path.exists():
+        write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
     done = {row["id"] for row in collect(run.out)}
     mine = run.examples[rank::world]
     todo = [e for e in mine if e.id not in done]
@@ -162,22 +190,29 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
         barrier()
     if rank != 0:
         return None
-    summary = summarise(merge(run.out, run.order), header)
+    summary = summarise(run.mine(merge(run.out, run.order)), header)
     write_json(run.out / SUMMARY, summary)
     return summary
 
 
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``req`` in this process, across ``req.num_processes`` spawned processes, or as one
-    rank of a run started by torchrun / accelerate; returns the summary (on every rank)."""
+    rank of a run started by torchrun / accelerate; returns the summary (on every rank).
+
+    The process that starts the run (rank 0 under a launcher) holds the output directory's lock
+    until the end; the other ranks lock their own rank file."""
     from fewstep.evaluation import distributed
 
     check_request(req)
+    out = Path(req.out)
     launch = distributed.launched()
     if launch is not None and launch.world > 1:
-        return distributed.run_launched(req, launch, evaluate_shard, progress)
-    if req.num_processes > 1:
-        return distributed.spawn(req, evaluate_shard, progress)
-    summary = evaluate_shard(req, progress=progress)
+        prepare_out(out)
+        with lock_dir(out) if launch.rank == 0 else nullcontext():
+            return distributed.run_launched(req, launch, evaluate_shard, progress)
+    with lock_dir(out):
+        if req.num_processes > 1:
+            return distributed.spawn(req, evaluate_shard, progress)
+        summary = evaluate_shard(req, progress=progress)
     assert summary is not None
     return summary
