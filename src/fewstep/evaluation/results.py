@@ -222,9 +222,35 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path, name: str = "*") -> None:
+    """Remove the temporary files and directories (``.NAME.PID[.N].tmp``) that killed processes left."""
+    for stale in directory.glob(f".{name}.*.tmp"):
+        parts = stale.name[:-len(".tmp")].split(".")
+        pids = [p for p in parts if p.isdigit()]
+        if not pids or _alive(int(pids[0])):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def temp_dir_for(dest: Path) -> Path:
-    """A fresh empty directory beside ``dest`` (same filesystem), to be moved there by :func:`replace_dir`."""
+    """A fresh empty directory beside ``dest`` (same filesystem), to be moved there by :func:`replace_dir`.
+
+    Temporary directories that killed processes left beside ``dest`` are removed first."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest.parent, dest.name)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     tmp.mkdir()
     return tmp
@@ -273,6 +299,7 @@ def lock_dir(out: Path) -> Iterator[None]:
             raise ResultsError(f"{out} is in use by another fewstep run ({who}); wait for it or use another --out")
         command = " ".join(["fewstep", *sys.argv[1:]]) if sys.argv else "fewstep"
         write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}".encode())
+        remove_stale_temps(out)
         try:
             yield
         finally:
