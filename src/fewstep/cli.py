@@ -7,12 +7,76 @@ are printed as one line ``fewstep: error: ...`` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from fewstep.errors import FewstepError
+from fewstep.errors import ConfigError, FewstepError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line ``fewstep: error: ...`` (exit status 2) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("fewstep").strip()
+        print(f"fewstep: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _count(text: str) -> int:
+    """A positive integer argument."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite float argument (NaN and infinities are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _int64(text: str) -> int:
+    """An integer argument that fits in 64 bits."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"does not fit in 64 bits: {text}")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
+def check_settings(texts: Sequence[str]) -> None:
+    """Refuse ``key=value`` settings (``--set``, bench specs) whose value is a number that is NaN,
+    infinite or beyond 64-bit integers: no decode setting is meaningful there."""
+    for text in texts:
+        for part in re.split(r"[;:,]", text):
+            key, sep, value = part.partition("=")
+            value = value.strip()
+            if not sep or not _NUMBER.fullmatch(value):
+                continue
+            if re.fullmatch(r"[+-]?\d+", value):
+                if not -(2**63) <= int(value) < 2**63:
+                    raise ConfigError(f"{key.strip()}={value}: does not fit in 64 bits")
+            elif not math.isfinite(float(value)):
+                raise ConfigError(f"{key.strip()}={value}: must be a finite number")
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm") -> None:
@@ -25,12 +89,19 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
 
 
 def _flag(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes", "on")
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expects true or false, got {text!r}")
+
+
+_TRAIN_TYPES: dict[str, Callable[[str], Any]] = {"int": _int64, "float": _finite, "str": str, "bool": _flag}
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="answer one prompt")
     g.add_argument("prompt")
@@ -47,9 +118,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"')
     b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a decode setting applied to every strategy (repeatable)")
-    b.add_argument("--limit", type=int, default=None)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    b.add_argument("--limit", type=_count, default=None)
+    b.add_argument("--batch-size", type=_count, default=32)
+    b.add_argument("--repeats", type=_count, default=3, help="timed repeats (median reported)")
     b.add_argument("--out", required=True)
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
@@ -62,11 +133,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "with its reference solution, to check a task's pipeline end to end.")
     e.add_argument("--task", required=True)
     _add_model_args(e)
-    e.add_argument("--limit", type=int, default=None, help="first N problems only")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--limit", type=_count, default=None, help="first N problems only")
+    e.add_argument("--batch-size", type=_count, default=32)
     e.add_argument("--out", required=True, help="result directory (summary.json, samples.jsonl)")
     e.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
-    e.add_argument("--num-processes", type=int, default=1, metavar="N",
+    e.add_argument("--num-processes", type=_count, default=1, metavar="N",
                    help="shard the problems over N processes (gloo) and merge the results; under torchrun / "
                         "accelerate launch the launcher's processes are used instead")
     e.add_argument("--overwrite", action="store_true",
@@ -77,11 +148,11 @@ def _parser() -> argparse.ArgumentParser:
     from fewstep.training.config import TrainConfig
 
     for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
+        kind = _TRAIN_TYPES[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the trained model to this directory")
-    t.add_argument("--stop-at", type=int, default=None,
+    t.add_argument("--stop-at", type=_count, default=None,
                    help="end at this step, keeping the schedule of --steps (a later run without it continues)")
     t.add_argument("--no-progress", action="store_true")
     return parser
@@ -92,6 +163,8 @@ def _generate(args: argparse.Namespace) -> int:
     from fewstep.decoding.generate import generate
     from fewstep.models.loading import load_model
 
+    if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
+        raise ConfigError(f"--trace {args.trace} exists and is not a directory")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = resolve_config(model, args.strategy, args.settings)
     if args.stream and model.kind == "diffusion":
@@ -172,11 +245,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed as one line)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
         return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train}[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine refused: a path of the wrong kind, no space left, ...
+        where = f": {e.filename}" if e.filename else ""
+        print(f"fewstep: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fewstep: interrupted (results so far are saved; run the same command to resume)", file=sys.stderr)

@@ -75,6 +75,7 @@ def check_bench_request(req: BenchRequest) -> None:
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     from fewstep.config import resolve_config
     from fewstep.evaluation.results import check_identity, lock_dir, model_checksum, remove_results, sha256_rows
+    from fewstep.evaluation.runner import check_examples
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
@@ -83,6 +84,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     every = task.examples(req.data)
     if not every:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
+    check_examples(every, req.data or req.task)
     examples = every[: req.limit]
     model = load_model(req.model, device=req.device, dtype=req.dtype)
     base = resolve_config(model, None, req.settings, task.default_gen_length)

@@ -112,6 +112,19 @@ def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
     return generate(model, [e.prompt for e in batch], cfg)
 
 
+def check_examples(examples: list[Any], source: str) -> None:
+    """Problems must have a text prompt and distinct ids (rows are keyed by id)."""
+    from fewstep.errors import TaskError
+
+    seen: set[str] = set()
+    for i, e in enumerate(examples):
+        if not isinstance(e.prompt, str):
+            raise TaskError(f"{source}: problem {i + 1} has a prompt that is not text ({type(e.prompt).__name__})")
+        if e.id in seen:
+            raise TaskError(f"{source}: problem id {e.id!r} appears twice")
+        seen.add(e.id)
+
+
 def prepare(req: EvalRequest) -> _Run:
     """Load the task, its problems, the model and the configuration (nothing is written yet)."""
     from fewstep.models.loading import load_model
@@ -121,6 +134,7 @@ def prepare(req: EvalRequest) -> _Run:
     every = task.examples(req.data)
     if not every:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
+    check_examples(every, req.data or req.task)
     examples = every[: req.limit] if req.limit is not None else every
     model = load_model(req.model, device=req.device, dtype=req.dtype)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)

@@ -28,6 +28,7 @@ import torch
 
 from fewstep.errors import ConfigError, ResultsError
 from fewstep.evaluation.results import (
+    HOLDER,
     lock_dir,
     read_json,
     read_samples,
@@ -84,9 +85,13 @@ def _check_config(cfg: TrainConfig, out: Path) -> None:
         # Fields added since the run started take their defaults.
         if {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)} != asdict(cfg):
             raise ConfigError(f"{out} holds a run with a different configuration; use another --out")
-    elif (out / "checkpoint.pt").exists():
-        raise ResultsError(f"{out} holds a checkpoint without train_config.json; use another --out")
+    elif any(p.name != HOLDER for p in out.iterdir()):
+        raise ResultsError(f"{out} is not empty and holds no training run (no train_config.json); use another --out")
     else:
+        if cfg.init_from:
+            from fewstep.models.loading import resolve
+
+            resolve(cfg.init_from)
         write_json(cfg_path, asdict(cfg))
 
 
