@@ -99,6 +99,22 @@ def _flag(text: str) -> bool:
 _TRAIN_TYPES: dict[str, Callable[[str], Any]] = {"int": _int64, "float": _finite, "str": str, "bool": _flag}
 
 
+def _add_unsafe_exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unsafe-exec", action="store_true",
+                   help="where no kernel sandbox can be made (no user namespaces), run model-written code with "
+                        "process limits only: it can then read and change your files")
+
+
+def _allow_unsafe_exec(args: argparse.Namespace) -> None:
+    """--unsafe-exec reaches the sandbox (and spawned workers) through the environment."""
+    if getattr(args, "unsafe_exec", False):
+        import os
+
+        from fewstep.sandbox.jail import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -126,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
     b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
+    _add_unsafe_exec(b)
     b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
@@ -142,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
                         "accelerate launch the launcher's processes are used instead")
     e.add_argument("--overwrite", action="store_true",
                    help="remove the results already in --out (of any run) instead of resuming them")
+    _add_unsafe_exec(e)
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
@@ -251,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
+        _allow_unsafe_exec(args)
         return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train}[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)

@@ -1,11 +1,21 @@
-"""The program the sandbox's interpreter runs first: install the audit hook, then execute ``main.py``.
+"""The program the sandbox's interpreter runs first: install the audit hook, execute ``main.py``,
+then the tests, then deliver the verdict.
 
 It runs inside the jail, in a fresh interpreter started with ``-s -S`` (standard library only) and
 the run's working directory as its current directory; :mod:`fewstep.sandbox.jail` passes this file's
-text with ``-c``, so it imports nothing of fewstep. The audit hook is defence in depth: it refuses
-process creation, signals, sockets other than local pairs, ctypes, raised resource limits, and
-writes, renames and deletes outside the working directory. A program inside the same interpreter can
-reach the hook's state, so the guarantees come from the kernel-level jail around the interpreter.
+text with ``-c``, so it imports nothing of fewstep. Arguments: ``PAYLOAD_FD VERDICT_FD`` when there
+are tests. The payload (JSON: the test code and the run's nonce) is read and its descriptor closed
+before the program runs; the nonce then lives only in a local variable of :func:`main`, and is
+written to the verdict pipe after the last line of the tests.
+
+The audit hook is defence in depth: it refuses process creation, signals, sockets other than local
+pairs, ctypes, raised resource limits, writes, renames and deletes outside the working directory, and
+some of the introspection a program would need to reach the nonce or skip the tests (the harness's
+frames through ``sys._getframe``, tracing and profiling, the garbage collector's object lists,
+``/proc/*/mem``). It is not a boundary: a program written against this harness can still reach the
+harness's state from inside the interpreter (e.g. by walking ``f_back`` from its own frame) and
+forge its own verdict. What it cannot do is touch anything outside its jail: other problems'
+verdicts, the evaluator, the result files or the host (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _DENIED_EVENTS = frozenset({
     "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn", "os.spawn",
     "os.system", "os.startfile", "subprocess.Popen", "pty.spawn", "resource.setrlimit", "resource.prlimit",
-    "webbrowser.open",
+    "webbrowser.open", "sys._current_frames", "sys.settrace", "sys.setprofile",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "cpython.PyInterpreterState_New",
 })
 _DENIED_PREFIXES = ("socket.", "ctypes.")
 _AF_UNIX = 1
@@ -36,6 +47,7 @@ _PATH_EVENTS: dict[str, tuple[tuple[int, ...], int | None]] = {
     "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
     "shutil.rmtree": ((0,), 1),
 }
+_HARNESS = globals()
 _DISABLED = ("kill", "killpg", "system", "fork", "forkpty", "chdir", "fchdir", "chroot", "mknod", "mkfifo",
              "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid", "setresgid")
 
@@ -66,6 +78,8 @@ def _refuse(what: str) -> None:
 
 
 def _guard(event: str, args: tuple[Any, ...]) -> None:
+    if event == "sys._getframe" and args and args[0].f_globals is _HARNESS:
+        _refuse("looking into the harness's frames")  # the standard library's own uses stay allowed
     if event == "socket.__new__" and args[1] == _AF_UNIX:
         return  # local socket pairs (asyncio's self-pipe); connect and bind stay refused
     if event in _DENIED_EVENTS or event.startswith(_DENIED_PREFIXES):
@@ -73,6 +87,9 @@ def _guard(event: str, args: tuple[Any, ...]) -> None:
     if event == "import" and args[0] in _DENIED_IMPORTS:
         _refuse("importing " + args[0])
     if event == "open":
+        if isinstance(args[0], (str, bytes)) and os.fsdecode(args[0]).startswith("/proc/") and \
+                os.fsdecode(args[0]).endswith(("/mem", "/environ", "/fd")):
+            _refuse(f"opening {args[0]!r}")
         mode, flags = args[1], args[2]
         writes = isinstance(flags, int) and flags & _WRITE_FLAGS or isinstance(mode, str) and set(mode) & set("wax+")
         if writes and not _inside(args[0]):
@@ -115,16 +132,36 @@ def install_guard() -> None:
     sys.addaudithook(_guard)
 
 
-def run_program() -> None:
-    """Execute ``main.py`` of the working directory as ``__main__``."""
+def _read_payload(fd: int) -> tuple[str, str]:
+    """The test code and the nonce, read from (and then closing) the payload descriptor."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    payload = __import__("json").loads(b"".join(chunks))
+    return payload["tests"], payload["nonce"]
+
+
+def main(argv: list[str]) -> None:
+    """Execute ``main.py`` of the working directory as ``__main__``, then the tests; then the verdict."""
+    tests, nonce, verdict_fd = None, "", -1
+    if len(argv) == 2:
+        tests, nonce = _read_payload(int(argv[0]))
+        verdict_fd = int(argv[1])
+    os.chdir(_ROOT)
     path = os.path.join(_ROOT, PROGRAM)
     with open(path, encoding="utf-8") as file:
         code = compile(file.read(), path, "exec")
+    checks = compile(tests, "<tests>", "exec") if tests is not None else None
     sys.argv = [path]
-    exec(code, {"__name__": "__main__", "__file__": path, "__builtins__": builtins})
+    namespace = {"__name__": "__main__", "__file__": path, "__builtins__": builtins}
+    install_guard()
+    exec(code, namespace)
+    if checks is not None:
+        exec(checks, namespace)
+        sys.stdout.flush()
+        os.write(verdict_fd, nonce.encode("ascii"))
 
 
 if __name__ == "__main__":
-    os.chdir(_ROOT)
-    install_guard()
-    run_program()
+    main(sys.argv[1:])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import os
 import resource
 import secrets
@@ -39,9 +40,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewstep.errors import SandboxUnavailableError
+from fewstep.sandbox import kernel
+
 STATUSES = ("passed", "failed", "timeout", "memory", "killed", "error")
 
 PROGRAM_FILE = "main.py"
+UNSAFE_ENV = "FEWSTEP_UNSAFE_EXEC"  # "1": run without the kernel jail where it cannot be made
 MAX_PROCESSES = 64  # processes and threads one run may have (cgroup) or add to the user's count (rlimit)
 MAX_FILE_BYTES = 64 * 1024 * 1024  # largest file a program may write
 _READ_CHUNK = 65536
@@ -165,7 +170,7 @@ def isolation() -> Isolation:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-run process cap.
+# Per-run cgroups: process cap and memory (all kinds: heap, tmpfs, memfd, page cache).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -185,19 +190,71 @@ def _user_task_count(uid: int) -> int:
     return total
 
 
-def _make_cgroup(max_tasks: int) -> str | None:
-    """Create a fresh pids cgroup allowing ``max_tasks`` tasks; its path, or None if not available."""
-    base = isolation().cgroup_base
-    if base is None:
+@functools.lru_cache(maxsize=1)
+def _memory_cgroup_base() -> tuple[str, str] | None:
+    """(base directory, limit file) where per-run memory cgroups can be made (root only), else None."""
+    if os.geteuid() != 0:
         return None
+    for base, limit in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max")):
+        probe = os.path.join(base, f"fewstep-probe-{os.getpid()}")
+        try:
+            os.mkdir(probe)
+        except OSError:
+            continue
+        try:
+            if os.path.exists(os.path.join(probe, limit)):
+                return base, limit
+        finally:
+            _remove_dir(probe)
+    return None
+
+
+def _new_cgroup(base: str, settings: dict[str, str]) -> str | None:
+    """A fresh cgroup under ``base`` with the given control files written; None if that fails."""
     path = os.path.join(base, f"fewstep-sandbox-{os.getpid()}-{next(_cgroup_names)}-{secrets.token_hex(4)}")
     try:
         os.mkdir(path)
-        Path(path, "pids.max").write_text(str(max_tasks))
+        for name, value in settings.items():
+            Path(path, name).write_text(value)
     except OSError:
         _remove_dir(path)
         return None
     return path
+
+
+def _make_cgroups(max_tasks: int, memory_bytes: int) -> list[str]:
+    """Per-run cgroups capping the number of tasks and the memory; those that could be made."""
+    made = []
+    base = isolation().cgroup_base
+    if base is not None:
+        pids = _new_cgroup(base, {"pids.max": str(max_tasks)})
+        if pids:
+            made.append(pids)
+    memory = _memory_cgroup_base()
+    if memory is not None:
+        settings = {memory[1]: str(memory_bytes)}
+        if memory[1] == "memory.max":
+            settings["memory.swap.max"] = "0"
+        group = _new_cgroup(memory[0], settings)
+        if group:
+            made.append(group)
+    return made
+
+
+def _memory_exhausted(cgroups: list[str]) -> bool:
+    """Whether a run's memory cgroup hit its limit (the kernel then refuses or kills)."""
+    for path in cgroups:
+        for name in ("memory.failcnt", "memory.events"):
+            try:
+                text = Path(path, name).read_text()
+            except OSError:
+                continue
+            if name == "memory.failcnt" and int(text.strip() or 0) > 0:
+                return True
+            events = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+            if int(events.get("oom_kill", 0)) > 0 or int(events.get("max", 0)) > 0:
+                return True
+    return False
 
 
 def _empty_cgroup(path: str, patience_s: float = 5.0) -> None:
@@ -241,16 +298,16 @@ class _Limits:
     memory_bytes: int
     cpu_s: int
     nproc: int | None  # RLIMIT_NPROC value, or None to leave it
-    cgroup_procs: str | None  # cgroup.procs file to join, or None
+    cgroup_procs: tuple[str, ...]  # cgroup.procs files to join
 
 
 def _apply_limits(limits: _Limits) -> None:
-    """Runs in the child between fork and exec: join the cgroup and set the resource limits.
+    """Runs in the child between fork and exec: join the cgroups and set the resource limits.
 
     Only plain system calls here: nothing that imports or takes locks another thread may hold.
     """
-    if limits.cgroup_procs is not None:
-        fd = os.open(limits.cgroup_procs, os.O_WRONLY)
+    for procs in limits.cgroup_procs:
+        fd = os.open(procs, os.O_WRONLY)
         try:
             os.write(fd, str(os.getpid()).encode())
         finally:
@@ -275,21 +332,96 @@ def _child_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _start(workdir: str, limits: _Limits, guard: bool) -> subprocess.Popen:
-    """Start the interpreter in its own session, with the limits applied before exec.
+def unsafe_allowed() -> bool:
+    """Whether the user opted out of the kernel jail (``--unsafe-exec``, or FEWSTEP_UNSAFE_EXEC=1)."""
+    return os.environ.get(UNSAFE_ENV) == "1"
 
-    With ``guard`` it runs the prelude, which then executes the program; without, the program file directly.
+
+def jail_mode() -> str:
+    """``kernel`` where a bwrap jail can be made; ``unsafe`` where it cannot and the user opted out.
+
+    Otherwise raises :class:`~fewstep.errors.SandboxUnavailableError` naming what is missing."""
+    reason = kernel.unavailable()
+    if reason is None:
+        return "kernel"
+    if unsafe_allowed():
+        return "unsafe"
+    raise SandboxUnavailableError(f"cannot run model-written code safely: {reason}; pass --unsafe-exec to run it "
+                                  "with process limits only (it can then read and change your files)")
+
+
+@dataclass
+class _Channels:
+    """The files a run is given: the program, the tests and nonce (read once, then closed), the verdict."""
+
+    program: int  # read end: the program text (kernel mode: copied into the jail by bwrap)
+    payload: int | None  # read end: JSON {"tests", "nonce"}; None for a plain program
+    verdict_read: int | None
+    verdict_write: int | None
+
+    def passed_down(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.program, self.payload, self.verdict_write) if fd is not None)
+
+    def close(self) -> None:
+        for fd in (self.program, self.payload, self.verdict_read, self.verdict_write):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _file_fd(data: bytes) -> int:
+    """A read-only descriptor of an unlinked temporary file holding ``data`` (pipes could fill up)."""
+    fd, path = tempfile.mkstemp(prefix="fewstep-sandbox-")
+    try:
+        os.unlink(path)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _channels(code: str, tests: str | None, nonce: str) -> _Channels:
+    program = _file_fd(code.encode("utf-8"))
+    if tests is None:
+        return _Channels(program, None, None, None)
+    payload = _file_fd(json.dumps({"tests": tests, "nonce": nonce}).encode("utf-8"))
+    verdict_read, verdict_write = os.pipe()
+    os.set_blocking(verdict_read, False)
+    return _Channels(program, payload, verdict_read, verdict_write)
+
+
+def _start(workdir: str | None, limits: _Limits, guard: bool, channels: _Channels) -> subprocess.Popen:
+    """Start the interpreter in its own session, with the limits applied before exec: in the kernel
+    jail when ``workdir`` is None, else in ``workdir`` (``--unsafe-exec``).
+
+    With ``guard`` it runs :mod:`fewstep.sandbox.child`, which then executes the program (and the
+    tests); without, the program file directly.
     """
-    entry = ["-c", _child_source()] if guard else [PROGRAM_FILE]
-    command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
+    fds = [str(fd) for fd in (channels.payload, channels.verdict_write) if fd is not None]
+    entry = ["-c", _child_source(), *fds] if guard else [PROGRAM_FILE]
+    if workdir is None:
+        env = _child_env(kernel.SANDBOX_DIR)
+        command = kernel.command([*_PYTHON_FLAGS, *entry], channels.program, kernel.DISK_BYTES, env)
+        cwd = None
+    else:
+        with open(os.path.join(workdir, PROGRAM_FILE), "wb") as f:
+            f.write(os.read(channels.program, 1 << 30))
+        env = _child_env(workdir)
+        command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
+        cwd = workdir
     return subprocess.Popen(
         command,
-        cwd=workdir,
-        env=_child_env(workdir),
+        cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         close_fds=True,
+        pass_fds=channels.passed_down(),
         start_new_session=True,
         preexec_fn=functools.partial(_apply_limits, limits),
     )
@@ -451,41 +583,81 @@ def run_program(
     max_output_bytes: int = 1_000_000,
     *,
     guard: bool = True,
+    tests: str | None = None,
 ) -> SandboxResult:
-    """Run Python program text in a fresh, limited child process and report how it ended.
+    """Run Python program text in a fresh jail and report how it ended.
 
     ``passed`` is true when the program exited with status 0 before ``timeout_s`` (wall clock) and
-    within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of address
-    space, and ``max_output_bytes`` of output (stdout and stderr together; more kills the run).
-    ``guard=False`` leaves out the in-process prelude, so that the kernel-level limits can be tested alone.
+    within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of memory,
+    and ``max_output_bytes`` of output (stdout and stderr together; more kills the run). With ``tests``,
+    the test code runs after the program in the same namespace, and the run passes only if the
+    verdict channel then carries the run's nonce (see :func:`run_tests`). ``guard=False`` leaves out
+    the in-process guard (and cannot take tests), so that the kernel-level limits can be tested alone.
     """
+    if tests is not None and not guard:
+        raise ValueError("tests need the guard (the child program delivers the verdict)")
+    mode = jail_mode()
     started = time.monotonic()
-    cpu_limit = cpu_s if cpu_s is not None else int(timeout_s) + 2
-    workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-")
-    cgroup = _make_cgroup(MAX_PROCESSES)
+    cpu_limit = max(1, cpu_s if cpu_s is not None else int(timeout_s) + 2)
+    memory_bytes = memory_mb * 1024 * 1024
+    nonce = secrets.token_hex(16)
+    workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-") if mode == "unsafe" else None
+    cgroups = _make_cgroups(MAX_PROCESSES, memory_bytes + kernel.DISK_BYTES)
+    channels = _channels(code, tests, nonce)
     try:
-        Path(workdir, PROGRAM_FILE).write_text(code, encoding="utf-8")
         limits = _Limits(
-            memory_bytes=memory_mb * 1024 * 1024,
-            cpu_s=max(1, cpu_limit),
-            nproc=None if os.geteuid() == 0 and cgroup else _user_task_count(os.getuid()) + MAX_PROCESSES,
-            cgroup_procs=os.path.join(cgroup, "cgroup.procs") if cgroup else None,
+            memory_bytes=memory_bytes,
+            cpu_s=cpu_limit,
+            nproc=None if os.geteuid() == 0 and cgroups else _user_task_count(os.getuid()) + MAX_PROCESSES,
+            cgroup_procs=tuple(os.path.join(c, "cgroup.procs") for c in cgroups),
         )
         try:
-            proc = _start(workdir, limits, guard)
+            proc = _start(workdir, limits, guard, channels)
         except (OSError, subprocess.SubprocessError) as e:
             return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}", time.monotonic() - started)
-        return _supervise(proc, cgroup, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started)
+        for fd in (channels.program, channels.payload, channels.verdict_write):
+            if fd is not None:
+                os.close(fd)
+        channels.program, channels.payload, channels.verdict_write = -1, None, None
+        result = _supervise(proc, cgroups, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started,
+                            signal_exits=mode == "kernel")
+        if tests is None or not result.passed:
+            return result
+        if _read_verdict(channels.verdict_read) != nonce:
+            return dataclasses.replace(result, passed=False, status="failed",
+                                       stderr=result.stderr + "\ntests did not run to the end")
+        return result
     finally:
-        if cgroup:
+        channels.close()
+        for cgroup in cgroups:
             _empty_cgroup(cgroup)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_verdict(fd: int | None) -> str:
+    """What the run wrote on its verdict pipe (everything it wrote: a nonce plus anything else is not the nonce)."""
+    if fd is None:
+        return ""
+    data = b""
+    while len(data) < 4096:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("ascii", errors="replace")
 
 
 def _supervise(
-    proc: subprocess.Popen, cgroup: str | None, deadline: float, cpu_s: int, max_output_bytes: int, started: float
+    proc: subprocess.Popen, cgroups: list[str], deadline: float, cpu_s: int, max_output_bytes: int, started: float,
+    signal_exits: bool = False,
 ) -> SandboxResult:
-    """Watch a started child to the end, kill everything it left behind, and build the result."""
+    """Watch a started child to the end, kill everything it left behind, and build the result.
+
+    ``signal_exits``: the child is bwrap, which reports a program killed by signal N as exit status 128 + N."""
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Tail(max_output_bytes), _Tail(max_output_bytes)
     tails = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
@@ -493,14 +665,19 @@ def _supervise(
         timed_out, over_output = _watch(proc, tails, deadline, max_output_bytes)
     finally:
         _kill_group(proc.pid)
-        if cgroup:
+        out_of_memory = _memory_exhausted(cgroups)
+        for cgroup in cgroups:
             _empty_cgroup(cgroup)
         _drain(tails, _KILL_GRACE_S)
         returncode, cpu_used = _reap(proc)
         proc.stdout.close()
         proc.stderr.close()
+    if signal_exits and 128 < returncode < 128 + signal.NSIG:
+        returncode = -(returncode - 128)
     stderr = err.text()
     status = _status(returncode, timed_out, over_output, cpu_used >= cpu_s - 0.01, stderr)
+    if status in ("failed", "killed") and out_of_memory:
+        status = "memory"
     return SandboxResult(
         passed=status == "passed",
         status=status,
@@ -513,15 +690,11 @@ def _supervise(
 
 
 def run_tests(program: str, test_code: str, timeout_s: float = 10, memory_mb: int = 1024) -> SandboxResult:
-    """Run a program followed by its test code; passes only if every line of the tests ran and exited 0.
+    """Run a program, then its test code in the same namespace, in one fresh jail of its own.
 
-    A random marker printed after the tests guards against programs that exit early with status 0.
+    The verdict does not come from anything the program can print or read: the test code and a fresh
+    random nonce reach the child on a descriptor that it reads and closes before the program runs
+    (they are in no file of the jail); after the last line of the tests the child writes the nonce on
+    a pipe, and the run passes only if it exited with status 0 and that pipe holds exactly the nonce.
     """
-    marker = f"fewstep-tests-finished-{secrets.token_hex(8)}"
-    source = f"{program}\n\n{test_code}\n\n__import__('os').write(1, b'\\n{marker}\\n')\n"
-    result = run_program(source, timeout_s=timeout_s, memory_mb=memory_mb)
-    if result.passed and marker not in result.stdout:
-        return dataclasses.replace(
-            result, passed=False, status="failed", stderr=result.stderr + "\ntests did not run to the end"
-        )
-    return result
+    return run_program(program, timeout_s=timeout_s, memory_mb=memory_mb, tests=test_code)
