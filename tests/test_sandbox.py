@@ -391,9 +391,9 @@ def test_host_files_are_invisible(guard):
     here = os.path.abspath(__file__)
     # everything but the interpreter's own installation (sys.base_prefix, read-only) is absent
     paths = ["/etc/passwd", "/home", "/work", "/tmp", "/var", here, os.path.dirname(here), os.getcwd(),
-             os.path.join(sys.base_prefix, "lib", "python3.%d" % sys.version_info.minor, "site-packages", "torch")]
-    code = ("import os\nfor p in %r:\n"
-            "    print(p, os.path.exists(p) and bool(os.listdir(p) if os.path.isdir(p) else 1))\n" % paths)
+             os.path.join(sys.base_prefix, "lib", f"python3.{sys.version_info.minor}", "site-packages", "torch")]
+    code = (f"import os\nfor p in {paths!r}:\n"
+            "    print(p, os.path.exists(p) and bool(os.listdir(p) if os.path.isdir(p) else 1))\n")
     result = run_program(code, timeout_s=5, guard=guard)
     assert result.passed, result
     seen = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
@@ -403,7 +403,8 @@ def test_host_files_are_invisible(guard):
 @needs_jail
 def test_only_the_standard_library_is_importable():
     result = run_program("import json, sqlite3, hashlib\ntry:\n    import torch\nexcept ImportError:\n"
-                         "    print('no torch')\ntry:\n    import fewstep\nexcept ImportError:\n    print('no fewstep')")
+                         "    print('no torch')\ntry:\n    import fewstep\nexcept ImportError:\n"
+                         "    print('no fewstep')")
     assert result.passed and result.stdout.split("\n")[:2] == ["no torch", "no fewstep"], result
 
 
@@ -427,9 +428,9 @@ def test_unix_sockets_on_the_host_are_unreachable(tmp_path, guard):
         s.listen(1)
         listeners.append(s)
     try:
-        code = ("import socket\nfor a in [%r, %r]:\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
-                "        s.connect(a)\n        print('connected')\n    except OSError as e:\n        print(type(e).__name__)"
-                % (path, "\0fewstep-sandbox-test"))
+        code = (f"import socket\nfor a in [{path!r}, {chr(0) + 'fewstep-sandbox-test'!r}]:\n"
+                "    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(a)\n        print('connected')\n"
+                "    except OSError as e:\n        print(type(e).__name__)")
         result = run_program(code, timeout_s=5, guard=guard)
         assert "connected" not in result.stdout, result
     finally:
