@@ -27,12 +27,16 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _parsed(text: str, parse: Callable[[str], Any], what: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects {what}, got {text!r}") from None
+
+
 def _count(text: str) -> int:
     """A positive integer argument."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    value = _parsed(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -40,10 +44,7 @@ def _count(text: str) -> int:
 
 def _finite(text: str) -> float:
     """A finite float argument (NaN and infinities are refused)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    value = _parsed(text, float, "a number")
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
@@ -51,10 +52,7 @@ def _finite(text: str) -> float:
 
 def _int64(text: str) -> int:
     """An integer argument that fits in 64 bits."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+    value = _parsed(text, int, "an integer")
     if not -(2**63) <= value < 2**63:
         raise argparse.ArgumentTypeError(f"does not fit in 64 bits: {text}")
     return value

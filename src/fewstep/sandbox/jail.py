@@ -132,22 +132,29 @@ def _candidate_prefixes() -> list[tuple[list[str], bool, bool, bool]]:
     return candidates
 
 
-def _pids_cgroup_base() -> str | None:
-    """A cgroup directory where per-run cgroups with a ``pids.max`` can be made (root only), else None."""
+def _cgroup_base(candidates: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """The first (base directory, control file) where a per-run cgroup with that control file can be made
+    (root only), else None."""
     if os.geteuid() != 0:
         return None
-    for base in _CGROUP_BASES:
+    for base, control in candidates:
         probe = os.path.join(base, f"fewstep-probe-{os.getpid()}")
         try:
             os.mkdir(probe)
         except OSError:
             continue
         try:
-            if os.path.exists(os.path.join(probe, "pids.max")):
-                return base
+            if os.path.exists(os.path.join(probe, control)):
+                return base, control
         finally:
             _remove_dir(probe)
     return None
+
+
+def _pids_cgroup_base() -> str | None:
+    """A cgroup directory where per-run cgroups with a ``pids.max`` can be made (root only), else None."""
+    found = _cgroup_base(tuple((base, "pids.max") for base in _CGROUP_BASES))
+    return found[0] if found else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -193,20 +200,7 @@ def _user_task_count(uid: int) -> int:
 @functools.lru_cache(maxsize=1)
 def _memory_cgroup_base() -> tuple[str, str] | None:
     """(base directory, limit file) where per-run memory cgroups can be made (root only), else None."""
-    if os.geteuid() != 0:
-        return None
-    for base, limit in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max")):
-        probe = os.path.join(base, f"fewstep-probe-{os.getpid()}")
-        try:
-            os.mkdir(probe)
-        except OSError:
-            continue
-        try:
-            if os.path.exists(os.path.join(probe, limit)):
-                return base, limit
-        finally:
-            _remove_dir(probe)
-    return None
+    return _cgroup_base((("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max")))
 
 
 def _new_cgroup(base: str, settings: dict[str, str]) -> str | None:
