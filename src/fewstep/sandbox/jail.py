@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import resource
 import secrets
@@ -349,7 +348,7 @@ class _Channels:
     """The files a run is given: the program, the tests and nonce (read once, then closed), the verdict."""
 
     program: int  # read end: the program text (kernel mode: copied into the jail by bwrap)
-    payload: int | None  # read end: JSON {"tests", "nonce"}; None for a plain program
+    payload: int | None  # read end: "NONCE\nTESTS"; None for a plain program
     verdict_read: int | None
     verdict_write: int | None
 
@@ -382,7 +381,7 @@ def _channels(code: str, tests: str | None, nonce: str) -> _Channels:
     program = _file_fd(code.encode("utf-8"))
     if tests is None:
         return _Channels(program, None, None, None)
-    payload = _file_fd(json.dumps({"tests": tests, "nonce": nonce}).encode("utf-8"))
+    payload = _file_fd(f"{nonce}\n{tests}".encode())
     verdict_read, verdict_write = os.pipe()
     os.set_blocking(verdict_read, False)
     return _Channels(program, payload, verdict_read, verdict_write)
