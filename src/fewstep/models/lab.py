@@ -57,7 +57,7 @@ def new_ar(d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: 
     return LlamaForCausalLM(cfg), tok
 
 
-def _init(model: torch.nn.Module) -> None:
+def _init(model: LLaDAModel) -> None:
     for name, p in model.named_parameters():
         if p.dim() == 2:
             torch.nn.init.normal_(p, std=0.02)

@@ -102,7 +102,7 @@ def test_set(size: int = TEST_SIZE, seed: int = TEST_SEED) -> tuple[Problem, ...
     """The fixed, seeded test set (distinct questions)."""
     rng = random.Random(seed)
     seen: set[str] = set()
-    out = []
+    out: list[Problem] = []
     while len(out) < size:
         p = make_problem(rng)
         if p.question not in seen:
