@@ -1,20 +1,23 @@
-"""Running untrusted Python programs (model-written code and its tests) in a separate, limited process.
+"""Running untrusted Python programs (model-written code and its tests), each in a jail of its own.
 
-A program never runs in the evaluator's process. Each run gets:
+A program never runs in the evaluator's process. Each run gets (threat model: docs/security.md):
 
-* a fresh temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards;
-* a minimal environment and an interpreter started with ``-s -S`` (standard library only, no site or
-  user packages, no ``PYTHONPATH``) and ``PYTHONHASHSEED=0`` so set and dict orders are reproducible;
+* a kernel-level jail (:mod:`fewstep.sandbox.kernel`, bubblewrap): new user, mount, PID, network, IPC
+  and UTS namespaces; a root holding only the shared libraries, the standard library and a fresh
+  64 MiB tmpfs working directory with the program in it; no network; its own ``/proc``;
+* a minimal environment and an interpreter started with ``-s -S`` (standard library only) and
+  ``PYTHONHASHSEED=0`` so set and dict orders are reproducible;
 * its own session and process group, killed as a whole (SIGKILL) on timeout and after every run;
-* kernel limits set before the interpreter starts: address space (``memory_mb``), CPU seconds, file size,
-  no core files, and a cap on the number of processes: a per-run ``pids`` cgroup when running as root
-  (``RLIMIT_NPROC`` does not apply to root), else ``RLIMIT_NPROC`` at the user's current count plus a margin;
-* where the ``unshare`` binary works for the current user: new network and PID namespaces (no network at
-  all; the program cannot see or signal processes outside its own run, and everything it started dies
-  with it), and as root all capabilities dropped through ``setpriv``;
-* a prelude that chdirs into the working directory and installs an audit hook refusing process creation,
-  signals, sockets, ctypes, raised resource limits, and any write, rename or delete outside the working
-  directory. The prelude is defence in depth; the process limits above are the main line.
+* limits set before the jail starts: address space (``memory_mb``), CPU seconds, file size, no core
+  files; as root, per-run cgroups capping the number of tasks (``pids``) and all the memory the run
+  charges (heap, memfds, tmpfs files); otherwise ``RLIMIT_NPROC`` at the user's count plus a margin;
+* :mod:`fewstep.sandbox.child` as the first program inside: an audit hook (defence in depth), then the
+  program, then the tests, then the verdict (see :func:`run_tests`).
+
+Where no jail can be made, :func:`run_program` raises :class:`~fewstep.errors.SandboxUnavailableError`
+unless the user opted out (``--unsafe-exec``, ``FEWSTEP_UNSAFE_EXEC=1``): the run then happens in a
+temporary directory with the limits above, new network and PID namespaces where ``unshare`` works
+(capabilities dropped through ``setpriv`` as root) and the audit hook.
 
 Output is read through pipes and only the last ``max_output_bytes`` of each stream are kept; a program
 that writes more than that in total is killed, so a program printing gigabytes cannot exhaust the
