@@ -205,8 +205,18 @@ def _memory_cgroup_base() -> tuple[str, str] | None:
     return _cgroup_base((("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max")))
 
 
+@functools.cache
+def _remove_stale_cgroups(base: str) -> None:
+    """Remove (once per process) the empty per-run cgroups that killed evaluators left under ``base``."""
+    for entry in Path(base).glob("fewstep-sandbox-*"):
+        pid = entry.name.split("-")[2]
+        if pid.isdigit() and not Path("/proc", pid).exists():
+            _empty_cgroup(str(entry), patience_s=0.5)
+
+
 def _new_cgroup(base: str, settings: dict[str, str]) -> str | None:
     """A fresh cgroup under ``base`` with the given control files written; None if that fails."""
+    _remove_stale_cgroups(base)
     path = os.path.join(base, f"fewstep-sandbox-{os.getpid()}-{next(_cgroup_names)}-{secrets.token_hex(4)}")
     try:
         os.mkdir(path)
