@@ -203,6 +203,7 @@ def test_limit_means_that_many_rows(random_dlm_dir, reference, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 4 and "on 4 |" in smaller.stdout
     assert summary["correct"] == sum(r[2] for r in eval_rows(ref)[:4])
+    assert eval_rows(out) == eval_rows(ref)[:4]  # samples.jsonl too: exactly the 4 rows
 
 
 def test_old_eval_directory_resumes(random_dlm_dir, reference, tmp_path):

@@ -437,9 +437,9 @@ def collect(out: Path) -> list[dict[str, Any]]:
 def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
     """Fold the rank files into samples.jsonl, in problem order, and remove them.
 
-    Rows of problems beyond ``order`` (decoded by an earlier run with a larger ``--limit``) are kept
-    at the end, for a later run that asks for them again."""
-    rows = sorted(collect(out), key=lambda r: order.get(r["id"], len(order)))
+    ``order`` maps this run's problem ids to their positions; rows of other problems (decoded by an
+    earlier run with a larger ``--limit``) are dropped, so samples.jsonl holds exactly this run's rows."""
+    rows = sorted((r for r in collect(out) if r["id"] in order), key=lambda r: order[r["id"]])
     write_jsonl(out / SAMPLES, rows)
     for path in shard_files(out):
         path.unlink()

@@ -76,7 +76,7 @@ class _Run:
     task: Any
     examples: list[Any]  # the problems of this run (after --limit)
     every: list[Any]  # all the task's problems (for the data checksum)
-    order: dict[str, int]  # problem id -> position in the task's data, for merged files
+    order: dict[str, int]  # problem id -> position among this run's problems, for merged files
     model: Any
     cfg: DecodeConfig
     out: Path
@@ -143,7 +143,7 @@ def prepare(req: EvalRequest) -> _Run:
               "data": req.data, "batch_size": req.batch_size,
               "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
               "model_sha256": model_checksum(req.model)}
-    order = {e.id: i for i, e in enumerate(every)}
+    order = {e.id: i for i, e in enumerate(examples)}
     return _Run(task, examples, every, order, model, cfg, Path(req.out), header)
 
 
@@ -204,7 +204,7 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
         barrier()
     if rank != 0:
         return None
-    summary = summarise(run.mine(merge(run.out, run.order)), header)
+    summary = summarise(merge(run.out, run.order), header)
     write_json(run.out / SUMMARY, summary)
     return summary
 
