@@ -11,14 +11,16 @@ import glob
 import hashlib
 import os
 import resource
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from fewstep.evaluation import sandbox
-from fewstep.evaluation.sandbox import SandboxResult, isolation, run_program, run_tests
+from fewstep.sandbox import jail as sandbox
+from fewstep.sandbox.jail import SandboxResult, isolation, run_program, run_tests
 
 NORMAL_PROGRAM = "print(sum(range(10)))"
 
@@ -51,10 +53,11 @@ def _sandboxed_processes() -> list[int]:
     return found
 
 
-def _assert_contained(result: SandboxResult, max_wall_s: float = 5.0) -> None:
+def _assert_contained(result: SandboxResult) -> None:
+    """Not passed, and ended by the sandbox's own verdict (structural: no wall-clock bound, which a
+    loaded machine would break)."""
     assert not result.passed, result
-    assert result.status != "passed"
-    assert result.wall_s < max_wall_s, result
+    assert result.status in ("failed", "timeout", "memory", "killed"), result
 
 
 @pytest.fixture
@@ -137,25 +140,26 @@ def test_run_tests_refuses_programs_that_exit_before_the_tests(early_exit):
 @pytest.mark.parametrize("guard", [True, False])
 def test_infinite_loop_times_out(guard):
     result = run_program("while True:\n    pass", timeout_s=1, guard=guard)
-    _assert_contained(result, max_wall_s=3)
+    _assert_contained(result)
     assert result.status == "timeout"
 
 
 def test_cpu_limit_stops_a_busy_program_before_the_wall_clock():
-    result = run_program("while True:\n    pass", timeout_s=8, cpu_s=1)
-    _assert_contained(result, max_wall_s=4)
+    result = run_program("while True:\n    pass", timeout_s=60, cpu_s=1)
+    _assert_contained(result)
     assert result.status == "timeout"
+    assert result.returncode == -signal.SIGXCPU  # the kernel's CPU limit, not the wall-clock kill (SIGKILL)
 
 
 def test_sleeping_program_times_out():
     result = run_program("import time\ntime.sleep(60)", timeout_s=1)
-    _assert_contained(result, max_wall_s=3)
+    _assert_contained(result)
     assert result.status == "timeout"
 
 
 def test_closed_output_does_not_hide_a_running_program():
     result = run_program("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(60)", timeout_s=1)
-    _assert_contained(result, max_wall_s=3)
+    _assert_contained(result)
     assert result.status == "timeout"
 
 
@@ -179,7 +183,7 @@ def test_fork_bomb_is_capped_by_the_kernel():
     if isolation().process_limit == "none":
         pytest.skip(f"no process cap on this machine: {isolation()}")
     result = run_program("import os\nwhile True:\n    os.fork()", timeout_s=1, cpu_s=1, guard=False)
-    _assert_contained(result, max_wall_s=8)
+    _assert_contained(result)
     assert _sandboxed_processes() == [], "fork bomb processes survived the run"
 
 
@@ -236,7 +240,8 @@ def test_writing_outside_the_working_directory_is_refused(outside, template):
     }
     result = run_program(template.format(**paths), timeout_s=3)
     _assert_contained(result)
-    assert "not allowed" in result.stderr
+    # refused by the guard, or the path does not exist at all inside the jail
+    assert "not allowed" in result.stderr or "No such file or directory" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -322,7 +327,7 @@ def test_signalling_everything_is_refused():
 
 @_needs("pid_namespace")
 def test_killing_everything_stays_inside_the_pid_namespace():
-    code = "import os, signal\nassert os.getpid() == 1\nos.kill(-1, signal.SIGKILL)"
+    code = "import os, signal\nassert os.getpid() <= 2\nos.kill(-1, signal.SIGKILL)"  # bwrap's init is pid 1
     result = run_program(code, timeout_s=1, guard=False)
     _assert_contained(result)
     assert "ProcessLookupError" in result.stderr  # there was nothing else to hit
@@ -346,7 +351,7 @@ def test_huge_output_is_truncated(stream):
     code = f"import sys\nchunk = 'x' * 1_000_000\nfor _ in range(200):\n    sys.{stream}.write(chunk)"
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = run_program(code, timeout_s=10, max_output_bytes=100_000)
-    _assert_contained(result, max_wall_s=8)
+    _assert_contained(result)
     assert result.status == "killed" and result.output_truncated
     assert len(getattr(result, stream)) <= 100_000
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
@@ -366,3 +371,129 @@ def test_sandbox_error_is_reported(monkeypatch):
     monkeypatch.setattr(sandbox.subprocess, "Popen", cannot_start)
     result = run_program(NORMAL_PROGRAM)
     assert result.status == "error" and not result.passed and result.returncode is None
+
+
+# --- the kernel jail (bubblewrap): what the program can see and reach ---------------------------------
+
+
+def _jailed() -> bool:
+    from fewstep.sandbox import kernel
+
+    return kernel.unavailable() is None
+
+
+needs_jail = pytest.mark.skipif(not _jailed(), reason="no kernel jail on this machine")
+
+
+@needs_jail
+@pytest.mark.parametrize("guard", [True, False])
+def test_host_files_are_invisible(guard):
+    here = os.path.abspath(__file__)
+    # everything but the interpreter's own installation (sys.base_prefix, read-only) is absent
+    paths = ["/etc/passwd", "/home", "/work", "/tmp", "/var", here, os.path.dirname(here), os.getcwd(),
+             os.path.join(sys.base_prefix, "lib", f"python3.{sys.version_info.minor}", "site-packages", "torch")]
+    code = (f"import os\nfor p in {paths!r}:\n"
+            "    print(p, os.path.exists(p) and bool(os.listdir(p) if os.path.isdir(p) else 1))\n")
+    result = run_program(code, timeout_s=5, guard=guard)
+    assert result.passed, result
+    seen = dict(line.rsplit(" ", 1) for line in result.stdout.splitlines())
+    assert set(seen.values()) == {"False"}, seen
+
+
+@needs_jail
+def test_only_the_standard_library_is_importable():
+    result = run_program("import json, sqlite3, hashlib\ntry:\n    import torch\nexcept ImportError:\n"
+                         "    print('no torch')\ntry:\n    import fewstep\nexcept ImportError:\n"
+                         "    print('no fewstep')")
+    assert result.passed and result.stdout.split("\n")[:2] == ["no torch", "no fewstep"], result
+
+
+@needs_jail
+@pytest.mark.parametrize("guard", [True, False])
+def test_host_processes_are_invisible(guard):
+    code = "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
+    result = run_program(code, timeout_s=5, guard=guard)
+    assert result.passed, result
+    assert len(eval(result.stdout)) <= 2  # bwrap's init and the program
+
+
+@needs_jail
+@pytest.mark.parametrize("guard", [True, False])
+def test_unix_sockets_on_the_host_are_unreachable(tmp_path, guard):
+    path = str(tmp_path / "host.sock")
+    listeners = []
+    for address in (path, "\0fewstep-sandbox-test"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(address)
+        s.listen(1)
+        listeners.append(s)
+    try:
+        code = (f"import socket\nfor a in [{path!r}, {chr(0) + 'fewstep-sandbox-test'!r}]:\n"
+                "    s = socket.socket(socket.AF_UNIX)\n    try:\n        s.connect(a)\n        print('connected')\n"
+                "    except OSError as e:\n        print(type(e).__name__)")
+        result = run_program(code, timeout_s=5, guard=guard)
+        assert "connected" not in result.stdout, result
+    finally:
+        for s in listeners:
+            s.close()
+
+
+@needs_jail
+def test_memfd_counts_against_the_memory_limit():
+    code = ("import os\nfd = os.memfd_create('hog')\nblock = b'x' * (1 << 20)\n"
+            "for _ in range(1024):\n    os.write(fd, block)\nprint('wrote 1 GiB')")
+    result = run_program(code, timeout_s=20, memory_mb=128, guard=False)
+    _assert_contained(result)
+    assert "wrote" not in result.stdout
+
+
+@needs_jail
+def test_disk_is_bounded():
+    code = ("block = b'x' * (1 << 20)\nwith open('big', 'wb') as f:\n    for _ in range(1024):\n"
+            "        f.write(block)\nprint('wrote 1 GiB')")
+    result = run_program(code, timeout_s=20, memory_mb=256)
+    _assert_contained(result)
+    assert "wrote" not in result.stdout
+
+
+@needs_jail
+def test_nothing_persists_between_runs():
+    assert run_program("open('left.txt', 'w').write('x')").passed
+    result = run_program("import os\nprint(sorted(os.listdir('.')))")
+    assert result.passed and result.stdout.strip() == "['main.py']", result
+
+
+# --- verdicts the program cannot forge ------------------------------------------------------------------
+
+WRONG = "def add(a, b):\n    return 0\n"
+
+
+@pytest.mark.parametrize("forgery", [
+    "print(open(__file__).read())",                                        # the old marker lived in the source
+    "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'0' * 32)\n    except OSError:\n"
+    "        pass\nos._exit(0)",                                              # write on every descriptor, leave
+    "import sys\nsys.settrace(lambda *a: None)",                             # tracing to jump over the asserts
+    "import gc\nprint([o for o in gc.get_objects() if isinstance(o, str) and len(o) == 32])",
+    "import sys\nf = sys._getframe(1)\nprint(f.f_locals)",                   # the harness's frame
+    "import os\nprint(open('/proc/self/mem', 'rb'))",
+], ids=["read-source", "write-every-fd", "settrace", "gc", "harness-frame", "proc-mem"])
+def test_forged_verdicts_fail(forgery):
+    result = run_tests(WRONG + forgery + "\n", "assert add(1, 2) == 3")
+    _assert_contained(result)
+
+
+def test_a_correct_program_still_passes_after_printing_anything():
+    result = run_tests("def add(a, b):\n    return a + b\nprint('fewstep-tests-finished')\n", "assert add(1, 2) == 3")
+    assert result.passed, result
+
+
+def test_no_jail_is_one_clear_error_unless_unsafe_is_asked(monkeypatch):
+    from fewstep.errors import SandboxUnavailableError
+    from fewstep.sandbox import kernel
+
+    monkeypatch.setattr(kernel, "unavailable", lambda: "no user namespaces here")
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    with pytest.raises(SandboxUnavailableError, match="no user namespaces here.*--unsafe-exec"):
+        run_tests("def f():\n    return 1\n", "assert f() == 1")
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    assert run_tests("def f():\n    return 1\n", "assert f() == 1").passed

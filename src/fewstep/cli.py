@@ -11,13 +11,74 @@ argument after ``lm-eval`` goes to it untouched.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fewstep.errors import FewstepError
+from fewstep.errors import ConfigError, FewstepError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line ``fewstep: error: ...`` (exit status 2) like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("fewstep").strip()
+        print(f"fewstep: error: {command + ': ' if command else ''}{message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parsed(text: str, parse: Callable[[str], Any], what: str) -> Any:
+    try:
+        return parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects {what}, got {text!r}") from None
+
+
+def _count(text: str) -> int:
+    """A positive integer argument."""
+    value = _parsed(text, int, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    """A finite float argument (NaN and infinities are refused)."""
+    value = _parsed(text, float, "a number")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def _int64(text: str) -> int:
+    """An integer argument that fits in 64 bits."""
+    value = _parsed(text, int, "an integer")
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"does not fit in 64 bits: {text}")
+    return value
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
+def check_settings(texts: Sequence[str]) -> None:
+    """Refuse ``key=value`` settings (``--set``, bench specs) whose value is a number that is NaN,
+    infinite or beyond 64-bit integers: no decode setting is meaningful there."""
+    for text in texts:
+        for part in re.split(r"[;:,]", text):
+            key, sep, value = part.partition("=")
+            value = value.strip()
+            if not sep or not _NUMBER.fullmatch(value):
+                continue
+            if re.fullmatch(r"[+-]?\d+", value):
+                if not -(2**63) <= int(value) < 2**63:
+                    raise ConfigError(f"{key.strip()}={value}: does not fit in 64 bits")
+            elif not math.isfinite(float(value)):
+                raise ConfigError(f"{key.strip()}={value}: must be a finite number")
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm") -> None:
@@ -47,15 +108,38 @@ def _settings(args: argparse.Namespace) -> list[str]:
 
 
 def _flag(text: str) -> bool:
-    return text.lower() in ("1", "true", "yes", "on")
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expects true or false, got {text!r}")
+
+
+_TRAIN_TYPES: dict[str, Callable[[str], Any]] = {"int": _int64, "float": _finite, "str": str, "bool": _flag}
+
+
+def _add_unsafe_exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unsafe-exec", action="store_true",
+                   help="where no kernel sandbox can be made (no user namespaces), run model-written code with "
+                        "process limits only: it can then read and change your files")
+
+
+def _allow_unsafe_exec(args: argparse.Namespace) -> None:
+    """--unsafe-exec reaches the sandbox (and spawned workers) through the environment."""
+    if getattr(args, "unsafe_exec", False):
+        import os
+
+        from fewstep.sandbox.jail import UNSAFE_ENV
+
+        os.environ[UNSAFE_ENV] = "1"
 
 
 def _parser() -> argparse.ArgumentParser:
     from fewstep import __version__
 
-    parser = argparse.ArgumentParser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
+    parser = _Parser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
     parser.add_argument("--version", action="version", version=f"fewstep {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="answer one prompt")
     g.add_argument("prompt")
@@ -72,14 +156,16 @@ def _parser() -> argparse.ArgumentParser:
                    help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"')
     b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a decode setting applied to every strategy (repeatable)")
-    b.add_argument("--limit", type=int, default=None)
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    b.add_argument("--limit", type=_count, default=None)
+    b.add_argument("--batch-size", type=_count, default=32)
+    b.add_argument("--repeats", type=_count, default=3, help="timed repeats (median reported)")
     b.add_argument("--out", required=True)
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
     _add_drafter_arg(b)
+    b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
+    _add_unsafe_exec(b)
     b.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
@@ -87,25 +173,27 @@ def _parser() -> argparse.ArgumentParser:
                                    "with its reference solution, to check a task's pipeline end to end.")
     e.add_argument("--task", required=True)
     _add_model_args(e)
-    e.add_argument("--limit", type=int, default=None, help="first N problems only")
-    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--limit", type=_count, default=None, help="first N problems only")
+    e.add_argument("--batch-size", type=_count, default=32)
     e.add_argument("--out", required=True, help="result directory (summary.json, samples.jsonl)")
     e.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
-    e.add_argument("--num-processes", type=int, default=1, metavar="N",
+    e.add_argument("--num-processes", type=_count, default=1, metavar="N",
                    help="shard the problems over N processes (gloo) and merge the results; under torchrun / "
                         "accelerate launch the launcher's processes are used instead")
+    e.add_argument("--overwrite", action="store_true",
+                   help="remove the results already in --out (of any run) instead of resuming them")
+    _add_unsafe_exec(e)
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
     from fewstep.training.config import TrainConfig
 
-    parsers: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _flag}
     for f in fields(TrainConfig):
-        kind = parsers[str(f.type)]
+        kind = _TRAIN_TYPES[str(f.type)]
         t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the trained model to this directory")
-    t.add_argument("--stop-at", type=int, default=None,
+    t.add_argument("--stop-at", type=_count, default=None,
                    help="end at this step, keeping the schedule of --steps (a later run without it continues)")
     t.add_argument("--no-progress", action="store_true")
 
@@ -123,6 +211,8 @@ def _generate(args: argparse.Namespace) -> int:
     from fewstep.decoding.generate import generate
     from fewstep.models.loading import load_model
 
+    if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
+        raise ConfigError(f"--trace {args.trace} exists and is not a directory")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = resolve_config(model, args.strategy, _settings(args))
     origin = None
@@ -180,7 +270,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
                        limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
-                       settings=tuple(_settings(args)), data=args.data, device=args.device, dtype=args.dtype)
+                       settings=tuple(_settings(args)), data=args.data, device=args.device, dtype=args.dtype,
+                       overwrite=args.overwrite)
     run_bench(req, progress=not args.no_progress)
     print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
@@ -189,11 +280,13 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
     from fewstep.evaluation.distributed import is_main_process
-    from fewstep.evaluation.runner import EvalRequest, one_line, run_eval
+    from fewstep.evaluation.results import one_line
+    from fewstep.evaluation.runner import EvalRequest, run_eval
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(_settings(args)), data=args.data,
-                      device=args.device, dtype=args.dtype, num_processes=args.num_processes)
+                      device=args.device, dtype=args.dtype, num_processes=args.num_processes,
+                      overwrite=args.overwrite)
     summary = run_eval(req, progress=not args.no_progress)
     if is_main_process():
         print(one_line(summary))
@@ -235,9 +328,11 @@ def lm_eval_command(argv: Sequence[str]) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from fewstep.training.config import TrainConfig
-    from fewstep.training.loop import export, train
+    from fewstep.training.loop import check_export, export, train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if args.export:
+        check_export(args.out, args.export)
     final = train(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
     if args.export:
         export(cfg, final, args.export)
@@ -250,12 +345,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lm-eval"]:
         return lm_eval_command(argv[1:])
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a usage error (2, already printed as one line)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
+        _allow_unsafe_exec(args)
         commands = {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train, "list": _list}
         return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine refused: a path of the wrong kind, no space left, ...
+        where = f": {e.filename}" if e.filename else ""
+        print(f"fewstep: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fewstep: interrupted (results so far are saved; run the same command to resume)", file=sys.stderr)

@@ -19,3 +19,12 @@ class PromptTooLongError(FewstepError, ValueError):
 
 class TaskError(FewstepError):
     """An unknown task or unreadable task data."""
+
+
+class ResultsError(FewstepError):
+    """An output directory that cannot be used: in use by another run, holding another run's results,
+    corrupt result files, or not a writable directory."""
+
+
+class SandboxUnavailableError(FewstepError):
+    """Model-written code must run and no kernel-level sandbox can be made on this machine."""

@@ -11,7 +11,7 @@ the first one), ``bench.md`` and ``pareto.png``.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 import statistics
 import time
@@ -22,6 +22,8 @@ from typing import Any
 
 from fewstep.config import DecodeConfig, parse_strategy_spec
 from fewstep.errors import ConfigError
+
+BENCH_FILES = ("bench_plan.json", "timing.jsonl", "bench.json", "bench.md", "pareto.png", "[0-9][0-9]-*/samples.jsonl")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class BenchRequest:
     data: str | None = None
     device: str = "cpu"
     dtype: str | None = None
+    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
 
 
 def split_strategies(text: str) -> tuple[str, ...]:
@@ -79,61 +82,76 @@ def bench_configs(model, strategies: Sequence[str], settings: Sequence[str],
     return [override(c, applicable(c, rest)) if applicable(c, rest) else c for c in cfgs]
 
 
-def _same_plan(old: dict[str, Any], plan: dict[str, Any], cfgs: list[DecodeConfig]) -> bool:
-    """A recorded plan matches when everything but the configurations is equal and each recorded
-    configuration matches by :func:`fewstep.config.same_settings` (new settings never break a resume)."""
-    from fewstep.config import same_settings
-
-    keys = [k for k in plan if k != "configs"]
-    if {k: old.get(k) for k in keys} != {k: plan[k] for k in keys}:
-        return False
-    recorded = old.get("configs", [])
-    return len(recorded) == len(cfgs) and all(same_settings(r, c) for r, c in zip(recorded, cfgs))
+def check_bench_request(req: BenchRequest) -> None:
+    """Reject sizes that cannot work before anything is loaded."""
+    if req.repeats < 1 or req.batch_size < 1:
+        raise ConfigError(f"--repeats and --batch-size must be >= 1, got {req.repeats} and {req.batch_size}")
+    if req.limit is not None and req.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {req.limit}")
 
 
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from fewstep.decoding.generate import generate
-    from fewstep.evaluation.runner import (
-        environment,
-        read_samples,
-        sample_rows,
-        summarise,
-        write_json,
-    )
-    from fewstep.evaluation.timing import ForwardTimer
+    from fewstep.evaluation.results import check_identity, lock_dir, model_checksum, remove_results, sha256_rows
+    from fewstep.evaluation.runner import check_examples
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
-    if req.repeats < 1 or req.batch_size < 1:
-        raise ConfigError("--repeats and --batch-size must be >= 1")
+    check_bench_request(req)
     task = get_task(req.task)
-    examples = task.examples(req.data)[: req.limit]
+    every = task.examples(req.data)
+    if not every:
+        raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
+    check_examples(every, req.data or req.task)
+    examples = every[: req.limit]
     model = load_model(req.model, device=req.device, dtype=req.dtype)
     cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
-    out.mkdir(parents=True, exist_ok=True)
     plan = {"task": req.task, "model": req.model, "strategies": list(req.strategies), "n": len(examples),
             "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
-            "configs": [c.to_dict() for c in cfgs]}
-    plan_path = out / "bench_plan.json"
-    if plan_path.exists() and not _same_plan(json.loads(plan_path.read_text()), plan, cfgs):
-        raise ConfigError(f"{out} holds a different bench (task, model, strategies or sizes); use another --out")
-    write_json(plan_path, plan)
+            "configs": [c.to_dict() for c in cfgs],
+            "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
+            "model_sha256": model_checksum(req.model)}
+    with lock_dir(out):
+        if req.overwrite:
+            remove_results(out, BENCH_FILES)
+        check_identity(out, plan, identity="bench_plan.json",
+                       result_files=[out / "timing.jsonl", *(out / lab / "samples.jsonl" for lab in labels)])
+        samples, timings = _measure(req, task, model, examples, labels, cfgs, out, progress)
+        return _report(req, plan, labels, cfgs, samples, timings, out)
+
+
+def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[str], cfgs: list[DecodeConfig],
+             out: Path, progress: bool) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Run every (repeat, batch, strategy) unit not yet in ``timing.jsonl``; every sample row and every
+    timing is appended as soon as it is measured, each problem's row once per strategy."""
+    from tqdm import tqdm
+
+    from fewstep.decoding.generate import generate
+    from fewstep.evaluation.results import append_rows, read_samples, sample_rows, write_jsonl
+    from fewstep.evaluation.timing import ForwardTimer
 
     timing_path = out / "timing.jsonl"
-    timings = read_samples(timing_path)
-    done = {(t["label"], t["repeat"], t["batch"]) for t in timings}
+    timings: list[dict[str, Any]] = []
+    done: set[tuple[str, int, int]] = set()
+    for t in read_samples(timing_path, key=None):  # each unit once, even if written twice
+        unit = (t["label"], t["repeat"], t["batch"])
+        if unit not in done:
+            done.add(unit)
+            timings.append(t)
     samples = {lab: read_samples(out / lab / "samples.jsonl") for lab in labels}
+    for lab in labels:  # drop a line cut off by an interruption before appending
+        if (out / lab / "samples.jsonl").exists():
+            write_jsonl(out / lab / "samples.jsonl", samples[lab])
+    if timing_path.exists():
+        write_jsonl(timing_path, timings)
     batches = [examples[i: i + req.batch_size] for i in range(0, len(examples), req.batch_size)]
     timer = ForwardTimer()
     units = req.repeats * len(batches) * len(cfgs)
     rows_done = sum(len(batches[t["batch"]]) for t in timings if t["batch"] < len(batches))
     bar = tqdm(total=req.repeats * len(examples) * len(cfgs), initial=rows_done, disable=not progress,
                desc="bench", unit="row", dynamic_ncols=True)  # rows done of all, rate and time left
-    with timer.attach(model.module), open(timing_path, "a") as tf:
+    with timer.attach(model.module), open(timing_path, "a", encoding="utf-8") as tf:
         if len(done) < units:
             for cfg in cfgs:  # warm-up, untimed
                 generate(model, [e.prompt for e in batches[0][: min(4, len(batches[0]))]], cfg)
@@ -150,18 +168,25 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
                     results = generate(model, [e.prompt for e in batch], cfg)
                     wall, model_s = time.perf_counter() - t0, timer.seconds - m0
                     if r == 0:
+                        have = {x["id"] for x in samples[lab]}
+                        rows = [x for x in sample_rows(task, batch, results, wall, model_s) if x["id"] not in have]
                         (out / lab).mkdir(exist_ok=True)
-                        with open(out / lab / "samples.jsonl", "a") as sf:
-                            for row in sample_rows(task, batch, results, wall, model_s):
-                                sf.write(json.dumps(row, default=str) + "\n")
-                                samples[lab].append(row)
+                        with open(out / lab / "samples.jsonl", "a", encoding="utf-8") as sf:
+                            append_rows(sf, rows)
+                        samples[lab].extend(rows)
                     t = {"label": lab, "repeat": r, "batch": bi, "wall_s": wall, "model_s": model_s,
                          "drafter_s": sum(x.drafter_s for x in results)}
-                    tf.write(json.dumps(t) + "\n")
-                    tf.flush()
+                    append_rows(tf, [t])
                     timings.append(t)
                     bar.update(len(batch))
     bar.close()
+    return samples, timings
+
+
+def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: list[DecodeConfig],
+            samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png."""
+    from fewstep.evaluation.results import environment, summarise, write_bytes, write_json
 
     rows = []
     for lab, spec, cfg in zip(labels, req.strategies, cfgs):
@@ -187,9 +212,10 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
             "wall_ratio": first["wall_s"] / s["wall_s"] if s["wall_s"] else None,
             **paired_comparison([by_id_first[i] for i in ids], [mine[i] for i in ids]),
         }
-    result = {**{k: v for k, v in plan.items() if k != "configs"}, "results": rows, "environment": environment()}
+    result = {**{k: v for k, v in plan.items() if k not in ("configs", "data_sha256", "model_sha256")},
+              "results": rows, "environment": environment()}
     write_json(out / "bench.json", result)
-    (out / "bench.md").write_text(markdown_table(result))
+    write_bytes(out / "bench.md", markdown_table(result).encode())
     plot_pareto(result, out / "pareto.png")
     return result
 
@@ -264,6 +290,8 @@ def plot_pareto(result: dict[str, Any], path: Path) -> bool:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{result['task']} / {result['model']}: accuracy vs cost")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
     return True

@@ -1,6 +1,7 @@
 """Multi-process ``fewstep eval``: shard the problems over ranks, merge into one summary.
 
-Two ways in, one code path per rank (:func:`fewstep.evaluation.runner.evaluate_shard`):
+Two ways in, one code path per rank (a ``shard`` function handed in by the caller, normally
+:func:`fewstep.evaluation.runner.evaluate_shard`; this module does not import the runner):
 
 - a launcher (``torchrun``, ``accelerate launch``) started this process: RANK / WORLD_SIZE /
   LOCAL_RANK (and MASTER_ADDR / MASTER_PORT) are set, and each process is one rank;
@@ -29,11 +30,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import fewstep.errors
 from fewstep.errors import ConfigError, FewstepError
-from fewstep.evaluation.runner import SUMMARY, EvalRequest, evaluate_shard
+from fewstep.evaluation.results import SUMMARY
+
+if TYPE_CHECKING:
+    from fewstep.evaluation.runner import EvalRequest
+
+
+class Shard(Protocol):
+    """Decodes one rank's share of a run (``evaluate_shard``); rank 0 returns the merged summary."""
+
+    def __call__(self, req: EvalRequest, rank: int, world: int, barrier: Any, progress: bool
+                 ) -> dict[str, Any] | None: ...
 
 BACKEND = "gloo"
 # The barrier waits for the slowest rank's whole share; a failed rank ends the run through the launcher.
@@ -81,7 +92,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run_rank(req: EvalRequest, rank: int, world: int, local_rank: int, progress: bool) -> dict[str, Any]:
+def _run_rank(req: EvalRequest, shard: Shard, rank: int, world: int, local_rank: int, progress: bool
+              ) -> dict[str, Any]:
     """Decode this rank's share in an initialised process group; every rank returns the summary."""
     import torch
     import torch.distributed as dist
@@ -89,15 +101,15 @@ def _run_rank(req: EvalRequest, rank: int, world: int, local_rank: int, progress
     device = rank_device(req.device, local_rank)
     if str(device).split(":")[0] == "cpu":
         torch.set_num_threads(1)
-    summary = evaluate_shard(replace(req, device=device), rank, world, barrier=dist.barrier,
-                             progress=progress and rank == 0)
+    summary = shard(replace(req, device=device), rank, world, barrier=dist.barrier,
+                    progress=progress and rank == 0)
     box = [summary]
     dist.broadcast_object_list(box, src=0)
     assert box[0] is not None
     return box[0]
 
 
-def run_launched(req: EvalRequest, launch: Launch, progress: bool = True) -> dict[str, Any]:
+def run_launched(req: EvalRequest, launch: Launch, shard: Shard, progress: bool = True) -> dict[str, Any]:
     """Run as one rank of a launcher's world (the process group is created here unless it exists)."""
     import torch.distributed as dist
 
@@ -108,13 +120,13 @@ def run_launched(req: EvalRequest, launch: Launch, progress: bool = True) -> dic
     if owner:
         dist.init_process_group(BACKEND, rank=launch.rank, world_size=launch.world, timeout=TIMEOUT)
     try:
-        return _run_rank(req, launch.rank, launch.world, launch.local_rank, progress)
+        return _run_rank(req, shard, launch.rank, launch.world, launch.local_rank, progress)
     finally:
         if owner:
             dist.destroy_process_group()
 
 
-def _worker(rank: int, req: EvalRequest, port: int, progress: bool, errors: Any) -> None:
+def _worker(rank: int, req: EvalRequest, shard: Shard, port: int, progress: bool, errors: Any) -> None:
     """Entry point of a spawned worker: join the group on 127.0.0.1:port and decode rank's share."""
     import torch.distributed as dist
 
@@ -122,7 +134,7 @@ def _worker(rank: int, req: EvalRequest, port: int, progress: bool, errors: Any)
     dist.init_process_group(BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=TIMEOUT)
     try:
-        _run_rank(req, rank, world, rank, progress)
+        _run_rank(req, shard, rank, world, rank, progress)
     except FewstepError as e:
         errors.put((type(e).__name__, str(e)))
         raise
@@ -151,15 +163,17 @@ def _quiet_spawn() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def spawn(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
-    """Run ``req`` over ``req.num_processes`` spawned workers; returns the merged summary."""
+def spawn(req: EvalRequest, shard: Shard, progress: bool = True) -> dict[str, Any]:
+    """Run ``req`` over ``req.num_processes`` spawned workers; returns the merged summary.
+
+    ``shard`` must be a module-level function (the workers receive it by pickling)."""
     import torch.multiprocessing as mp
     from torch.multiprocessing.spawn import ProcessException
 
     errors = mp.get_context("spawn").SimpleQueue()
     try:
         with _quiet_spawn():
-            mp.spawn(_worker, args=(req, free_port(), progress, errors), nprocs=req.num_processes, join=True)
+            mp.spawn(_worker, args=(req, shard, free_port(), progress, errors), nprocs=req.num_processes, join=True)
     except ProcessException:
         error = _worker_error(errors)
         if error is not None:

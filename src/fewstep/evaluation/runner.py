@@ -17,20 +17,40 @@ The model ``gold`` answers each problem with its reference solution (see
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fewstep.config import DecodeConfig, resolve_config
-from fewstep.errors import ConfigError
+from fewstep.errors import ConfigError, ResultsError
+from fewstep.evaluation.results import (
+    IDENTITY,
+    SAMPLES,
+    SUMMARY,
+    append_rows,
+    check_identity,
+    collect,
+    environment,
+    lock_dir,
+    merge,
+    model_checksum,
+    prepare_out,
+    read_samples,
+    remove_results,
+    sample_rows,
+    sha256_rows,
+    shard_files,
+    shard_path,
+    summarise,
+    try_lock,
+    write_json,
+    write_jsonl,
+)
 
-SAMPLES = "samples.jsonl"
-SUMMARY = "summary.json"
+RESULT_FILES = (IDENTITY, SUMMARY, SAMPLES, "samples.rank*.jsonl")
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class EvalRequest:
     device: str = "cpu"
     dtype: str | None = None
     num_processes: int = 1
+    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
 
 
 @dataclass
@@ -54,150 +75,30 @@ class _Run:
 
     task: Any
     examples: list[Any]  # the problems of this run (after --limit)
-    order: dict[str, int]  # problem id -> position in the task's data, for merged files
+    every: list[Any]  # all the task's problems (for the data checksum)
+    order: dict[str, int]  # problem id -> position among this run's problems, for merged files
     model: Any
     cfg: DecodeConfig
     out: Path
     header: dict[str, Any]  # what identifies the run (compared on resume)
 
+    def mine(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows of this run's problems: exactly ``--limit`` of them once it is done."""
+        ids = {e.id for e in self.examples}
+        return [r for r in rows if r["id"] in ids]
+
 
 def check_request(req: EvalRequest) -> None:
-    """Reject sizes that cannot work before anything is loaded."""
+    """Reject sizes and paths that cannot work before anything is loaded."""
     if req.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {req.batch_size}")
     if req.limit is not None and req.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {req.limit}")
     if req.num_processes < 1:
         raise ConfigError(f"--num-processes must be >= 1, got {req.num_processes}")
-
-
-def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
-    """Sum of ``key`` over the samples of each rank (rows without a rank count as rank 0)."""
-    sums: dict[int, float] = {}
-    for s in samples:
-        rank = int(s.get("rank", 0))
-        sums[rank] = sums.get(rank, 0.0) + s[key]
-    return sums
-
-
-def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy (with a Wilson interval), NFE and cost over ``samples``.
-
-    ``wall_s`` / ``model_s``: ranks decode at the same time, so these are the largest per-rank sum
-    of batch times (the plain sum for a one-process run); ``wall_s_per_rank`` lists every rank's
-    when there is more than one.
-    """
-    from fewstep.evaluation.stats import wilson
-
-    n = len(samples)
-    correct = sum(bool(s["correct"]) for s in samples)
-    nfe = sum(s["nfe"] for s in samples)
-    lo, hi = wilson(correct, n)
-    walls = _per_rank(samples, "wall_s")
-    summary = {
-        **header,
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else 0.0,
-        "accuracy_ci95": [lo, hi],
-        "nfe_mean": nfe / n if n else 0.0,
-        "tokens_per_forward": sum(s["answer_tokens"] for s in samples) / nfe if nfe else 0.0,
-        "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
-        "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
-        **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
-           for k in ("injected", "confirmed", "revoked")},
-        "wall_s": max(walls.values(), default=0.0),
-        "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
-    }
-    if len(walls) > 1:
-        summary["wall_s_per_rank"] = [walls[r] for r in sorted(walls)]
-    return summary
-
-
-def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0) -> list[dict[str, Any]]:
-    """One samples.jsonl row per problem: output, score, cost (batch time split evenly)."""
-    rows = []
-    for e, r in zip(batch, results):
-        sc = task.score(e, r.text)
-        rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
-                     "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
-                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
-                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
-                     "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
-    return rows
-
-
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    from fewstep import __version__
-
-    return {
-        "fewstep": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut off by an interruption: that problem is decoded again
-    return rows
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace ``path`` with ``rows``, one JSON object per line, in one atomic rename."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
-def shard_path(out: Path, rank: int, world: int) -> Path:
-    """The file a rank appends to: samples.jsonl alone, samples.rank{r}.jsonl with several ranks."""
-    return out / SAMPLES if world == 1 else out / f"samples.rank{rank}.jsonl"
-
-
-def shard_files(out: Path) -> list[Path]:
-    """The per-rank sample files in ``out``, by rank."""
-    files = [p for p in out.glob("samples.rank*.jsonl") if p.stem.removeprefix("samples.rank").isdigit()]
-    return sorted(files, key=lambda p: int(p.stem.removeprefix("samples.rank")))
-
-
-def collect(out: Path) -> list[dict[str, Any]]:
-    """Every sample written in ``out`` so far (samples.jsonl, then the rank files), one per problem."""
-    rows: dict[str, dict[str, Any]] = {}
-    for path in [out / SAMPLES, *shard_files(out)]:
-        for row in read_samples(path):
-            rows.setdefault(row["id"], row)
-    return list(rows.values())
-
-
-def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
-    """Fold the rank files into samples.jsonl, in problem order, and remove them."""
-    rows = sorted(collect(out), key=lambda r: order.get(r["id"], len(order)))
-    write_jsonl(out / SAMPLES, rows)
-    for path in shard_files(out):
-        path.unlink()
-    return rows
+    out = Path(req.out)
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} exists and is not a directory")
 
 
 def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
@@ -211,61 +112,60 @@ def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
     return generate(model, [e.prompt for e in batch], cfg)
 
 
+def check_examples(examples: list[Any], source: str) -> None:
+    """Problems must have a text prompt and distinct ids (rows are keyed by id)."""
+    from fewstep.errors import TaskError
+
+    seen: set[str] = set()
+    for i, e in enumerate(examples):
+        if not isinstance(e.prompt, str):
+            raise TaskError(f"{source}: problem {i + 1} has a prompt that is not text ({type(e.prompt).__name__})")
+        if e.id in seen:
+            raise TaskError(f"{source}: problem id {e.id!r} appears twice")
+        seen.add(e.id)
+
+
 def prepare(req: EvalRequest) -> _Run:
-    """Load the task, its problems, the model and the configuration; refuse a directory that holds
-    another run's results."""
+    """Load the task, its problems, the model and the configuration (nothing is written yet)."""
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
     task = get_task(req.task)
     every = task.examples(req.data)
+    if not every:
+        raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
+    check_examples(every, req.data or req.task)
     examples = every[: req.limit] if req.limit is not None else every
     model = load_model(req.model, device=req.device, dtype=req.dtype)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
-    out = Path(req.out)
-    out.mkdir(parents=True, exist_ok=True)
     strategy = "none" if model.kind == "gold" else cfg.strategy
     header = {"task": req.task, "model": req.model, "strategy": strategy, "config": cfg.to_dict(),
-              "data": req.data, "batch_size": req.batch_size}
-    summary_path = out / SUMMARY
-    if summary_path.exists():
-        old = json.loads(summary_path.read_text())
-        if not same_run(old, header, cfg):
-            raise ConfigError(f"{out} holds results of a different run (task, model or configuration); "
-                              "use another --out")
-    order = {e.id: i for i, e in enumerate(every)}
-    return _Run(task, examples, order, model, cfg, out, header)
-
-
-def same_run(old: dict[str, Any], header: dict[str, Any], cfg: DecodeConfig) -> bool:
-    """Whether a recorded summary belongs to the run ``header`` describes: the same task, model,
-    data and batch size, and a decode configuration that :func:`fewstep.config.same_settings`
-    accepts (only the loop's settings and the active strategy's parameters count)."""
-    from fewstep.config import same_settings
-
-    others = [k for k in header if k != "config"]
-    if {k: old.get(k) for k in others} != {k: header[k] for k in others}:
-        return False
-    return header["strategy"] == "none" or same_settings(old.get("config", {}), cfg)
+              "data": req.data, "batch_size": req.batch_size,
+              "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
+              "model_sha256": model_checksum(req.model)}
+    order = {e.id: i for i, e in enumerate(examples)}
+    return _Run(task, examples, every, order, model, cfg, Path(req.out), header)
 
 
 def _decode(run: _Run, todo: list[Any], path: Path, rank: int, header: dict[str, Any], batch_size: int,
             bar) -> None:
-    """Decode ``todo`` batch by batch, appending rows to ``path``; rank 0 also refreshes summary.json."""
+    """Decode ``todo`` batch by batch, appending rows to ``path``; rank 0 also refreshes summary.json.
+
+    ``path`` is locked while it is written: a second process writing the same rank file fails."""
     from fewstep.evaluation.timing import ForwardTimer
 
     timer = ForwardTimer()
-    with open(path, "a") as f, timer.attach(run.model.module):
+    with open(path, "a", encoding="utf-8") as f, timer.attach(run.model.module):
+        if not try_lock(f.fileno()):
+            raise ResultsError(f"{path} is being written by another process; wait for it or use another --out")
         for i in range(0, len(todo), batch_size):
             batch = todo[i: i + batch_size]
             t0, m0 = time.perf_counter(), timer.seconds
             results = answers(run.model, batch, run.cfg)
             wall, model_s = time.perf_counter() - t0, timer.seconds - m0
-            for row in sample_rows(run.task, batch, results, wall, model_s, rank):
-                f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
+            append_rows(f, sample_rows(run.task, batch, results, wall, model_s, rank))
             if rank == 0:
-                summary = summarise(collect(run.out), header)
+                summary = summarise(run.mine(collect(run.out)), header)
                 write_json(run.out / SUMMARY, summary)
                 bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
             bar.update(len(batch))
@@ -275,14 +175,22 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
                    progress: bool = True) -> dict[str, Any] | None:
     """Decode this process's problems (``examples[rank::world]``) not yet in any samples file.
 
-    ``barrier`` (several ranks) is called once this rank is done; then rank 0 merges every file
-    into samples.jsonl, writes summary.json and returns it. Other ranks return None.
+    With ``req.overwrite`` rank 0 first removes the directory's earlier results (the other ranks wait
+    at ``barrier``). The run's identity is checked against the directory's and recorded before the
+    first row. ``barrier`` (several ranks) is called again once this rank is done; then rank 0
+    merges every file into samples.jsonl, writes summary.json and returns it. Other ranks return None.
     """
     from tqdm import tqdm
 
     run = prepare(req)
+    if req.overwrite and rank == 0:
+        remove_results(run.out, RESULT_FILES)
+    if req.overwrite and barrier is not None:
+        barrier()
+    check_identity(run.out, run.header, result_files=[run.out / SAMPLES, *shard_files(run.out)])
     path = shard_path(run.out, rank, world)
-    write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
+    if path.exists():
+        write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
     done = {row["id"] for row in collect(run.out)}
     mine = run.examples[rank::world]
     todo = [e for e in mine if e.id not in done]
@@ -303,24 +211,22 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
 
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``req`` in this process, across ``req.num_processes`` spawned processes, or as one
-    rank of a run started by torchrun / accelerate; returns the summary (on every rank)."""
+    rank of a run started by torchrun / accelerate; returns the summary (on every rank).
+
+    The process that starts the run (rank 0 under a launcher) holds the output directory's lock
+    until the end; the other ranks lock their own rank file."""
     from fewstep.evaluation import distributed
 
     check_request(req)
+    out = Path(req.out)
     launch = distributed.launched()
     if launch is not None and launch.world > 1:
-        return distributed.run_launched(req, launch, progress)
-    if req.num_processes > 1:
-        return distributed.spawn(req, progress)
-    summary = evaluate_shard(req, progress=progress)
+        prepare_out(out)
+        with lock_dir(out) if launch.rank == 0 else nullcontext():
+            return distributed.run_launched(req, launch, evaluate_shard, progress)
+    with lock_dir(out):
+        if req.num_processes > 1:
+            return distributed.spawn(req, evaluate_shard, progress)
+        summary = evaluate_shard(req, progress=progress)
     assert summary is not None
     return summary
-
-
-def one_line(s: dict[str, Any]) -> str:
-    lo, hi = s["accuracy_ci95"]
-    return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
-            f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
-            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
-               if s.get("config", {}).get("drafter") else "")
-            + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")

@@ -42,9 +42,42 @@ def resolve(name_or_path: str | Path) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path} is not a JSON object: not a model configuration")
+    return obj
+
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _check_device(device: str | torch.device) -> None:
+    """Refuse a device this torch cannot provide, in one line, before any weight moves."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: this torch ({torch.__version__}) has no usable CUDA device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ModelLoadError(f"device {device!r}: not supported (cpu, cuda, cuda:N or mps)")
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The floating dtype asked for (a name or a torch dtype), or None for the stored precision."""
+    if dtype is None:
+        return None
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -120,14 +153,8 @@ def load_model(
     path = resolve(name_or_path)
     config = _read_json(path / "config.json")
     extra = _read_json(path / "fewstep.json") if (path / "fewstep.json").is_file() else {}
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ModelLoadError(f"unknown dtype {dtype!r}")
-        dtype = getattr(torch, dtype)
-    try:
-        torch.device(device)
-    except RuntimeError as e:
-        raise ModelLoadError(f"unknown device {device!r}: {e}") from None
+    dtype = _dtype(dtype)
+    _check_device(device)
     kind = config.get("model_type")
     name = str(name_or_path)
     if kind == "llada":
@@ -142,10 +169,10 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
 
     try:
         cfg = LLaDAConfig.from_dict(config)
-    except TypeError as e:
+        with torch.device("meta"), _no_weight_init():
+            module = LLaDAModel(cfg)
+    except (TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError) as e:
         raise ModelLoadError(f"invalid LLaDA config in {path}: {e}") from None
-    with torch.device("meta"), _no_weight_init():
-        module = LLaDAModel(cfg)
     state = _state_dict(path)
     if cfg.weight_tying:
         state.pop("model.transformer.ff_out.weight", None)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from fewstep.errors import TaskError
-from fewstep.evaluation.sandbox import run_tests
+from fewstep.sandbox.jail import run_tests
 from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import extract_code
 from fewstep.tasks.jsonl import read_jsonl

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fewstep.evaluation.sandbox import run_tests
+from fewstep.sandbox.jail import run_tests
 from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import extract_code, load_rows
 

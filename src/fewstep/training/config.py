@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fewstep.errors import ConfigError
@@ -38,5 +39,21 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ConfigError("d_model must be a multiple of n_heads")
+        for name in ("save_every", "snapshot_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr out of range (0, 1): {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio out of range [0, 1]: {self.min_lr_ratio}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
+        if self.warmup < 0 or self.threads < 0:
+            raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")

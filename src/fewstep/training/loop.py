@@ -6,6 +6,11 @@ configuration), ``checkpoint.pt`` (model, optimiser, step; rewritten atomically 
 ``snapshots/step_N/`` (the model in Hugging Face layout, for learning curves) and ``final/``.
 Running the same command again resumes from the checkpoint; the data of step s depends only on
 (seed, s), so an interrupted and resumed run trains on exactly the same batches.
+
+A run directory has one writer at a time (a lock on the directory). Every save (checkpoint,
+snapshot, final model, export) is written completely beside its destination and renamed into place,
+so a run killed while saving keeps the previous good state; on resume the log is cut back to the
+checkpoint's step, so each step is logged once.
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ import shutil
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from fewstep.errors import ConfigError
+from fewstep.errors import ConfigError, ResultsError
+from fewstep.evaluation.results import (
+    HOLDER,
+    lock_dir,
+    read_json,
+    read_samples,
+    replace_dir,
+    temp_dir_for,
+    write_json,
+    write_jsonl,
+)
 from fewstep.training import data, lab, objectives
 from fewstep.training.config import TrainConfig
 
@@ -51,7 +67,47 @@ def _load_weights(cfg: TrainConfig, model) -> None:
 
 
 def _save_hf(cfg: TrainConfig, model, tok, out: Path) -> None:
-    (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, out)
+    """Save the model in Hugging Face layout to ``out``, atomically (a complete directory renamed into place)."""
+    tmp = temp_dir_for(out)
+    try:
+        (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, tmp)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_config(cfg: TrainConfig, out: Path) -> None:
+    """Record the configuration before the first step, or refuse a directory trained with another one."""
+    cfg_path = out / "train_config.json"
+    if cfg_path.exists():
+        saved = read_json(cfg_path)
+        # Fields added since the run started take their defaults.
+        if {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)} != asdict(cfg):
+            raise ConfigError(f"{out} holds a run with a different configuration; use another --out")
+    elif any(p.name != HOLDER for p in out.iterdir()):
+        raise ResultsError(f"{out} is not empty and holds no training run (no train_config.json); use another --out")
+    else:
+        if cfg.init_from:
+            from fewstep.models.loading import resolve
+
+            resolve(cfg.init_from)
+        write_json(cfg_path, asdict(cfg))
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise ResultsError(f"{path} is corrupt ({type(e).__name__}); remove it to restart the run") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "generator", "step"} <= set(state):
+        raise ResultsError(f"{path} is not a fewstep checkpoint; remove it to restart the run")
+    return state
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to the checkpoint's: the steps after it are trained (and logged) again."""
+    if path.exists():
+        write_jsonl(path, [r for r in read_samples(path, key="step") if r["step"] <= step])
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, stop_at: int | None = None) -> Path:
@@ -60,22 +116,19 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
     ``stop_at`` ends the run early at that step, keeping the learning-rate schedule of
     ``cfg.steps``: the model is then exactly the one an uninterrupted run has at that step
     (saved to ``snapshots/step_N``), and a later call without ``stop_at`` continues the run."""
-    from tqdm import tqdm
-
     end = cfg.steps if stop_at is None else stop_at
     if not 0 < end <= cfg.steps:
         raise ConfigError(f"stop_at must be in [1, steps={cfg.steps}], got {stop_at}")
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "train_config.json"
-    if cfg_path.exists():
-        saved = json.loads(cfg_path.read_text())
-        # Fields added since the run started take their defaults.
-        if {f.name: saved.get(f.name, f.default) for f in fields(TrainConfig)} != asdict(cfg):
-            raise ConfigError(f"{out} holds a run with a different configuration; use another --out")
-    else:
-        cfg_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    with lock_dir(out):
+        _check_config(cfg, out)
+        return _train(cfg, out, end, progress)
+
+
+def _train(cfg: TrainConfig, out: Path, end: int, progress: bool) -> Path:
+    from tqdm import tqdm
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -93,13 +146,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
     start, elapsed_before = 0, 0.0
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = state["step"]
         elapsed_before = state.get("elapsed_s", 0.0)
     model.train()
+    _trim_log(out / "train_log.jsonl", start)
     log = open(out / "train_log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {cfg.kind}", unit="step")
     t0, running = time.time(), None
@@ -126,7 +180,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
                                   "lr": lr_at(cfg, step), "elapsed_s": elapsed_before + time.time() - t0}) + "\n")
             log.flush()
         if done % cfg.save_every == 0 or done == end:
-            tmp = out / "checkpoint.pt.tmp"
+            tmp = out / f".checkpoint.pt.{os.getpid()}.tmp"
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                         "generator": gen.get_state(), "step": done,
                         "elapsed_s": elapsed_before + time.time() - t0}, tmp)
@@ -147,10 +201,28 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, s
 DECODE_DEFAULTS = {"dlm": {"gen_length": 24, "block_length": 24, "steps": 24}, "ar": {"gen_length": 80}}
 
 
+def check_export(out: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Refuse an export destination that is, holds or lies inside the run directory, or is not a directory."""
+    run, target = Path(out).resolve(), Path(dest).resolve()
+    if target == run or run in target.parents or target in run.parents:
+        raise ConfigError(f"--export {dest} would replace the run directory {out} or part of it; "
+                          "export somewhere else")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--export {dest} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise ConfigError(f"--export {dest} is a directory that holds no model; refusing to replace it")
+
+
 def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
-    """Copy a trained model to ``dest`` with its decode defaults (fewstep.json)."""
+    """Copy a trained model to ``dest`` with its decode defaults (fewstep.json).
+
+    The copy is made complete beside ``dest`` and then swapped in: until then ``dest`` keeps the
+    previous model."""
     dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    shutil.copytree(final, dest)
-    (dest / "fewstep.json").write_text(json.dumps({"decode_defaults": DECODE_DEFAULTS[cfg.kind]}, indent=2) + "\n")
+    tmp = temp_dir_for(dest)
+    try:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+        (tmp / "fewstep.json").write_text(json.dumps({"decode_defaults": DECODE_DEFAULTS[cfg.kind]}, indent=2) + "\n")
+        replace_dir(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,20 +1,23 @@
-"""Running untrusted Python programs (model-written code and its tests) in a separate, limited process.
+"""Running untrusted Python programs (model-written code and its tests), each in a jail of its own.
 
-A program never runs in the evaluator's process. Each run gets:
+A program never runs in the evaluator's process. Each run gets (threat model: docs/security.md):
 
-* a fresh temporary working directory (also ``HOME`` and ``TMPDIR``), removed afterwards;
-* a minimal environment and an interpreter started with ``-s -S`` (standard library only, no site or
-  user packages, no ``PYTHONPATH``) and ``PYTHONHASHSEED=0`` so set and dict orders are reproducible;
+* a kernel-level jail (:mod:`fewstep.sandbox.kernel`, bubblewrap): new user, mount, PID, network, IPC
+  and UTS namespaces; a root holding only the shared libraries, the standard library and a fresh
+  64 MiB tmpfs working directory with the program in it; no network; its own ``/proc``;
+* a minimal environment and an interpreter started with ``-s -S`` (standard library only) and
+  ``PYTHONHASHSEED=0`` so set and dict orders are reproducible;
 * its own session and process group, killed as a whole (SIGKILL) on timeout and after every run;
-* kernel limits set before the interpreter starts: address space (``memory_mb``), CPU seconds, file size,
-  no core files, and a cap on the number of processes: a per-run ``pids`` cgroup when running as root
-  (``RLIMIT_NPROC`` does not apply to root), else ``RLIMIT_NPROC`` at the user's current count plus a margin;
-* where the ``unshare`` binary works for the current user: new network and PID namespaces (no network at
-  all; the program cannot see or signal processes outside its own run, and everything it started dies
-  with it), and as root all capabilities dropped through ``setpriv``;
-* a prelude that chdirs into the working directory and installs an audit hook refusing process creation,
-  signals, sockets, ctypes, raised resource limits, and any write, rename or delete outside the working
-  directory. The prelude is defence in depth; the process limits above are the main line.
+* limits set before the jail starts: address space (``memory_mb``), CPU seconds, file size, no core
+  files; as root, per-run cgroups capping the number of tasks (``pids``) and all the memory the run
+  charges (heap, memfds, tmpfs files); otherwise ``RLIMIT_NPROC`` at the user's count plus a margin;
+* :mod:`fewstep.sandbox.child` as the first program inside: an audit hook (defence in depth), then the
+  program, then the tests, then the verdict (see :func:`run_tests`).
+
+Where no jail can be made, :func:`run_program` raises :class:`~fewstep.errors.SandboxUnavailableError`
+unless the user opted out (``--unsafe-exec``, ``FEWSTEP_UNSAFE_EXEC=1``): the run then happens in a
+temporary directory with the limits above, new network and PID namespaces where ``unshare`` works
+(capabilities dropped through ``setpriv`` as root) and the audit hook.
 
 Output is read through pipes and only the last ``max_output_bytes`` of each stream are kept; a program
 that writes more than that in total is killed, so a program printing gigabytes cannot exhaust the
@@ -39,9 +42,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewstep.errors import SandboxUnavailableError
+from fewstep.sandbox import kernel
+
 STATUSES = ("passed", "failed", "timeout", "memory", "killed", "error")
 
 PROGRAM_FILE = "main.py"
+UNSAFE_ENV = "FEWSTEP_UNSAFE_EXEC"  # "1": run without the kernel jail where it cannot be made
 MAX_PROCESSES = 64  # processes and threads one run may have (cgroup) or add to the user's count (rlimit)
 MAX_FILE_BYTES = 64 * 1024 * 1024  # largest file a program may write
 _READ_CHUNK = 65536
@@ -79,111 +86,10 @@ class Isolation:
     cgroup_base: str | None = None  # where per-run pids cgroups are made, when process_limit is "cgroup"
 
 
-# ---------------------------------------------------------------------------------------------------
-# The prelude: runs in the child before the program, installs the audit hook, then executes main.py.
-# ---------------------------------------------------------------------------------------------------
-
-_PRELUDE = r"""
-import builtins, os, posix, sys
-
-_ROOT = os.path.realpath(os.getcwd())
-os.chdir(_ROOT)
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_DENIED_EVENTS = frozenset({
-    "os.exec", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.posix_spawn", "os.spawn",
-    "os.system", "os.startfile", "subprocess.Popen", "pty.spawn", "resource.setrlimit", "resource.prlimit",
-    "webbrowser.open",
-})
-_DENIED_PREFIXES = ("socket.", "ctypes.")
-_AF_UNIX = 1
-_DENIED_IMPORTS = frozenset({"_posixsubprocess", "_ctypes", "ctypes"})
-# event -> (indices of path arguments, index of the dir_fd argument or None)
-_PATH_EVENTS = {
-    "os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.rename": ((0, 1), 2), "os.link": ((0, 1), 2),
-    "os.symlink": ((0, 1), 2), "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2), "os.chown": ((0,), 3),
-    "os.utime": ((0,), 3), "os.truncate": ((0,), None), "os.setxattr": ((0,), None),
-    "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
-    "shutil.rmtree": ((0,), 1),
-}
-
-
-def _fd_target(fd):
-    return os.readlink("/proc/self/fd/%d" % fd)
-
-
-def _resolve(path, dir_fd=None):
-    if isinstance(path, int):
-        return _fd_target(path)
-    path = os.fsdecode(os.fspath(path))
-    if isinstance(dir_fd, int) and dir_fd >= 0 and not os.path.isabs(path):
-        path = os.path.join(_fd_target(dir_fd), path)
-    return os.path.realpath(path)
-
-
-def _inside(path, dir_fd=None):
-    try:
-        target = _resolve(path, dir_fd)
-    except Exception:
-        return False
-    return target == _ROOT or target.startswith(_ROOT + os.sep) or target.startswith("pipe:") or target == "/dev/null"
-
-
-def _refuse(what):
-    raise PermissionError("sandbox: %s is not allowed" % what)
-
-
-def _guard(event, args):
-    if event == "socket.__new__" and args[1] == _AF_UNIX:
-        return  # local socket pairs (asyncio's self-pipe); connect and bind stay refused
-    if event in _DENIED_EVENTS or event.startswith(_DENIED_PREFIXES):
-        _refuse(event)
-    if event == "import" and args[0] in _DENIED_IMPORTS:
-        _refuse("importing " + args[0])
-    if event == "open":
-        mode, flags = args[1], args[2]
-        writes = isinstance(flags, int) and flags & _WRITE_FLAGS or isinstance(mode, str) and set(mode) & set("wax+")
-        if writes and not _inside(args[0]):
-            _refuse("writing %r outside the working directory" % (args[0],))
-    elif event in _PATH_EVENTS:
-        paths, dir_fd_index = _PATH_EVENTS[event]
-        dir_fd = args[dir_fd_index] if dir_fd_index is not None and dir_fd_index < len(args) else None
-        for i in paths:
-            if i < len(args) and not _inside(args[i], dir_fd):
-                _refuse("%s on %r outside the working directory" % (event, args[i]))
-
-
-def _disabled(name):
-    def disabled(*args, **kwargs):
-        _refuse(name)
-    return disabled
-
-
-def _open_without_dir_fd(real_open):
-    def open(path, flags, mode=0o777, *, dir_fd=None):
-        if dir_fd is not None:
-            _refuse("os.open with dir_fd")
-        return real_open(path, flags, mode)
-    return open
-
-
-import _posixsubprocess
-_posixsubprocess.fork_exec = _disabled("_posixsubprocess.fork_exec")
-for _module in (os, posix):
-    for _name in ("kill", "killpg", "system", "fork", "forkpty", "chdir", "fchdir", "chroot", "mknod",
-                  "mkfifo", "setuid", "seteuid", "setreuid", "setresuid", "setgid", "setegid", "setregid",
-                  "setresgid"):
-        if hasattr(_module, _name):
-            setattr(_module, _name, _disabled("os." + _name))
-    _module.open = _open_without_dir_fd(posix.open)
-builtins.exit = builtins.quit = sys.exit
-sys.addaudithook(_guard)
-
-_path = os.path.join(_ROOT, "main.py")
-with open(_path, encoding="utf-8") as _file:
-    _code = compile(_file.read(), _path, "exec")
-sys.argv = [_path]
-exec(_code, {"__name__": "__main__", "__file__": _path, "__builtins__": builtins})
-"""
+@functools.lru_cache(maxsize=1)
+def _child_source() -> str:
+    """The text of :mod:`fewstep.sandbox.child`, run with ``-c`` so the child imports nothing of fewstep."""
+    return Path(__file__).with_name("child.py").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -228,22 +134,29 @@ def _candidate_prefixes() -> list[tuple[list[str], bool, bool, bool]]:
     return candidates
 
 
-def _pids_cgroup_base() -> str | None:
-    """A cgroup directory where per-run cgroups with a ``pids.max`` can be made (root only), else None."""
+def _cgroup_base(candidates: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """The first (base directory, control file) where a per-run cgroup with that control file can be made
+    (root only), else None."""
     if os.geteuid() != 0:
         return None
-    for base in _CGROUP_BASES:
+    for base, control in candidates:
         probe = os.path.join(base, f"fewstep-probe-{os.getpid()}")
         try:
             os.mkdir(probe)
         except OSError:
             continue
         try:
-            if os.path.exists(os.path.join(probe, "pids.max")):
-                return base
+            if os.path.exists(os.path.join(probe, control)):
+                return base, control
         finally:
             _remove_dir(probe)
     return None
+
+
+def _pids_cgroup_base() -> str | None:
+    """A cgroup directory where per-run cgroups with a ``pids.max`` can be made (root only), else None."""
+    found = _cgroup_base(tuple((base, "pids.max") for base in _CGROUP_BASES))
+    return found[0] if found else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,9 +164,9 @@ def isolation() -> Isolation:
     """Detect (once) which namespaces, capability dropping and process cap work for this user."""
     prefix: tuple[str, ...] = ()
     flags = (False, False, False)
-    for candidate, *found in _candidate_prefixes():
+    for candidate, net, pid, caps in _candidate_prefixes():
         if _starts_python(candidate):
-            prefix, flags = tuple(candidate), tuple(found)
+            prefix, flags = tuple(candidate), (net, pid, caps)
             break
     base = _pids_cgroup_base()
     if base is not None:
@@ -266,7 +179,7 @@ def isolation() -> Isolation:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Per-run process cap.
+# Per-run cgroups: process cap and memory (all kinds: heap, tmpfs, memfd, page cache).
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -286,19 +199,68 @@ def _user_task_count(uid: int) -> int:
     return total
 
 
-def _make_cgroup(max_tasks: int) -> str | None:
-    """Create a fresh pids cgroup allowing ``max_tasks`` tasks; its path, or None if not available."""
-    base = isolation().cgroup_base
-    if base is None:
-        return None
+@functools.lru_cache(maxsize=1)
+def _memory_cgroup_base() -> tuple[str, str] | None:
+    """(base directory, limit file) where per-run memory cgroups can be made (root only), else None."""
+    return _cgroup_base((("/sys/fs/cgroup/memory", "memory.limit_in_bytes"), ("/sys/fs/cgroup", "memory.max")))
+
+
+@functools.cache
+def _remove_stale_cgroups(base: str) -> None:
+    """Remove (once per process) the empty per-run cgroups that killed evaluators left under ``base``."""
+    for entry in Path(base).glob("fewstep-sandbox-*"):
+        pid = entry.name.split("-")[2]
+        if pid.isdigit() and not Path("/proc", pid).exists():
+            _empty_cgroup(str(entry), patience_s=0.5)
+
+
+def _new_cgroup(base: str, settings: dict[str, str]) -> str | None:
+    """A fresh cgroup under ``base`` with the given control files written; None if that fails."""
+    _remove_stale_cgroups(base)
     path = os.path.join(base, f"fewstep-sandbox-{os.getpid()}-{next(_cgroup_names)}-{secrets.token_hex(4)}")
     try:
         os.mkdir(path)
-        Path(path, "pids.max").write_text(str(max_tasks))
+        for name, value in settings.items():
+            Path(path, name).write_text(value)
     except OSError:
         _remove_dir(path)
         return None
     return path
+
+
+def _make_cgroups(max_tasks: int, memory_bytes: int) -> list[str]:
+    """Per-run cgroups capping the number of tasks and the memory; those that could be made."""
+    made = []
+    base = isolation().cgroup_base
+    if base is not None:
+        pids = _new_cgroup(base, {"pids.max": str(max_tasks)})
+        if pids:
+            made.append(pids)
+    memory = _memory_cgroup_base()
+    if memory is not None:
+        settings = {memory[1]: str(memory_bytes)}
+        if memory[1] == "memory.max":
+            settings["memory.swap.max"] = "0"
+        group = _new_cgroup(memory[0], settings)
+        if group:
+            made.append(group)
+    return made
+
+
+def _memory_exhausted(cgroups: list[str]) -> bool:
+    """Whether a run's memory cgroup hit its limit (the kernel then refuses or kills)."""
+    for path in cgroups:
+        for name in ("memory.failcnt", "memory.events"):
+            try:
+                text = Path(path, name).read_text()
+            except OSError:
+                continue
+            if name == "memory.failcnt" and int(text.strip() or 0) > 0:
+                return True
+            events = dict(line.split() for line in text.splitlines() if len(line.split()) == 2)
+            if int(events.get("oom_kill", 0)) > 0 or int(events.get("max", 0)) > 0:
+                return True
+    return False
 
 
 def _empty_cgroup(path: str, patience_s: float = 5.0) -> None:
@@ -342,16 +304,16 @@ class _Limits:
     memory_bytes: int
     cpu_s: int
     nproc: int | None  # RLIMIT_NPROC value, or None to leave it
-    cgroup_procs: str | None  # cgroup.procs file to join, or None
+    cgroup_procs: tuple[str, ...]  # cgroup.procs files to join
 
 
 def _apply_limits(limits: _Limits) -> None:
-    """Runs in the child between fork and exec: join the cgroup and set the resource limits.
+    """Runs in the child between fork and exec: join the cgroups and set the resource limits.
 
     Only plain system calls here: nothing that imports or takes locks another thread may hold.
     """
-    if limits.cgroup_procs is not None:
-        fd = os.open(limits.cgroup_procs, os.O_WRONLY)
+    for procs in limits.cgroup_procs:
+        fd = os.open(procs, os.O_WRONLY)
         try:
             os.write(fd, str(os.getpid()).encode())
         finally:
@@ -376,21 +338,96 @@ def _child_env(workdir: str) -> dict[str, str]:
     }
 
 
-def _start(workdir: str, limits: _Limits, guard: bool) -> subprocess.Popen:
-    """Start the interpreter in its own session, with the limits applied before exec.
+def unsafe_allowed() -> bool:
+    """Whether the user opted out of the kernel jail (``--unsafe-exec``, or FEWSTEP_UNSAFE_EXEC=1)."""
+    return os.environ.get(UNSAFE_ENV) == "1"
 
-    With ``guard`` it runs the prelude, which then executes the program; without, the program file directly.
+
+def jail_mode() -> str:
+    """``kernel`` where a bwrap jail can be made; ``unsafe`` where it cannot and the user opted out.
+
+    Otherwise raises :class:`~fewstep.errors.SandboxUnavailableError` naming what is missing."""
+    reason = kernel.unavailable()
+    if reason is None:
+        return "kernel"
+    if unsafe_allowed():
+        return "unsafe"
+    raise SandboxUnavailableError(f"cannot run model-written code safely: {reason}; pass --unsafe-exec to run it "
+                                  "with process limits only (it can then read and change your files)")
+
+
+@dataclass
+class _Channels:
+    """The files a run is given: the program, the tests and nonce (read once, then closed), the verdict."""
+
+    program: int  # read end: the program text (kernel mode: copied into the jail by bwrap)
+    payload: int | None  # read end: "NONCE\nTESTS"; None for a plain program
+    verdict_read: int | None
+    verdict_write: int | None
+
+    def passed_down(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.program, self.payload, self.verdict_write) if fd is not None)
+
+    def close(self) -> None:
+        for fd in (self.program, self.payload, self.verdict_read, self.verdict_write):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def _file_fd(data: bytes) -> int:
+    """A read-only descriptor of an unlinked temporary file holding ``data`` (pipes could fill up)."""
+    fd, path = tempfile.mkstemp(prefix="fewstep-sandbox-")
+    try:
+        os.unlink(path)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _channels(code: str, tests: str | None, nonce: str) -> _Channels:
+    program = _file_fd(code.encode("utf-8"))
+    if tests is None:
+        return _Channels(program, None, None, None)
+    payload = _file_fd(f"{nonce}\n{tests}".encode())
+    verdict_read, verdict_write = os.pipe()
+    os.set_blocking(verdict_read, False)
+    return _Channels(program, payload, verdict_read, verdict_write)
+
+
+def _start(workdir: str | None, limits: _Limits, guard: bool, channels: _Channels) -> subprocess.Popen:
+    """Start the interpreter in its own session, with the limits applied before exec: in the kernel
+    jail when ``workdir`` is None, else in ``workdir`` (``--unsafe-exec``).
+
+    With ``guard`` it runs :mod:`fewstep.sandbox.child`, which then executes the program (and the
+    tests); without, the program file directly.
     """
-    entry = ["-c", _PRELUDE] if guard else [PROGRAM_FILE]
-    command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
+    fds = [str(fd) for fd in (channels.payload, channels.verdict_write) if fd is not None]
+    entry = ["-c", _child_source(), *fds] if guard else [PROGRAM_FILE]
+    if workdir is None:
+        env = _child_env(kernel.SANDBOX_DIR)
+        command = kernel.command([*_PYTHON_FLAGS, *entry], channels.program, kernel.DISK_BYTES, env)
+        cwd = None
+    else:
+        with open(os.path.join(workdir, PROGRAM_FILE), "wb") as f:
+            f.write(os.read(channels.program, 1 << 30))
+        env = _child_env(workdir)
+        command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
+        cwd = workdir
     return subprocess.Popen(
         command,
-        cwd=workdir,
-        env=_child_env(workdir),
+        cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         close_fds=True,
+        pass_fds=channels.passed_down(),
         start_new_session=True,
         preexec_fn=functools.partial(_apply_limits, limits),
     )
@@ -552,41 +589,81 @@ def run_program(
     max_output_bytes: int = 1_000_000,
     *,
     guard: bool = True,
+    tests: str | None = None,
 ) -> SandboxResult:
-    """Run Python program text in a fresh, limited child process and report how it ended.
+    """Run Python program text in a fresh jail and report how it ended.
 
     ``passed`` is true when the program exited with status 0 before ``timeout_s`` (wall clock) and
-    within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of address
-    space, and ``max_output_bytes`` of output (stdout and stderr together; more kills the run).
-    ``guard=False`` leaves out the in-process prelude, so that the kernel-level limits can be tested alone.
+    within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of memory,
+    and ``max_output_bytes`` of output (stdout and stderr together; more kills the run). With ``tests``,
+    the test code runs after the program in the same namespace, and the run passes only if the
+    verdict channel then carries the run's nonce (see :func:`run_tests`). ``guard=False`` leaves out
+    the in-process guard (and cannot take tests), so that the kernel-level limits can be tested alone.
     """
+    if tests is not None and not guard:
+        raise ValueError("tests need the guard (the child program delivers the verdict)")
+    mode = jail_mode()
     started = time.monotonic()
-    cpu_limit = cpu_s if cpu_s is not None else int(timeout_s) + 2
-    workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-")
-    cgroup = _make_cgroup(MAX_PROCESSES)
+    cpu_limit = max(1, cpu_s if cpu_s is not None else int(timeout_s) + 2)
+    memory_bytes = memory_mb * 1024 * 1024
+    nonce = secrets.token_hex(16)
+    workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-") if mode == "unsafe" else None
+    cgroups = _make_cgroups(MAX_PROCESSES, memory_bytes + kernel.DISK_BYTES)
+    channels = _channels(code, tests, nonce)
     try:
-        Path(workdir, PROGRAM_FILE).write_text(code, encoding="utf-8")
         limits = _Limits(
-            memory_bytes=memory_mb * 1024 * 1024,
-            cpu_s=max(1, cpu_limit),
-            nproc=None if os.geteuid() == 0 and cgroup else _user_task_count(os.getuid()) + MAX_PROCESSES,
-            cgroup_procs=os.path.join(cgroup, "cgroup.procs") if cgroup else None,
+            memory_bytes=memory_bytes,
+            cpu_s=cpu_limit,
+            nproc=None if os.geteuid() == 0 and cgroups else _user_task_count(os.getuid()) + MAX_PROCESSES,
+            cgroup_procs=tuple(os.path.join(c, "cgroup.procs") for c in cgroups),
         )
         try:
-            proc = _start(workdir, limits, guard)
+            proc = _start(workdir, limits, guard, channels)
         except (OSError, subprocess.SubprocessError) as e:
             return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}", time.monotonic() - started)
-        return _supervise(proc, cgroup, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started)
+        for fd in (channels.program, channels.payload, channels.verdict_write):
+            if fd is not None:
+                os.close(fd)
+        channels.program, channels.payload, channels.verdict_write = -1, None, None
+        result = _supervise(proc, cgroups, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started,
+                            signal_exits=mode == "kernel")
+        if tests is None or not result.passed:
+            return result
+        if _read_verdict(channels.verdict_read) != nonce:
+            return dataclasses.replace(result, passed=False, status="failed",
+                                       stderr=result.stderr + "\ntests did not run to the end")
+        return result
     finally:
-        if cgroup:
+        channels.close()
+        for cgroup in cgroups:
             _empty_cgroup(cgroup)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _read_verdict(fd: int | None) -> str:
+    """What the run wrote on its verdict pipe (everything it wrote: a nonce plus anything else is not the nonce)."""
+    if fd is None:
+        return ""
+    data = b""
+    while len(data) < 4096:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("ascii", errors="replace")
 
 
 def _supervise(
-    proc: subprocess.Popen, cgroup: str | None, deadline: float, cpu_s: int, max_output_bytes: int, started: float
+    proc: subprocess.Popen, cgroups: list[str], deadline: float, cpu_s: int, max_output_bytes: int, started: float,
+    signal_exits: bool = False,
 ) -> SandboxResult:
-    """Watch a started child to the end, kill everything it left behind, and build the result."""
+    """Watch a started child to the end, kill everything it left behind, and build the result.
+
+    ``signal_exits``: the child is bwrap, which reports a program killed by signal N as exit status 128 + N."""
     assert proc.stdout is not None and proc.stderr is not None
     out, err = _Tail(max_output_bytes), _Tail(max_output_bytes)
     tails = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
@@ -594,14 +671,19 @@ def _supervise(
         timed_out, over_output = _watch(proc, tails, deadline, max_output_bytes)
     finally:
         _kill_group(proc.pid)
-        if cgroup:
+        out_of_memory = _memory_exhausted(cgroups)
+        for cgroup in cgroups:
             _empty_cgroup(cgroup)
         _drain(tails, _KILL_GRACE_S)
         returncode, cpu_used = _reap(proc)
         proc.stdout.close()
         proc.stderr.close()
+    if signal_exits and 128 < returncode < 128 + signal.NSIG:
+        returncode = -(returncode - 128)
     stderr = err.text()
     status = _status(returncode, timed_out, over_output, cpu_used >= cpu_s - 0.01, stderr)
+    if status in ("failed", "killed") and out_of_memory:
+        status = "memory"
     return SandboxResult(
         passed=status == "passed",
         status=status,
@@ -614,15 +696,11 @@ def _supervise(
 
 
 def run_tests(program: str, test_code: str, timeout_s: float = 10, memory_mb: int = 1024) -> SandboxResult:
-    """Run a program followed by its test code; passes only if every line of the tests ran and exited 0.
+    """Run a program, then its test code in the same namespace, in one fresh jail of its own.
 
-    A random marker printed after the tests guards against programs that exit early with status 0.
+    The verdict does not come from anything the program can print or read: the test code and a fresh
+    random nonce reach the child on a descriptor that it reads and closes before the program runs
+    (they are in no file of the jail); after the last line of the tests the child writes the nonce on
+    a pipe, and the run passes only if it exited with status 0 and that pipe holds exactly the nonce.
     """
-    marker = f"fewstep-tests-finished-{secrets.token_hex(8)}"
-    source = f"{program}\n\n{test_code}\n\n__import__('os').write(1, b'\\n{marker}\\n')\n"
-    result = run_program(source, timeout_s=timeout_s, memory_mb=memory_mb)
-    if result.passed and marker not in result.stdout:
-        return dataclasses.replace(
-            result, passed=False, status="failed", stderr=result.stderr + "\ntests did not run to the end"
-        )
-    return result
+    return run_program(program, timeout_s=timeout_s, memory_mb=memory_mb, tests=test_code)

@@ -1,0 +1,470 @@
+"""Result files of ``fewstep eval`` and ``fewstep bench``: reading, atomic writing, merging, summaries.
+
+An eval directory holds ``run.json`` (the run's identity, written before the first row),
+``samples.jsonl`` (one row per problem, keyed by its ``id``), ``summary.json`` (rewritten after
+each batch) and, with several ranks, ``samples.rank{r}.jsonl`` until rank 0 merges them. Nothing
+here decodes; :mod:`fewstep.evaluation.runner` and :mod:`fewstep.evaluation.distributed`
+orchestrate, and both import this module.
+
+Guarantees (tested by killing runs at random moments): a directory has one writer at a time
+(:func:`lock_dir`); every file is replaced by a rename of a complete temporary file in the same
+directory (:func:`write_json`, :func:`write_jsonl`, :func:`replace_dir`); only the last line of an
+appended file can be cut by an interruption, and it is dropped on resume; a directory holding
+another run's results is refused (:func:`check_identity`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fewstep.errors import ResultsError
+
+SAMPLES = "samples.jsonl"
+SUMMARY = "summary.json"
+IDENTITY = "run.json"
+HOLDER = ".fewstep-lock"  # who holds the directory's lock (informational; the lock is on the directory)
+# Identity fields added after the first release: directories written before them resume without them.
+LATER_FIELDS = ("data_sha256", "model_sha256")
+
+
+def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
+    """Sum of ``key`` over the samples of each rank (rows without a rank count as rank 0)."""
+    sums: dict[int, float] = {}
+    for s in samples:
+        rank = int(s.get("rank", 0))
+        sums[rank] = sums.get(rank, 0.0) + s[key]
+    return sums
+
+
+def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy (with a Wilson interval), NFE and cost over ``samples``.
+
+    ``wall_s`` / ``model_s``: ranks decode at the same time, so these are the largest per-rank sum
+    of batch times (the plain sum for a one-process run); ``wall_s_per_rank`` lists every rank's
+    when there is more than one.
+    """
+    from fewstep.evaluation.stats import wilson
+
+    n = len(samples)
+    correct = sum(bool(s["correct"]) for s in samples)
+    nfe = sum(s["nfe"] for s in samples)
+    lo, hi = wilson(correct, n)
+    walls = _per_rank(samples, "wall_s")
+    summary = {
+        **header,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "accuracy_ci95": [lo, hi],
+        "nfe_mean": nfe / n if n else 0.0,
+        "tokens_per_forward": sum(s["answer_tokens"] for s in samples) / nfe if nfe else 0.0,
+        "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
+        "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
+        **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
+           for k in ("injected", "confirmed", "revoked")},
+        "wall_s": max(walls.values(), default=0.0),
+        "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
+    }
+    if len(walls) > 1:
+        summary["wall_s_per_rank"] = [walls[r] for r in sorted(walls)]
+    return summary
+
+
+def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0) -> list[dict[str, Any]]:
+    """One samples.jsonl row per problem: output, score, cost (batch time split evenly)."""
+    rows = []
+    for e, r in zip(batch, results):
+        sc = task.score(e, r.text)
+        rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
+                     "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
+                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
+                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
+                     "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from fewstep import __version__
+
+    return {
+        "fewstep": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not UTF-8 text: not a fewstep result file") from None
+    except OSError as e:
+        raise ResultsError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
+    """The rows of a JSONL result file, first copy of each ``key`` only (``key=None``: every row).
+
+    A last line cut off by an interruption is dropped (that problem is decoded again); any other
+    line that is not a JSON object with ``key`` is an error naming the line.
+    """
+    if not path.exists():
+        return []
+    lines = _read_text(path).splitlines()
+    rows: dict[Any, dict[str, Any]] = {}
+    unkeyed: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ResultsError(f"{path}:{n}: not a JSON line; the file is corrupt (use another --out)") from None
+        if not isinstance(row, dict) or (key is not None and key not in row):
+            raise ResultsError(f"{path}:{n}: not a result row (a JSON object with {key!r})")
+        if key is None:
+            unkeyed.append(row)
+        else:
+            rows.setdefault(json.dumps(row[key]), row)
+    return unkeyed if key is None else list(rows.values())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object written by fewstep, or an error naming the file."""
+    try:
+        obj = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is corrupt ({e.msg} at line {e.lineno}); use another --out") from None
+    if not isinstance(obj, dict):
+        raise ResultsError(f"{path} is corrupt (not a JSON object); use another --out")
+    return obj
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically: a complete temporary file in the same directory, synced, renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as strict JSON (a NaN or infinity is an error, never written)."""
+    try:
+        text = json.dumps(obj, indent=2, allow_nan=False, default=str)
+    except ValueError:
+        raise ResultsError(f"refusing to write {path}: a value is NaN or infinite") from None
+    write_bytes(path, (text + "\n").encode())
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` with ``rows``, one JSON object per line, in one atomic rename."""
+    write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
+
+
+def append_rows(f: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to an open JSONL file in one write, then flush (a kill can cut only the last line)."""
+    f.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    f.flush()
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the complete directory ``tmp`` at ``dest`` (same filesystem), replacing what was there.
+
+    With the Linux ``renameat2(RENAME_EXCHANGE)`` call the swap is atomic: at every moment ``dest``
+    is either the old directory or the new one. Elsewhere the old one is moved aside first.
+    """
+    if dest.exists() and _exchange(tmp, dest):
+        shutil.rmtree(tmp)  # now the old directory
+        return
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, dest)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where that is not available."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path, name: str = "*") -> None:
+    """Remove the temporary files and directories (``.NAME.PID[.N].tmp``) that killed processes left."""
+    for stale in directory.glob(f".{name}.*.tmp"):
+        parts = stale.name[:-len(".tmp")].split(".")
+        pids = [p for p in parts if p.isdigit()]
+        if not pids or _alive(int(pids[0])):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def temp_dir_for(dest: Path) -> Path:
+    """A fresh empty directory beside ``dest`` (same filesystem), to be moved there by :func:`replace_dir`.
+
+    Temporary directories that killed processes left beside ``dest`` are removed first."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest.parent, dest.name)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.mkdir()
+    return tmp
+
+
+# ---------------------------------------------------------------------------------------------------
+# One writer per directory.
+# ---------------------------------------------------------------------------------------------------
+
+
+def prepare_out(out: Path) -> None:
+    """Create the output directory, or say in one line why it cannot be one."""
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ResultsError(f"cannot create --out {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ResultsError(f"--out {out} is not writable")
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking flock on ``fd``; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def lock_dir(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the directory ``out`` (created if needed) for the block.
+
+    The lock is an ``flock`` on the directory itself, so it leaves no file behind and dies with its
+    holder (even on SIGKILL). A second writer fails at once with one line naming the holder, which
+    the holder records in ``.fewstep-lock`` while it runs.
+    """
+    prepare_out(out)
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    holder = out / HOLDER
+    try:
+        if not try_lock(fd):
+            who = holder.read_text(errors="replace").strip() if holder.is_file() else "unknown process"
+            raise ResultsError(f"{out} is in use by another fewstep run ({who}); wait for it or use another --out")
+        command = " ".join(["fewstep", *sys.argv[1:]]) if sys.argv else "fewstep"
+        write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}".encode())
+        remove_stale_temps(out)
+        try:
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run's identity.
+# ---------------------------------------------------------------------------------------------------
+
+
+def same_config(old: dict[str, Any] | None, new: dict[str, Any] | None) -> bool:
+    """Whether a recorded decode configuration decodes like ``new`` (a current
+    ``DecodeConfig.to_dict()``): only the loop's settings and the active strategy's parameters are
+    compared, and a setting the record lacks counts as its default
+    (:func:`fewstep.config.same_settings`), so adding a setting never invalidates a directory."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return old == new
+    from fewstep.config import DecodeConfig, same_settings
+    from fewstep.errors import ConfigError
+
+    try:
+        return same_settings(old, DecodeConfig.from_dict(new))
+    except ConfigError:
+        return old == new
+
+
+def same_run(old_header: dict[str, Any], new_header: dict[str, Any]) -> bool:
+    """Whether results written under ``old_header`` belong to the run ``new_header`` describes.
+
+    Compared: every field of the new header; ``config`` / ``configs`` through :func:`same_config`;
+    the checksums (``LATER_FIELDS``) only where the old header has them, so that directories
+    written before they existed still resume.
+    """
+    for key, new in new_header.items():
+        if key in LATER_FIELDS and key not in old_header:
+            continue
+        old = old_header.get(key)
+        if key == "config":
+            if not same_config(old, new):
+                return False
+        elif key == "configs":
+            if not isinstance(old, list) or len(old) != len(new) or not all(map(same_config, old, new)):
+                return False
+        elif old != new:
+            return False
+    return True
+
+
+def differences(old_header: dict[str, Any], new_header: dict[str, Any]) -> list[str]:
+    """The fields that make :func:`same_run` false, for the error message."""
+    return [k for k in new_header if not same_run({**new_header, k: old_header.get(k)}, new_header)
+            and not (k in LATER_FIELDS and k not in old_header)]
+
+
+def check_identity(out: Path, header: dict[str, Any], identity: str = IDENTITY,
+                   result_files: Iterable[Path] = ()) -> None:
+    """Refuse a directory that holds another run's results; else record ``header`` before any row.
+
+    The previous identity is ``identity`` if present, else the header of ``summary.json`` (eval
+    directories written before ``run.json`` existed). Result files without any identity are
+    refused too: nothing says which run wrote them.
+    """
+    path = out / identity
+    old = read_json(path) if path.exists() else read_json(out / SUMMARY) if (out / SUMMARY).exists() else None
+    if old is None and any(p.exists() for p in result_files):
+        raise ResultsError(f"{out} holds results without a record of the run that wrote them; "
+                           "use another --out or --overwrite")
+    if old is not None and not same_run(old, header):
+        raise ResultsError(f"{out} holds results of a different run ({', '.join(differences(old, header))} "
+                           "differ); use another --out or --overwrite")
+    write_json(path, header)
+
+
+def sha256_rows(rows: Iterable[Any]) -> str:
+    """A checksum of JSON-serialisable rows (the task's problems), independent of where they came from."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+_WHOLE_FILE_BYTES = 64 * 1024 * 1024
+_ENDS_BYTES = 1024 * 1024
+
+
+def sha256_dir(path: Path) -> str:
+    """A checksum of a model directory: every file's name and size, and its content (files over 64 MiB:
+    their first and last MiB, so an 8B checkpoint is not read in full at every start)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path)}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if size <= _WHOLE_FILE_BYTES:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(_ENDS_BYTES))
+                fh.seek(size - _ENDS_BYTES)
+                h.update(fh.read(_ENDS_BYTES))
+    return h.hexdigest()
+
+
+def model_checksum(name: str) -> str | None:
+    """The checksum of the model directory ``name`` resolves to; None for the built-in ``gold``."""
+    if name == "gold":
+        return None
+    from fewstep.models.loading import resolve
+
+    return sha256_dir(resolve(name))
+
+
+def remove_results(out: Path, names: Iterable[str]) -> None:
+    """``--overwrite``: remove the named result files and directories of ``out`` (nothing else)."""
+    for name in names:
+        for p in out.glob(name):
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    """The file a rank appends to: samples.jsonl alone, samples.rank{r}.jsonl with several ranks."""
+    return out / SAMPLES if world == 1 else out / f"samples.rank{rank}.jsonl"
+
+
+def shard_files(out: Path) -> list[Path]:
+    """The per-rank sample files in ``out``, by rank."""
+    files = [p for p in out.glob("samples.rank*.jsonl") if p.stem.removeprefix("samples.rank").isdigit()]
+    return sorted(files, key=lambda p: int(p.stem.removeprefix("samples.rank")))
+
+
+def collect(out: Path) -> list[dict[str, Any]]:
+    """Every sample written in ``out`` so far (samples.jsonl, then the rank files), one per problem."""
+    rows: dict[str, dict[str, Any]] = {}
+    for path in [out / SAMPLES, *shard_files(out)]:
+        for row in read_samples(path):
+            rows.setdefault(row["id"], row)
+    return list(rows.values())
+
+
+def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
+    """Fold the rank files into samples.jsonl, in problem order, and remove them.
+
+    ``order`` maps this run's problem ids to their positions; rows of other problems (decoded by an
+    earlier run with a larger ``--limit``) are dropped, so samples.jsonl holds exactly this run's rows."""
+    rows = sorted((r for r in collect(out) if r["id"] in order), key=lambda r: order[r["id"]])
+    write_jsonl(out / SAMPLES, rows)
+    for path in shard_files(out):
+        path.unlink()
+    return rows
+
+
+def one_line(s: dict[str, Any]) -> str:
+    lo, hi = s["accuracy_ci95"]
+    return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
+            f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
+            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
+               if s.get("config", {}).get("drafter") else "")
+            + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")
