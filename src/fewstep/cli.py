@@ -28,6 +28,13 @@ def _flag(text: str) -> bool:
     return text.lower() in ("1", "true", "yes", "on")
 
 
+def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of a config dataclass (``--field-name``), its default the field's."""
+    for f in fields(cls):
+        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,16 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
-    from fewstep.training.config import TrainConfig
+    from fewstep.training.config import DistillConfig, TrainConfig
 
-    for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
-        t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
+    _add_fields(t, TrainConfig)
     t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
     t.add_argument("--export", default=None, help="also save the trained model to this directory")
     t.add_argument("--stop-at", type=int, default=None,
                    help="end at this step, keeping the schedule of --steps (a later run without it continues)")
     t.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("distill", help="distil a diffusion model into a few-step student (DSCD; resumable)",
+                       description="CD4LM discrete-space consistency distillation. Defaults are the paper's; "
+                                   "runs unchanged under torchrun / accelerate launch (data parallel).")
+    _add_fields(d, DistillConfig)
+    d.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl, loss.png, best/, last/)")
+    d.add_argument("--export", default=None, help="also copy the resulting student to this directory")
+    d.add_argument("--stop-at", type=int, default=None,
+                   help="end at this step, keeping the schedules of --steps (a later run without it continues)")
+    d.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -163,10 +178,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from fewstep.evaluation.distributed import is_main_process
+    from fewstep.training.config import DistillConfig
+    from fewstep.training.distill import distill, export
+
+    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
+    result = distill(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
+    if is_main_process():
+        if args.export:
+            export(result, args.export)
+        exported = f" (exported to {args.export})" if args.export else ""
+        print(f"distilled {cfg.teacher} ({cfg.objective}): {result}{exported}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train}[args.command](args)
+        return {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train,
+                "distill": _distill}[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
         return 2
