@@ -35,6 +35,15 @@ def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
 
 
+def _add_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The options of a resumable training run: its directory, the export, an early stop, no progress bar."""
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--export", default=None, help="also save the trained model to this directory")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="end at this step, keeping the schedules of --steps (a later run without it continues)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewstep", description="Decode masked diffusion LMs in fewer steps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,21 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     from fewstep.training.config import DistillConfig, TrainConfig
 
     _add_fields(t, TrainConfig)
-    t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
-    t.add_argument("--export", default=None, help="also save the trained model to this directory")
-    t.add_argument("--stop-at", type=int, default=None,
-                   help="end at this step, keeping the schedule of --steps (a later run without it continues)")
-    t.add_argument("--no-progress", action="store_true")
+    _add_run_args(t, "run directory (checkpoints, log, snapshots, final/)")
 
     d = sub.add_parser("distill", help="distil a diffusion model into a few-step student (DSCD; resumable)",
                        description="CD4LM discrete-space consistency distillation. Defaults are the paper's; "
                                    "runs unchanged under torchrun / accelerate launch (data parallel).")
     _add_fields(d, DistillConfig)
-    d.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl, loss.png, best/, last/)")
-    d.add_argument("--export", default=None, help="also copy the resulting student to this directory")
-    d.add_argument("--stop-at", type=int, default=None,
-                   help="end at this step, keeping the schedules of --steps (a later run without it continues)")
-    d.add_argument("--no-progress", action="store_true")
+    _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
     return parser
 
 

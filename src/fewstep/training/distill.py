@@ -68,25 +68,15 @@ class Example:
 
 def load_jsonl(path: str) -> list[Example]:
     """Examples of a JSONL file with "question" and "answer" (or "solution") on every line."""
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"training data {path} does not exist")
+    from fewstep.tasks.jsonl import read_jsonl
+
     out = []
-    for i, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path} line {i} is not JSON: {e}") from None
-        question = row.get("question") if isinstance(row, dict) else None
-        answer = (row.get("answer") or row.get("solution")) if isinstance(row, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise TaskError(f"{path} line {i} has no question (a \"question\" field)")
+    for i, row in enumerate(read_jsonl(path, required=("question",)), 1):
+        question, answer = row["question"], row.get("answer") or row.get("solution")
         if not isinstance(answer, str) or not answer.strip():
-            raise TaskError(f"{path} line {i} has no answer: distillation needs a reference answer "
-                            f"(an \"answer\" or \"solution\" field) on every line")
-        out.append(Example(question, answer))
+            raise TaskError(f"{path} row {i} has no answer: distillation needs a reference answer "
+                            f"(an \"answer\" or \"solution\" field) on every row")
+        out.append(Example(str(question), answer))
     if not out:
         raise TaskError(f"{path} holds no examples")
     return out
