@@ -53,7 +53,7 @@ class DistillConfig:
 
     For the lab model tiny-dlm (3.3M parameters trained from scratch at lr 1.5e-3) the paper's lr
     5e-6 moves the weights by about nothing in a CPU budget of hundreds of steps (it is sized for a
-    fine-tune of an 8B model over a few thousand steps); the lab run uses lr 1e-4 and 50 warm-up
+    fine-tune of an 8B model over a few thousand steps); the lab run uses lr 2e-4 with 50 warm-up
     steps (README "tiny-dlm-cd").
     """
 
