@@ -52,9 +52,10 @@ class DistillConfig:
     decay, the schedule after warm-up, validation size and patience) the default is marked below.
 
     For the lab model tiny-dlm (3.3M parameters trained from scratch at lr 1.5e-3) the paper's lr
-    5e-6 moves the weights by about nothing in a CPU budget of hundreds of steps (it is sized for a
-    fine-tune of an 8B model over a few thousand steps); the lab run uses lr 2e-4 with 50 warm-up
-    steps (README "tiny-dlm-cd").
+    5e-6 cannot apply: Adam moves a weight by at most about lr per step, 0.003 over a CPU budget of
+    600 steps, a small fraction of the weights' scale (it is sized for a fine-tune of an 8B model
+    over thousands of steps); the lab run uses lr 2e-4 with 50 warm-up steps, and 200 warm-up steps
+    would be a third of its 600 (README "tiny-dlm-cd").
     """
 
     teacher: str = "tiny-dlm"  # bundled name or model directory (a masked diffusion model)
