@@ -451,6 +451,12 @@ def _trim_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _smooth(xs: list[float], window: int = 20) -> list[float]:
+    """Trailing mean over up to ``window`` values."""
+    sums = [0.0, *itertools.accumulate(xs)]
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(window, i + 1) for i in range(len(xs))]
+
+
 def plot_metrics(log: Path, out: Path) -> None:
     """loss.png: training loss (and its KL / CE parts) and validation loss against the step."""
     try:
@@ -464,9 +470,10 @@ def plot_metrics(log: Path, out: Path) -> None:
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in train]
     for key, style in (("loss", "-"), ("kl", ":"), ("ce", "--")):
         if train and any(r[key] for r in train):
-            ax.plot([r["step"] for r in train], [r[key] for r in train], style, lw=1, label=f"train {key}")
+            ax.plot(steps, _smooth([r[key] for r in train]), style, lw=1, label=f"train {key} (mean of 20)")
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
     ax.set_xlabel("optimiser step")
