@@ -52,8 +52,8 @@ from fewstep.training.config import DistillConfig
 from fewstep.training.loop import warmup_cosine
 
 CONFIG_FILE = "distill_config.json"
-# Fields that may change between a run and its resumption (where it runs, not what it computes).
-RESUMABLE_CHANGES = ("device", "threads", "log_every")
+# Fields that may change between a run and its resumption (where it runs and how it exports, not what it computes).
+RESUMABLE_CHANGES = ("device", "threads", "log_every", "save_dtype")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
 
 
