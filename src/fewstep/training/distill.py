@@ -181,6 +181,8 @@ def save_model(module: torch.nn.Module, teacher_dir: Path, out: Path, dtype: tor
         from safetensors.torch import save_file
 
         save_file(state, tmp / "model.safetensors")
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # readable like the teacher's files, whatever mode the writer chose
     old = out.with_name(out.name + ".old")
     if out.exists():
         out.rename(old)
