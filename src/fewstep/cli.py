@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from fewstep.errors import FewstepError
 
@@ -30,8 +31,9 @@ def _flag(text: str) -> bool:
 
 def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
     """One option per field of a config dataclass (``--field-name``), its default the field's."""
+    kinds: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "bool": _flag}
     for f in fields(cls):
-        kind = {"int": int, "float": float, "str": str, "bool": _flag}[str(f.type)]
+        kind = kinds[str(f.type)]
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
 
 
