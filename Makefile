@@ -46,6 +46,7 @@ lint: setup
 lab-models: setup
 	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --stop-at 2500 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
 	$(FEWSTEP) train --kind ar --steps 1000 --batch-size 64 --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden 320 --lr 0.002 --snapshot-every 100 --stop-at 900 --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
+	$(FEWSTEP) distill --teacher tiny-dlm --steps 600 --batch-size 64 --lr 2e-4 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --threads 1 --out runs/tiny-dlm-cd --export src/fewstep/assets/tiny-dlm-cd
 
 # Refresh the lock: upgrade every dependency to the newest version pyproject's ranges allow (torch
 # stays at TORCH), run the test suite, and only then write constraints.txt (pip freeze, less torch

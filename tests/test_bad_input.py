@@ -107,7 +107,7 @@ CASES = [
     ("bench-no-strategies", with_(BENCH, "--strategies", " ; ", drop=("--strategies",)), "at least one"),
     ("bench-strategy-unknown", with_(BENCH, "--strategies", "llada;warp", drop=("--strategies",)), "unknown"),
     ("bench-spec-nan", with_(BENCH, "--strategies", "threshold:threshold=nan", drop=("--strategies",)), "finite"),
-    ("bench-spec-unknown-key", with_(BENCH, "--strategies", "llada:colour=1", drop=("--strategies",)), "has no setting"),
+    ("bench-spec-unknown-key", with_(BENCH, "--strategies", "llada:colour=1", drop=("--strategies",)), "no setting"),
     ("bench-out-is-a-file", with_(BENCH, "--out", "{tmp}/afile", drop=("--out",)), "not a directory"),
     ("bench-data-empty", [*BENCH, "--data", "{tmp}/empty.jsonl"], "no problems"),
     ("bench-task-unknown", with_(BENCH, "--task", "chess", drop=("--task",)), "chess"),

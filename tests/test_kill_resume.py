@@ -305,8 +305,8 @@ def test_train_killed_at_random_moments(trained, tmp_path):
 
 @pytest.mark.parametrize("module,attr,nth", [
     ("torch", "save", 2),                          # the second checkpoint, half written
-    ("fewstep.models.lab", "save_dlm", 1),         # the step-3 snapshot, half written
-    ("fewstep.models.lab", "save_dlm", 3),         # the final model, half written
+    ("fewstep.training.lab", "save_dlm", 1),         # the step-3 snapshot, half written
+    ("fewstep.training.lab", "save_dlm", 3),         # the final model, half written
 ])
 def test_train_killed_while_saving(trained, tmp_path, module, attr, nth):
     ref, _ = trained

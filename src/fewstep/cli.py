@@ -134,6 +134,22 @@ def _allow_unsafe_exec(args: argparse.Namespace) -> None:
         os.environ[UNSAFE_ENV] = "1"
 
 
+def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
+    """One option per field of a config dataclass (``--field-name``), its default the field's."""
+    for f in fields(cls):
+        kind = _TRAIN_TYPES[str(f.type)]
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
+
+
+def _add_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    """The options of a resumable training run: its directory, the export, an early stop, no progress bar."""
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--export", default=None, help="also save the trained model to this directory")
+    p.add_argument("--stop-at", type=_count, default=None,
+                   help="end at this step, keeping the schedules of --steps (a later run without it continues)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def _parser() -> argparse.ArgumentParser:
     from fewstep import __version__
 
@@ -186,16 +202,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true")
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
-    from fewstep.training.config import TrainConfig
+    from fewstep.training.config import DistillConfig, TrainConfig
 
-    for f in fields(TrainConfig):
-        kind = _TRAIN_TYPES[str(f.type)]
-        t.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
-    t.add_argument("--out", required=True, help="run directory (checkpoints, log, snapshots, final/)")
-    t.add_argument("--export", default=None, help="also save the trained model to this directory")
-    t.add_argument("--stop-at", type=_count, default=None,
-                   help="end at this step, keeping the schedule of --steps (a later run without it continues)")
-    t.add_argument("--no-progress", action="store_true")
+    _add_fields(t, TrainConfig)
+    _add_run_args(t, "run directory (checkpoints, log, snapshots, final/)")
+
+    d = sub.add_parser("distill", help="distil a diffusion model into a few-step student (DSCD; resumable)",
+                       description="CD4LM discrete-space consistency distillation. Defaults are the paper's; "
+                                   "runs unchanged under torchrun / accelerate launch (data parallel).")
+    _add_fields(d, DistillConfig)
+    _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
 
     ls = sub.add_parser("list", help="list the tasks, bundled models or decoding strategies (with their parameters)")
     ls.add_argument("what", choices=("tasks", "models", "strategies"))
@@ -341,6 +357,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    from fewstep.evaluation.distributed import is_main_process
+    from fewstep.training.config import DistillConfig
+    from fewstep.training.distill import distill, export
+
+    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
+    result = distill(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
+    if is_main_process():
+        if args.export:
+            export(result, args.export)
+        exported = f" (exported to {args.export})" if args.export else ""
+        print(f"distilled {cfg.teacher} ({cfg.objective}): {result}{exported}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lm-eval"]:
@@ -352,7 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
         _allow_unsafe_exec(args)
-        commands = {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train, "list": _list}
+        commands = {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train, "list": _list,
+                    "distill": _distill}
         return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)

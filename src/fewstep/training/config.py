@@ -57,3 +57,88 @@ class TrainConfig:
             raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """``fewstep distill``: DSCD (CD4LM, arXiv 2601.02236; design.md section 1), every knob an option.
+
+    Defaults are the paper's where it gives one (T 2, both clips 5, lambda 0.9 held for 10% of the
+    steps then cosine to 0.5, the mask ratios, AdamW, lr 5e-6, 200 warm-up steps, grad clip 1.0,
+    full fine-tuning, early stop on validation loss). Where it gives none (batch, steps, weight
+    decay, the schedule after warm-up, validation size and patience) the default is marked below.
+
+    For the lab model tiny-dlm (3.3M parameters trained from scratch at lr 1.5e-3) the paper's lr
+    5e-6 cannot apply: Adam moves a weight by at most about lr per step, 0.003 over a CPU budget of
+    600 steps, a small fraction of the weights' scale (it is sized for a fine-tune of an 8B model
+    over thousands of steps); the lab run uses lr 2e-4 with 50 warm-up steps, and 200 warm-up steps
+    would be a third of its 600 (README "tiny-dlm-cd").
+    """
+
+    teacher: str = "tiny-dlm"  # bundled name or model directory (a masked diffusion model)
+    objective: str = "dscd"  # "dscd", or "mdlm": the plain masked-diffusion loss (the ablation)
+    task: str = "arith"  # training data: the arith training split, unless `data` names a JSONL file
+    data: str = ""  # JSONL with "question" and "answer" (or "solution") fields
+    gen_length: int = 0  # answer region: answer + EOS up to this length; 0: the teacher's decode default
+    steps: int = 1000  # not given by the paper
+    batch_size: int = 64  # examples per optimiser step over all processes (not given by the paper)
+    grad_accum: int = 1  # micro-batches per optimiser step (per process)
+    lr: float = 5e-6
+    warmup: int = 200
+    min_lr_ratio: float = 1.0  # cosine decay after warm-up down to lr * this (1.0: constant; not given)
+    weight_decay: float = 0.0  # not given by the paper
+    grad_clip: float = 1.0
+    temperature: float = 2.0
+    kl_clip: float = 5.0
+    ce_clip: float = 5.0
+    lambda_start: float = 0.9
+    lambda_end: float = 0.5
+    lambda_hold: float = 0.1  # fraction of the steps at lambda_start before the cosine
+    rs_min: float = 0.4  # student mask ratio r_s ~ U(rs_min, rs_max)
+    rs_max: float = 0.9
+    rt_scale_min: float = 0.3  # teacher ratio r_t = clip(r_s * U(rt_scale_min, rt_scale_max), rt_min, rt_max)
+    rt_scale_max: float = 0.7
+    rt_min: float = 0.1
+    rt_max: float = 0.6
+    visible_target: str = "clean"  # teacher target where the teacher sees the token: "clean" (one-hot) or "logits"
+    lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank through peft
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: str = "q_proj,k_proj,v_proj,attn_out"  # comma-separated module names
+    val_size: int = 256  # held-out examples (not given by the paper)
+    val_every: int = 50
+    patience: int = 5  # validations without improvement before stopping; 0: never stop early
+    seed: int = 0
+    save_every: int = 25
+    log_every: int = 1
+    autocast_bf16: bool = True
+    device: str = "cpu"  # "cuda": one GPU per process (cuda:LOCAL_RANK under a launcher)
+    threads: int = 0  # 0: leave torch's default (one per process under a launcher on CPU)
+    save_dtype: str = "float32"  # dtype of the exported student weights
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("dscd", "mdlm"):
+            raise ConfigError(f"objective must be 'dscd' or 'mdlm', got {self.objective!r}")
+        if self.visible_target not in ("clean", "logits"):
+            raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
+        if self.save_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+        for name in ("steps", "batch_size", "grad_accum", "val_every", "save_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("gen_length", "warmup", "lora_r", "val_size", "patience", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr out of range (0, 1): {self.lr}")
+        if self.temperature <= 0 or self.kl_clip <= 0 or self.ce_clip <= 0 or self.grad_clip <= 0:
+            raise ConfigError("temperature, kl_clip, ce_clip and grad_clip must be positive")
+        for name in ("min_lr_ratio", "lambda_start", "lambda_end", "lambda_hold", "lora_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 < self.rs_min <= self.rs_max <= 1:
+            raise ConfigError(f"need 0 < rs_min <= rs_max <= 1, got {self.rs_min}, {self.rs_max}")
+        if not 0 <= self.rt_scale_min <= self.rt_scale_max <= 1 or not 0 <= self.rt_min <= self.rt_max <= 1:
+            raise ConfigError("need 0 <= rt_scale_min <= rt_scale_max <= 1 and 0 <= rt_min <= rt_max <= 1")
+        if self.batch_size < self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is smaller than grad_accum {self.grad_accum}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -15,6 +17,16 @@ class Batch:
     input_ids: torch.Tensor  # [B, T] prompt (left-padded) then answer
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
     answer_mask: torch.Tensor  # [B, T] True on the answer positions (the loss region)
+
+
+class QA(Protocol):
+    """A training example: the question and its full solution text (arith.Problem is one)."""
+
+    @property
+    def question(self) -> str: ...
+
+    @property
+    def solution(self) -> str: ...
 
 
 def prompt_ids(tokenizer, question: str) -> list[int]:
@@ -32,7 +44,7 @@ def problems_for_step(seed: int, step: int, n: int) -> list[arith.Problem]:
     return list(itertools.islice(arith.train_problems(seed * 1_000_003 + step), n))
 
 
-def encode(tokenizer, problems: list[arith.Problem], gen_length: int | None) -> Batch:
+def encode(tokenizer, problems: Sequence[QA], gen_length: int | None) -> Batch:
     """Prompt + answer per row. With ``gen_length`` the answer is padded with EOS to that length
     (the diffusion layout); without it, the answer is followed by one EOS (the causal layout)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
