@@ -62,3 +62,16 @@ def test_decodes_a_scripted_model_in_few_forwards():
     strict = final(model, [[3]], fewstep.DecodeConfig(strategy="eb", gen_length=16, block_length=16,
                                                        entropy_bound=0.0))[-1]
     assert strict.nfe.item() == 16  # a zero bound commits one position per step
+
+
+def test_confidence_order_bounds_by_the_largest_entropy_so_far():
+    ent = torch.tensor([[0.5, 0.01, 0.02, 0.3]], dtype=torch.float64)
+    conf = torch.tensor([[0.99, 0.9, 0.8, 0.7]], dtype=torch.float64)  # order: 0, 1, 2, 3
+    every = torch.ones_like(ent, dtype=torch.bool)
+    # first k by confidence: 0.5 | 0.5+0.01 | +0.02 | +0.3; minus the largest (0.5): 0, 0.01, 0.03, 0.33
+    assert eb.select(ent, every, 0.031, -conf).tolist() == [[True, True, True, False]]
+    assert eb.select(ent, every, 0.005, -conf).tolist() == [[True, False, False, False]]
+    cfg = fewstep.DecodeConfig(strategy="eb", order="confidence")
+    assert cfg.order == "confidence"
+    with pytest.raises(ConfigError, match="eb: order must be one of entropy, confidence"):
+        fewstep.DecodeConfig(strategy="eb", order="random")

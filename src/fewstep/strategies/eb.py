@@ -10,6 +10,10 @@ The sum minus the largest bounds the error of committing k tokens at once relati
 them one by one (the paper's argument: the joint error is at most the sum of the per-token
 entropies, and the last token's would be paid in any order). k = 1 always satisfies the bound, so
 every step commits at least one position and a block of L masks ends within L steps.
+
+``order`` is the paper's "error proxy" that ranks the positions before the bound is applied: their
+entropy (the default, as above) or the loop's confidence score (``remasking``: the candidate's
+probability by default), still bounded by the entropies' sum.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ SUMMARY = "entropy-bounded sampler: the lowest-entropy positions while sum(H) - 
 @dataclass(frozen=True)
 class Params:
     entropy_bound: float = param(0.1, "gamma: the entropy (nats) the committed set may hold beyond its largest", lo=0)
+    order: str = param("entropy", "what ranks the positions: their entropy, or the loop's confidence score",
+                       choices=("entropy", "confidence"))
 
     def __post_init__(self) -> None:
         validate("eb", self)
 
 
 def policy(params: Params, cfg) -> EntropyBounded:
-    return EntropyBounded(params.entropy_bound, cfg.block_length)
+    return EntropyBounded(params.entropy_bound, cfg.block_length, params.order)
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -40,22 +46,27 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-300).log()).sum(-1)
 
 
-def select(ent: torch.Tensor, eligible: torch.Tensor, bound: float) -> torch.Tensor:
-    """ent [B, L], eligible [B, L] bool -> commit mask [B, L]."""
+def select(ent: torch.Tensor, eligible: torch.Tensor, bound: float, rank: torch.Tensor | None = None) -> torch.Tensor:
+    """ent [B, L], eligible [B, L] bool -> commit mask [B, L]. Positions are taken in ascending
+    order of ``rank`` [B, L] (default: the entropy itself)."""
     ent = ent.masked_fill(~eligible, float("inf"))
-    sorted_ent, order = ent.sort(dim=1, stable=True)  # [B, L] ascending
+    key = ent if rank is None else rank.masked_fill(~eligible, float("inf"))
+    order = key.argsort(dim=1, stable=True)  # [B, L]
+    sorted_ent = ent.gather(1, order)
     finite = torch.isfinite(sorted_ent)
-    spent = sorted_ent.masked_fill(~finite, 0).cumsum(1) - sorted_ent.masked_fill(~finite, 0)  # [B, L]
-    ok = (spent <= bound) & finite  # sum of the first k minus the k-th (the largest of them)
-    prefix = ok.long().cumprod(1).bool()  # the first k all within the bound (spent only grows)
+    h = sorted_ent.masked_fill(~finite, 0)
+    spent = h.cumsum(1) - h.cummax(1).values  # [B, L] sum of the first k minus their largest
+    ok = (spent <= bound) & finite
+    prefix = ok.long().cumprod(1).bool()  # the first k all within the bound (spent never decreases)
     prefix[:, 0] = finite[:, 0]  # k = 1 always passes
     return torch.zeros_like(prefix).scatter_(1, order, prefix)
 
 
 class EntropyBounded(AdaptivePolicy):
-    def __init__(self, bound: float, block_length: int):
-        self.bound, self.budget = bound, block_length
+    def __init__(self, bound: float, block_length: int, order: str = "entropy"):
+        self.bound, self.budget, self.order = bound, block_length, order
 
     def step(self, ctx: StepContext) -> Decision:
         assert ctx.probs is not None, "eb needs the step's probabilities"
-        return Decision(select(entropy(ctx.probs), ctx.eligible & torch.isfinite(ctx.confidence), self.bound))
+        rank = -ctx.confidence if self.order == "confidence" else None
+        return Decision(select(entropy(ctx.probs), ctx.eligible & torch.isfinite(ctx.confidence), self.bound, rank))
