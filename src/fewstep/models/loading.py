@@ -20,7 +20,7 @@ from fewstep.errors import ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED = ("tiny-dlm", "tiny-ar")
+BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd")
 
 
 def resolve(name_or_path: str | Path) -> Path:
