@@ -128,13 +128,14 @@ def _input_embeds(model: DiffusionModel, ids: torch.Tensor, p: int, init: Canvas
 
 
 def _apply(tokens: torch.Tensor, state: torch.Tensor, at: torch.Tensor, commit: torch.Tensor | None,
-           cand: torch.Tensor | None, revoke: torch.Tensor | None, mask_id: int, step: int) -> None:
+           cand: torch.Tensor | None, revoke: torch.Tensor | None, mask_id: int, step: int,
+           only_masked: bool = False) -> None:
     """Apply a decision to a block's views, in place: ``commit`` [B, L] makes positions committed
     (a masked position takes ``cand``, a provisional one keeps its token); ``revoke`` [B, L] sends
-    positions back to mask."""
+    positions back to mask. ``only_masked``: the caller knows every committed position is masked."""
     if commit is not None:
         if cand is not None:
-            tokens.copy_(torch.where(commit & (state == MASKED), cand, tokens))
+            tokens.copy_(torch.where(commit if only_masked else commit & (state == MASKED), cand, tokens))
         state.masked_fill_(commit, COMMITTED)
         at.masked_fill_(commit, step)
     if revoke is not None:
@@ -174,6 +175,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     committed_at = torch.full((b, g), -1, dtype=torch.long, device=dev)
     generator = _Lazy(lambda: torch.Generator(device=dev).manual_seed(cfg.seed))
     policy = make_policy(cfg)
+    uses_progress = getattr(policy, "uses_progress", True)  # progress costs a reduction per step: only if read
     cost = 2 if cfg.cfg_scale > 0 else 1
     step = 0
     for blk in range(cfg.num_blocks):
@@ -217,40 +219,46 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 conf = _scatter_rows((b, hi - lo), float("-inf"), sub, conf)
                 probs = _scatter_rows((b, hi - lo, probs.shape[-1]), 0.0, sub, probs)
             active = rows[:, None]  # [B, 1]
-            was_provisional = blk_state == PROVISIONAL
-            revoke = torch.zeros_like(masked)
             last_step = s == budget - 1
-            if revising and not last_step:  # 6. revise: skepticism and bounded revision (before committing)
-                assert judged is not None
-                tok_p = token_probability(probs, blk_tokens)
-                checked[:, lo:hi] |= judged & active
-                if cfg.verify_prefix:
-                    score[:, lo:hi] = torch.where(judged & active, tok_p, score[:, lo:hi])
-                    ready = ~((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & rows
-                    confirm, revoke = verify_prefix(score[:, lo:hi], blk_state, ready, cfg.remask_threshold)
-                else:
-                    confirm, revoke = revise(tok_p, blk_state, revisions[:, lo:hi], cfg)
-                    confirm, revoke = confirm & active & (judged | (blk_state != PROVISIONAL)), revoke & active
-                    revoke &= judged | (blk_state != PROVISIONAL)
-                revisions[:, lo:hi] += revoke & (blk_state == COMMITTED)
-                _apply(blk_tokens, blk_state, blk_at, confirm, None, revoke, mask_id, step)
-            todo = undecided(blk_state) & active
-            # positions revoked at this step wait for the next forward: their logits came from a
-            # context (or an input) that still held the draft
-            eligible = (blk_state == MASKED) & active & ~revoke  # [B, L]
+            revoke = None
+            if revising:
+                was_provisional = blk_state == PROVISIONAL
+                revoke = torch.zeros_like(masked)
+                if not last_step:  # 6. revise: skepticism, prefix verification, bounded revision
+                    assert judged is not None
+                    tok_p = token_probability(probs, blk_tokens)
+                    checked[:, lo:hi] |= judged & active
+                    if cfg.verify_prefix:
+                        score[:, lo:hi] = torch.where(judged & active, tok_p, score[:, lo:hi])
+                        ready = ~((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & rows
+                        confirm, revoke = verify_prefix(score[:, lo:hi], blk_state, ready, cfg.remask_threshold)
+                    else:
+                        confirm, revoke = revise(tok_p, blk_state, revisions[:, lo:hi], cfg)
+                        confirm, revoke = confirm & active & (judged | (blk_state != PROVISIONAL)), revoke & active
+                        revoke &= judged | (blk_state != PROVISIONAL)
+                    revisions[:, lo:hi] += revoke & (blk_state == COMMITTED)
+                    _apply(blk_tokens, blk_state, blk_at, confirm, None, revoke, mask_id, step)
+                todo = undecided(blk_state) & active
+                # positions revoked at this step wait for the next forward: their logits came from a
+                # context (or an input) that still held the draft
+                eligible = (blk_state == MASKED) & active & ~revoke  # [B, L]
+            else:  # nothing provisional and no revision: the state is as at the top of the step
+                eligible = todo = masked & active
             if last_step:  # the loop's bound: complete the block
                 commit = todo
             else:  # 5. commit: the strategy's decision
-                ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s, progress(state),
-                                  eos_id, probs, blk_tokens, (blk_state == PROVISIONAL) & active)
+                ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s,
+                                  progress(state) if uses_progress else None, eos_id, probs, blk_tokens,
+                                  (blk_state == PROVISIONAL) & active if revising else None)
                 decision = policy.step(ctx)
                 commit = decision.commit & todo
                 if decision.revoke is not None:
                     extra = decision.revoke & ~commit & active & (blk_state != MASKED)
                     _apply(blk_tokens, blk_state, blk_at, None, None, extra, mask_id, step)
-                    revoke |= extra
-            _apply(blk_tokens, blk_state, blk_at, commit, cand, None, mask_id, step)
+                    revoke = extra if revoke is None else revoke | extra
+            _apply(blk_tokens, blk_state, blk_at, commit, cand, None, mask_id, step, only_masked=not revising)
             if revising:  # nothing left to decode in the block: its provisional tokens are kept
+                assert revoke is not None
                 prov = blk_state == PROVISIONAL
                 pending = (blk_state == MASKED) | (prov & ~checked[:, lo:hi])  # [B, L]
                 settled = ~pending.any(1, keepdim=True)
@@ -259,7 +267,10 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 commit = commit | keep
                 counts["confirmed"] += (was_provisional & (blk_state == COMMITTED)).sum(1)
                 counts["revoked"] += revoke.sum(1)
-            nfe += rows.long() * cost
+            if cost == 1:
+                nfe += rows
+            else:
+                nfe += rows.long() * cost
             stopped = None
             if cfg.early_stop and hi < g:
                 stop = ~undecided(state[:, :hi]).any(1) & ended_rows(gen, hi, eos_id) & undecided(state[:, hi:]).any(1)
@@ -275,7 +286,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 if stopped is not None:
                     full_commit |= stopped
                 full_revoke = torch.zeros((b, g), dtype=torch.bool, device=dev)
-                full_revoke[:, lo:hi] = revoke
+                if revoke is not None:
+                    full_revoke[:, lo:hi] = revoke
                 yield StepEvent(step, blk, _snap(full_commit), _snap(full_revoke), _snap(gen), _snap(nfe),
                                 _snap(committed_at), done, _snap(state), {k: _snap(v) for k, v in counts.items()})
             step += 1

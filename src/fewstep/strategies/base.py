@@ -32,7 +32,8 @@ class StepContext:
     candidates: torch.Tensor  # [B, L] the token each position would take
     eligible: torch.Tensor  # [B, L] bool: masked positions of the block, in rows that took this forward
     step: int  # step index within the block, from 0
-    progress: torch.Tensor  # [B] fraction of the generation committed before this step
+    progress: torch.Tensor | None  # [B] fraction of the generation committed before this step (None
+    # unless the policy sets ``uses_progress``: it costs a reduction per step)
     eos_id: int
     probs: torch.Tensor | None = None  # [B, L, V] float64 softmax of the processed logits
     tokens: torch.Tensor | None = None  # [B, L] current tokens (the mask id where masked)
@@ -81,6 +82,7 @@ class AdaptivePolicy:
     steps per block (at least one commit per step makes ``block_length`` always enough)."""
 
     budget: int
+    uses_progress = False  # the loop computes StepContext.progress only for policies that read it
 
     def start_block(self, eligible: torch.Tensor) -> None:
         pass

@@ -47,6 +47,8 @@ def select(confidence: torch.Tensor, tau: float, min_tokens: int, max_tokens: in
 
 
 class CAD(AdaptivePolicy):
+    uses_progress = True  # the EOS guard
+
     def __init__(self, tau: float, min_tokens: int, max_tokens: int, max_steps_per_block: int,
                  eos_min_progress: float, block_length: int):
         self.tau, self.min_tokens = tau, min_tokens
@@ -57,6 +59,7 @@ class CAD(AdaptivePolicy):
     def step(self, ctx: StepContext) -> Decision:
         if ctx.step >= self.budget - 1:
             return Decision(ctx.eligible.clone())  # the last allowed step: commit the rest of the block
+        assert ctx.progress is not None
         guarded = (ctx.candidates == ctx.eos_id) & (ctx.progress < self.eos_min_progress)[:, None]
         conf = ctx.confidence.masked_fill(guarded, float("-inf"))
         return Decision(select(conf, self.tau, self.min_tokens, self.max_tokens))

@@ -38,6 +38,8 @@ def policy(params: Params, cfg) -> FixedSchedule:
 class FixedSchedule:
     """Commits ``schedule[b, s]`` positions at step s of the block."""
 
+    uses_progress = False
+
     def __init__(self, steps_per_block: int):
         self.steps_per_block = steps_per_block
         self.schedule: torch.Tensor | None = None
