@@ -162,15 +162,20 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     gen = ids[:, p:]  # [B, G] view of the canvas, updated in place
     tokens, state = initial_state(b, g, init, mask_id, dev)
     gen.copy_(tokens)
-    counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": torch.zeros(b, dtype=torch.long, device=dev),
-              "revoked": torch.zeros(b, dtype=torch.long, device=dev)}
-    revising = bool(counts["injected"].any()) or cfg.revise_threshold > 0  # else the revise stage is skipped
-    revisions = torch.zeros((b, g), dtype=torch.long, device=dev)  # revocations of committed tokens, per position
-    checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # provisional tokens the model has judged
-    score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged (verify_prefix)
-    groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
-    prompt_pos = torch.zeros_like(ids, dtype=torch.bool)  # what guidance masks (cfg_scale > 0)
-    prompt_pos[:, :p] = att[:, :p].bool()
+    # the revise stage and its bookkeeping exist only with provisional tokens or bounded revision
+    revising = bool((state == PROVISIONAL).any()) or cfg.revise_threshold > 0
+    counts: dict[str, torch.Tensor] = {}
+    if revising:
+        counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": torch.zeros(b, dtype=torch.long, device=dev),
+                  "revoked": torch.zeros(b, dtype=torch.long, device=dev)}
+        revisions = torch.zeros((b, g), dtype=torch.long, device=dev)  # revocations of committed tokens
+        checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # provisional tokens the model has judged
+        score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged
+        groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
+    prompt_pos = ids  # what guidance masks (cfg_scale > 0 only)
+    if cfg.cfg_scale > 0:
+        prompt_pos = torch.zeros_like(ids, dtype=torch.bool)
+        prompt_pos[:, :p] = att[:, :p].bool()
     nfe = torch.zeros(b, dtype=torch.long, device=dev)
     committed_at = torch.full((b, g), -1, dtype=torch.long, device=dev)
     generator = _Lazy(lambda: torch.Generator(device=dev).manual_seed(cfg.seed))
@@ -195,6 +200,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             if revising:  # provisional tokens not yet judged need a verifying forward even without masks
                 rows |= ((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & ~masked.any(1)
             if not rows.any():
+                if not undecided(blk_state).any():
+                    break  # the block is complete
                 continue
             sub = None if rows.all() else rows.nonzero().squeeze(1)
 
@@ -289,7 +296,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 if revoke is not None:
                     full_revoke[:, lo:hi] = revoke
                 yield StepEvent(step, blk, _snap(full_commit), _snap(full_revoke), _snap(gen), _snap(nfe),
-                                _snap(committed_at), done, _snap(state), {k: _snap(v) for k, v in counts.items()})
+                                _snap(committed_at), done, _snap(state),
+                                {k: _snap(v) for k, v in counts.items()} if counts else None)
             step += 1
             if done:
                 return

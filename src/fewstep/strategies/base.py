@@ -63,8 +63,8 @@ class CommitPolicy(Protocol):
 def at_least_one(confidence: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Add each row's single most confident eligible position to ``chosen``. [B, L] -> [B, L]."""
     best = confidence.argmax(dim=1, keepdim=True)  # [B, 1]
-    top = torch.zeros_like(chosen).scatter_(1, best, True) & torch.isfinite(confidence)
-    return chosen | top
+    # chosen positions are eligible (finite), so writing isfinite(best) there never unsets one
+    return chosen.scatter(1, best, torch.isfinite(confidence.gather(1, best)))
 
 
 def topk_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
