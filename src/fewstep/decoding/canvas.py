@@ -52,11 +52,14 @@ def progress(state: torch.Tensor) -> torch.Tensor:
     return (state == COMMITTED).double().mean(1)
 
 
-def initial_state(b: int, g: int, init: CanvasInit | None, mask_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> generation tokens [B, G] and state [B, G] (int8) for an initial canvas."""
-    tokens = torch.full((b, g), mask_id, dtype=torch.long, device=device)
+def initial_state(b: int, g: int, init: CanvasInit | None, mask_id: int, device) -> tuple[torch.Tensor | None,
+                                                                                         torch.Tensor]:
+    """-> generation tokens [B, G] (None: all masked) and state [B, G] (int8) for an initial canvas."""
     state = torch.full((b, g), MASKED, dtype=torch.int8, device=device)
-    if init is not None and init.tokens is not None:
+    if init is None or init.tokens is None:
+        return None, state
+    tokens = torch.full((b, g), mask_id, dtype=torch.long, device=device)
+    if init.tokens is not None:
         given = init.tokens.to(device)
         if given.shape != (b, g):
             raise ValueError(f"init.tokens must have shape {(b, g)}, got {tuple(given.shape)}")

@@ -161,7 +161,10 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     b, g, mask_id, eos_id = ids.shape[0], cfg.gen_length, model.mask_id, model.eos_id
     gen = ids[:, p:]  # [B, G] view of the canvas, updated in place
     tokens, state = initial_state(b, g, init, mask_id, dev)
-    gen.copy_(tokens)
+    if tokens is None:
+        gen.fill_(mask_id)
+    else:
+        gen.copy_(tokens)
     # the revise stage and its bookkeeping exist only with provisional tokens or bounded revision
     revising = bool((state == PROVISIONAL).any()) or cfg.revise_threshold > 0
     counts: dict[str, torch.Tensor] = {}
@@ -199,11 +202,12 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 rows &= wanted
             if revising:  # provisional tokens not yet judged need a verifying forward even without masks
                 rows |= ((blk_state == PROVISIONAL) & ~checked[:, lo:hi]).any(1) & ~masked.any(1)
-            if not rows.any():
+            n_rows = int(rows.sum())
+            if n_rows == 0:
                 if not undecided(blk_state).any():
                     break  # the block is complete
                 continue
-            sub = None if rows.all() else rows.nonzero().squeeze(1)
+            sub = None if n_rows == b else rows.nonzero().squeeze(1)
 
             def pick(t: torch.Tensor, sub: torch.Tensor | None = sub) -> torch.Tensor:
                 return t if sub is None else t[sub]
@@ -250,11 +254,11 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 # context (or an input) that still held the draft
                 eligible = (blk_state == MASKED) & active & ~revoke  # [B, L]
             else:  # nothing provisional and no revision: the state is as at the top of the step
-                eligible = todo = masked & active
+                eligible = todo = masked if sub is None else masked & active
             if last_step:  # the loop's bound: complete the block
                 commit = todo
             else:  # 5. commit: the strategy's decision
-                ctx = StepContext(conf.masked_fill(~eligible, float("-inf")), cand, eligible, s,
+                ctx = StepContext(torch.where(eligible, conf, float("-inf")), cand, eligible, s,
                                   progress(state) if uses_progress else None, eos_id, probs, blk_tokens,
                                   (blk_state == PROVISIONAL) & active if revising else None)
                 decision = policy.step(ctx)
