@@ -233,7 +233,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     ]
     drafted = any(s.get("drafter_nfe_mean") for s in result["results"])
     if drafted:  # the drafter's forwards and seconds (already inside wall s and wall ratio)
-        lines = [lines[0][:-1] + " drafter NFE | drafter s |", lines[1] + "---:|---:|"]
+        lines = [lines[0] + " drafter NFE | drafter s |", lines[1] + "---:|---:|"]
     for s in result["results"]:
         lo, hi = s["accuracy_ci95"]
         v = s["vs_first"]
