@@ -184,3 +184,17 @@ def test_an_eval_directory_written_before_the_registry_resumes(tmp_path, random_
     assert resumed["n"] == 5
     with pytest.raises(fewstep.FewstepError, match="different run"):
         run_eval(dataclasses.replace(req, settings=("threshold=0.9",)), progress=False)
+
+
+def test_eval_uses_the_tasks_generation_length(tmp_path):
+    """gsm8k with a model that declares no decode defaults: gen_length 256 from the task, recorded."""
+    from conftest import make_random_dlm
+    from fewstep.evaluation.runner import EvalRequest, run_eval
+
+    model_dir = make_random_dlm(tmp_path / "m", d_model=16, layers=1, max_len=512)
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text(json.dumps({"question": "Tom has 9 eggs. He sells 4. How many are left?",
+                                "answer": "9 - 4 = 5\n#### 5"}) + "\n")
+    summary = run_eval(EvalRequest(task="gsm8k", model=str(model_dir), out=str(tmp_path / "out"), strategy="threshold",
+                                   settings=("threshold=0.01",), data=str(data)), progress=False)
+    assert (summary["config"]["gen_length"], summary["config"]["block_length"]) == (256, 256)
