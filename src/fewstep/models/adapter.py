@@ -33,9 +33,9 @@ class _Base:
         """The device of the input embeddings (asked once per decode; walking every parameter to
         find the first one costs more than a greedy step of the lab model)."""
         module: Any = self.module
-        table = getattr(module, "embed_tokens", None)
-        if isinstance(table, torch.nn.Module) and isinstance(getattr(table, "weight", None), torch.Tensor):
-            return table.weight.device
+        weight = getattr(getattr(module, "embed_tokens", None), "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight.device
         return next(self.module.parameters()).device
 
     def encode_prompt(self, text: str) -> list[int]:
