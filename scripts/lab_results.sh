@@ -25,3 +25,19 @@ $FS bench --task arith --model tiny-dlm --batch-size 32 --repeats 3 --limit 320 
 
 # Batch invariance on 200 prompts, alone vs ragged batches of 32.
 $PY scripts/check_batch_invariance.py --model tiny-dlm --n 200 --batch-size 32 | tee "$OUT/batch-invariance.txt"
+
+# The entropy-bounded sampler on the full test set (README frontier, eb rows).
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier-eb" --no-progress \
+  --strategies "llada;threshold:threshold=0.9;eb:entropy_bound=0.01;eb:entropy_bound=0.1;eb:entropy_bound=0.3;eb:entropy_bound=1.0;eb:entropy_bound=3.0"
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier-eb-small" --no-progress \
+  --strategies "threshold:threshold=0.9;eb:entropy_bound=0.001;eb:entropy_bound=0.003;eb:entropy_bound=0.03"
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier-eb-zero" --no-progress \
+  --strategies "threshold:threshold=0.9;eb:entropy_bound=0.0;eb:entropy_bound=0.0001"
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier-eb-conf" --no-progress \
+  --strategies "threshold:threshold=0.9;eb:order=confidence,entropy_bound=0.01;eb:order=confidence,entropy_bound=0.1;eb:order=confidence,entropy_bound=0.3;eb:order=confidence,entropy_bound=1.0"
+$FS bench --task arith --model tiny-dlm --batch-size 100 --repeats 1 --out "$OUT/frontier-eb-conf-small" --no-progress \
+  --strategies "threshold:threshold=0.9;eb:order=confidence,entropy_bound=0.0;eb:order=confidence,entropy_bound=0.001;eb:order=confidence,entropy_bound=0.003"
+
+# Warm starts (README "Warm starts") and the engine's step cost (README "The decode engine").
+OUT="$OUT/warmstart" PATH="$(dirname "$FS"):$PATH" bash scripts/warmstart_experiment.sh --no-progress
+$PY scripts/step_memory.py | tee "$OUT/step-memory.json"
