@@ -31,12 +31,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fewstep.decoding.generate import GenerationResult, generate
+    from fewstep.decoding.generate import generate
+    from fewstep.decoding.result import GenerationResult
     from fewstep.models.loading import load_model
 
 _LAZY = {
     "generate": "fewstep.decoding.generate",
-    "GenerationResult": "fewstep.decoding.generate",
+    "GenerationResult": "fewstep.decoding.result",
     "load_model": "fewstep.models.loading",
 }
 

@@ -8,33 +8,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from fewstep.config import DecodeConfig
 from fewstep.decoding.loop import StepEvent, check_prompts, decode, left_pad
+from fewstep.decoding.result import GenerationResult
 from fewstep.errors import ConfigError
 from fewstep.models.adapter import CausalModel, DiffusionModel
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    token_ids: list[int]  # the generation region (gen_length ids for diffusion models)
-    text: str  # decoded answer, cut at the first EOS / stop token
-    nfe: int  # forward passes of the model for this prompt
-    answer_tokens: int  # generated tokens up to (not including) the first EOS
-    committed_at: list[int] = field(default_factory=list)  # step of each position's commit
-    drafter_nfe: int = 0  # forward passes of the drafter (warm starts; 0 without one)
-    drafter_s: float = 0.0  # this prompt's share of the drafter's wall time
-    injected: int = 0  # draft tokens the canvas started with (provisional)
-    confirmed: int = 0  # of those, kept by the diffusion model
-    revoked: int = 0  # positions sent back to mask (provisional or committed)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        return self.answer_tokens / self.nfe if self.nfe else 0.0
 
 
 def _tokenise(model, prompts: str | Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:

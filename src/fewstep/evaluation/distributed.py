@@ -37,7 +37,7 @@ from fewstep.errors import ConfigError, FewstepError
 from fewstep.evaluation.results import SUMMARY
 
 if TYPE_CHECKING:
-    from fewstep.evaluation.runner import EvalRequest
+    from fewstep.evaluation.results import EvalRequest
 
 
 class Shard(Protocol):

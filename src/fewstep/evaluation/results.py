@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,24 @@ IDENTITY = "run.json"
 HOLDER = ".fewstep-lock"  # who holds the directory's lock (informational; the lock is on the directory)
 # Identity fields added after the first release: directories written before them resume without them.
 LATER_FIELDS = ("data_sha256", "model_sha256")
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``fewstep eval`` is asked to do (the runner executes it; distributed ranks receive it)."""
+
+    task: str
+    model: str
+    out: str
+    strategy: str | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    settings: tuple[str, ...] = ()
+    data: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    num_processes: int = 1
+    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
 
 
 def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:

@@ -30,6 +30,7 @@ from fewstep.evaluation.results import (
     IDENTITY,
     SAMPLES,
     SUMMARY,
+    EvalRequest,
     append_rows,
     check_identity,
     collect,
@@ -51,22 +52,6 @@ from fewstep.evaluation.results import (
 )
 
 RESULT_FILES = (IDENTITY, SUMMARY, SAMPLES, "samples.rank*.jsonl")
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    task: str
-    model: str
-    out: str
-    strategy: str | None = None
-    limit: int | None = None
-    batch_size: int = 32
-    settings: tuple[str, ...] = ()
-    data: str | None = None
-    device: str = "cpu"
-    dtype: str | None = None
-    num_processes: int = 1
-    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fewstep.decoding.generate import GenerationResult
+from fewstep.decoding.result import GenerationResult
 from fewstep.errors import ConfigError
 from fewstep.tasks.base import Example
 
