@@ -3,8 +3,6 @@ drafter end to end (bundled tiny-ar and a random Hugging Face causal LM with its
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -182,6 +180,3 @@ def test_bad_warm_start_settings_are_one_clear_line(random_dlm_dir, tmp_path):
     with pytest.raises(ConfigError, match="needs the prompts as text"):
         fewstep.generate(model, [[5, 6, 7]], fewstep.DecodeConfig(drafter="tiny-ar", init="inject"))
 
-
-def test_math_of_the_joint_probability_rule():
-    assert math.prod([0.5, 0.6]) == pytest.approx(0.3)

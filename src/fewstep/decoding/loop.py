@@ -175,7 +175,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
         checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # provisional tokens the model has judged
         score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged
         groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
-    prompt_pos = ids  # what guidance masks (cfg_scale > 0 only)
+    prompt_pos = None  # [B, T] what guidance masks (cfg_scale > 0 only)
     if cfg.cfg_scale > 0:
         prompt_pos = torch.zeros_like(ids, dtype=torch.bool)
         prompt_pos[:, :p] = att[:, :p].bool()
@@ -223,7 +223,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                     judged &= groups[lo:hi] == s % cfg.verify_groups
                     x = ids.clone()
                     x[:, p + lo:p + hi].masked_fill_(judged, mask_id)
-            logits = window_logits(model, pick(x), pick(att), pick(prompt_pos), window, cfg.cfg_scale, embeds)
+            guide = None if prompt_pos is None else pick(prompt_pos)
+            logits = window_logits(model, pick(x), pick(att), guide, window, cfg.cfg_scale, embeds)
             cand, conf, probs = candidates_and_confidence(logits, cfg, eos_id, generator, mask_id)  # [b, L](, V)
             if sub is not None:  # the active rows' results back in full batch shape
                 cand = _scatter_rows((b, hi - lo), 0, sub, cand)

@@ -18,12 +18,13 @@ from fewstep.strategies import scorers
 LAST = -1e30  # confidence given to EOS candidates with eos_confidence=last (finite: still eligible)
 
 
-def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch.Tensor, window: slice,
+def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch.Tensor | None, window: slice,
                   cfg_scale: float, embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Logits [b, L, V] in float32 for the positions of ``window``, with classifier-free guidance
     when ``cfg_scale`` > 0 (the unconditional pass sees the prompt masked). ``embeds`` [b, T, D]
     replaces the token embeddings as the model's input (embedding priors)."""
     if cfg_scale > 0:
+        assert prompt_pos is not None, "guidance needs the prompt positions"
         un = torch.where(prompt_pos, torch.full_like(ids, model.mask_id), ids)
         both_embeds = None
         if embeds is not None:
