@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from fewstep.errors import ConfigError
+from fewstep.models.kvcache import KVCache
 
 
 @dataclass
@@ -76,6 +77,10 @@ class DiffusionModel(_Base):
         """Input embeddings [B, T, D] of token ids [B, T] (the model's own embedding table)."""
         return torch.nn.functional.embedding(ids, self.embedding_table())
 
+    @property
+    def supports_cache(self) -> bool:
+        return bool(getattr(self.module, "supports_cache", False))
+
     def logits(
         self,
         input_ids: torch.Tensor | None = None,
@@ -83,7 +88,9 @@ class DiffusionModel(_Base):
         inputs_embeds: torch.Tensor | None = None,
         positions: slice | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: Any = None,
+        cache: KVCache | None = None,
+        cache_rows: torch.Tensor | None = None,
+        window: slice | None = None,
     ) -> torch.Tensor:
         """Logits [B, n, V] of the positions ``positions`` (a slice of the sequence; None: all T);
         row ``j`` predicts position ``positions.start + j``.
@@ -92,23 +99,43 @@ class DiffusionModel(_Base):
         for those positions only; any other module is run whole and its logits sliced. For models
         trained with shifted logits (Dream) position i is read from the output at i - 1.
         ``position_ids`` [B, T] overrides the positions the model derives from the attention mask.
-        ``cache`` is the seam for a key/value cache: no model supports one yet, so anything but
-        None is refused."""
-        if cache is not None:
-            raise ConfigError(f"{self.name} does not support a key/value cache")
+
+        ``cache`` (:class:`~fewstep.models.kvcache.KVCache`, models that declare
+        ``supports_cache``): a forward without ``window`` stores every position's keys and values
+        at the cache rows ``cache_rows``; with ``window`` (a slice of the sequence holding
+        ``positions``) only the window's positions are run and the rest is read from the cache.
+        The inputs are always the whole sequence [B, T]; the window is cut here."""
+        if cache is not None and not self.supports_cache:
+            raise ConfigError(f"{self.name} does not support a key/value cache (use cache=none)")
+        if window is not None and (cache is None or positions is None):
+            raise ValueError("a window forward needs a cache and the positions to return")
         if torch.is_grad_enabled():  # callers that decode many steps disable autograd once, around the loop
             with torch.no_grad():
-                return self.logits(input_ids, attention_mask, inputs_embeds, positions, position_ids)
+                return self.logits(input_ids, attention_mask, inputs_embeds, positions, position_ids,
+                                   cache, cache_rows, window)
         module: Any = self.module
+        shift = 1 if self.shifted_logits else 0
         kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask,
                                   "inputs_embeds": inputs_embeds}
         if position_ids is not None:
             kwargs["position_ids"] = position_ids
-        shift = 1 if self.shifted_logits else 0
+        if cache is not None:
+            kwargs.update(cache=cache, cache_rows=cache_rows)
+        if window is not None:
+            assert positions is not None
+            first = positions.start - shift  # the first output row read
+            if first < 0:
+                raise ValueError("a shifted model cannot read position 0 through a window")
+            window = slice(min(window.start, first), window.stop)
+            kwargs.update(window=window, input_ids=None if input_ids is None else input_ids[:, window],
+                          inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, window])
+            rel = slice(first - window.start, positions.stop - shift - window.start)
+            return module(**kwargs, logits_positions=rel).logits
         if positions is not None and getattr(module, "supports_logits_positions", False):
             start = positions.start - shift
             if start < 0:  # a shifted model reads position 0 from itself (no position -1)
-                return self.logits(input_ids, attention_mask, inputs_embeds, None, position_ids)[:, positions]
+                out = self.logits(input_ids, attention_mask, inputs_embeds, None, position_ids, cache, cache_rows)
+                return out[:, positions]
             return module(**kwargs, logits_positions=slice(start, positions.stop - shift)).logits
         out = module(**kwargs).logits
         if shift:

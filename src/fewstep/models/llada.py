@@ -11,12 +11,16 @@ Shapes: B batch, T sequence, D d_model, H heads, Hk key/value heads, Dh head dim
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fewstep.models.kvcache import KVCache
 
 
 @dataclass(frozen=True)
@@ -108,13 +112,18 @@ class LLaDABlock(nn.Module):
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None,
+                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """x [B, W, D] -> [B, W, D]. ``kv`` (the cache's update for this layer) takes this forward's
+        keys and values [B, Hk, W, Dh] and returns the ones to attend to [B, Hk, T, Dh]."""
         b, t, _ = x.shape
         n = self.attn_norm(x)
         q = self.q_proj(n).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Dh]
         k = self.k_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hk, T, Dh]
         v = self.v_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if kv is not None:
+            k, v = kv(k, v)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -152,9 +161,14 @@ class LLaDAModel(nn.Module):
     to those positions (the decode loop asks for the active block only). Positions come from the
     attention mask (count of real tokens before each position), so a left-padded row is computed as
     if it stood alone.
+
+    With a ``cache`` (:mod:`fewstep.models.kvcache`) a forward stores every layer's keys and
+    values; with a ``window`` as well, the input is the window's tokens only and attention reads the
+    other positions from the cache.
     """
 
     supports_logits_positions = True
+    supports_cache = True
 
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()
@@ -172,10 +186,15 @@ class LLaDAModel(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         logits_positions: slice | None = None,
+        cache: KVCache | None = None,
+        cache_rows: torch.Tensor | None = None,
+        window: slice | None = None,
     ) -> DiffusionLMOutput:
+        """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
+        attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         tr = self.model.transformer
-        x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, T, D]
-        b, t, _ = x.shape
+        x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
+        b, w, _ = x.shape
         key_mask = None
         if attention_mask is not None:
             am = attention_mask.bool()
@@ -183,10 +202,16 @@ class LLaDAModel(nn.Module):
             if position_ids is None:
                 position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
         if position_ids is None:
+            t = w if attention_mask is None else attention_mask.shape[1]
             position_ids = torch.arange(t, device=x.device).expand(b, t)
+        if window is not None:
+            if cache is None:
+                raise ValueError("a window forward needs a cache")
+            position_ids = position_ids[:, window]
         rope = rotary(position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta)
-        for block in tr.blocks:
-            x = block(x, rope, key_mask)
+        for i, block in enumerate(tr.blocks):
+            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
+            x = block(x, rope, key_mask, kv)
         if logits_positions is not None:  # the output head for these positions only
             x = x[:, logits_positions]
         x = tr.ln_f(x)
