@@ -112,9 +112,9 @@ def test_import_is_light():
     assert out == "[]"
 
 
-def test_dream_directory_without_code_is_a_clear_error(tmp_path):
+def test_incomplete_dream_config_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream"}))
-    with pytest.raises(ModelLoadError, match="modelling code"):
+    with pytest.raises(ModelLoadError, match="config.json lacks vocab_size"):
         fewstep.load_model(tmp_path)
 
 
