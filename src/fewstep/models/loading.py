@@ -158,8 +158,8 @@ def write_decode_defaults(path: Path, defaults: dict[str, Any]) -> None:
     transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json."""
     gen = path / "generation_config.json"
     g = _read_json(gen) if gen.is_file() else {}
-    g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS})
-    if "gen_length" in defaults:
+    g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS and k != "gen_length"})
+    if "gen_length" in defaults:  # transformers' name for it, so that its generate() agrees
         g["max_new_tokens"] = defaults["gen_length"]
     tmp = gen.with_name(gen.name + ".tmp")
     tmp.write_text(json.dumps(g, indent=2, sort_keys=True) + "\n", encoding="utf-8")
