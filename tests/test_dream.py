@@ -24,7 +24,7 @@ STRATEGIES = {"llada": {}, "threshold": {"threshold": 0.5}, "factor": {}, "cad":
 def dream_tokenizer():
     """A byte-level BPE in Qwen2's tokenizer class, with Dream's special tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2Tokenizer
 
     texts = [p.question for p in arith.test_set()[:80]]
     bpe = Tokenizer(models.BPE())
@@ -33,7 +33,7 @@ def dream_tokenizer():
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     m = json.loads(bpe.to_str())["model"]
     merges = [tuple(x.split(" ")) if isinstance(x, str) else tuple(x) for x in m["merges"]]
-    tok = Qwen2TokenizerFast(vocab=m["vocab"], merges=merges, unk_token=None, bos_token=None,
+    tok = Qwen2Tokenizer(vocab=m["vocab"], merges=merges, unk_token=None, bos_token=None,
                              eos_token="<|endoftext|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"mask_token": "<|mask|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     return tok

@@ -314,7 +314,7 @@ def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) 
         state.pop("lm_head.weight", None)
     _checked_state(path, module, state)
     module = module.to(device=device, dtype=dtype or torch.float32).eval()
-    tok = _tokenizer(path, trust_remote_code, fallback="Qwen2TokenizerFast")
+    tok = _tokenizer(path, trust_remote_code, fallback="Qwen2Tokenizer")
     mask = tok.mask_token_id if tok.mask_token_id is not None else cfg.mask_token_id
     if mask is None:
         raise ModelLoadError(f"{path}: neither the tokenizer nor config.json names a mask token")
