@@ -196,3 +196,47 @@ def test_unimplemented_dream_values_are_refused(tmp_path, dream_dir, field, valu
     with pytest.raises(ModelLoadError) as err:
         fewstep.load_model(bad)
     assert "\n" not in str(err.value) and f"{field}={value!r} is not implemented" in str(err.value)
+
+
+def dream_confidence_threshold(module, prompt: list[int], mask_id: int, gen_length: int, steps: int,
+                               threshold: float) -> tuple[list[int], int]:
+    """Dream's ``diffusion_generate(alg="confidence_threshold", temperature=0)`` for one prompt, from
+    its description: the whole generation region is one block; each step commits the
+    ``gen_length // steps`` masked positions of highest top-1 probability (the first always, the
+    others when >= threshold; a shortfall is carried to the next step, and steps are added at the
+    end until nothing is left), reading position i from the output at i - 1."""
+    x = torch.tensor([prompt + [mask_id] * gen_length])
+    per_step, carry, i, nfe = gen_length // steps, 0, 0, 0
+    while i < steps and (x == mask_id).any():
+        masked = x[0] == mask_id
+        with torch.no_grad():
+            logits = module(input_ids=x).logits[0]
+        logits = torch.cat([logits[:1], logits[:-1]])  # position i from output i - 1
+        nfe += 1
+        conf, tokens = torch.softmax(logits.float(), -1).max(-1)
+        conf = torch.where(masked, conf, torch.full_like(conf, -torch.inf))
+        k = min(per_step + carry, int(masked.sum()))
+        top, idx = conf.topk(k)
+        keep = [int(idx[0])] + [int(j) for c, j in zip(top[1:], idx[1:]) if c >= threshold]
+        carry = k - len(keep)
+        if carry and i == steps - 1:
+            steps, per_step = steps + 1, 0
+        x[0, keep] = tokens[keep]
+        i += 1
+    return x[0, len(prompt):].tolist(), nfe
+
+
+@pytest.mark.parametrize("steps", [16, 8, 4])
+def test_llada_equals_dreams_confidence_threshold_at_threshold_0(dream_dir, steps):
+    """Dream's confidence_threshold sampler with threshold 0 and temperature 0 is fewstep's llada with
+    one block over the generation (block_length = gen_length) at the same steps: same tokens, same NFE."""
+    model = fewstep.load_model(dream_dir)
+    cfg = fewstep.DecodeConfig(strategy="llada", gen_length=16, block_length=16, steps=steps)
+    outs = []
+    for q in [p.question for p in arith.test_set()[:5]]:
+        ref_tokens, ref_nfe = dream_confidence_threshold(model.module, model.encode_prompt(q), model.mask_id, 16,
+                                                         steps, threshold=0.0)
+        [r] = fewstep.generate(model, [q], cfg)
+        assert (r.token_ids, r.nfe) == (ref_tokens, ref_nfe) == (r.token_ids, steps)
+        outs.append(tuple(ref_tokens))
+    assert len(set(outs)) > 1
