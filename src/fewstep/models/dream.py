@@ -27,6 +27,7 @@ from torch import nn
 
 from fewstep.errors import ModelLoadError
 from fewstep.models.kvcache import KVCache
+from fewstep.models.positions import key_mask_and_positions
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -233,19 +234,8 @@ class DreamModel(nn.Module):
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
         b, w, _ = x.shape
-        key_mask = None
-        if attention_mask is not None:
-            real = attention_mask.bool()
-            key_mask = real[:, None, None, :]  # [B, 1, 1, T]: padding keys are never attended to
-            if position_ids is None:
-                position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)
-        if position_ids is None:
-            t = w if attention_mask is None else attention_mask.shape[1]
-            position_ids = torch.arange(t, device=x.device).expand(b, t)
-        if window is not None:
-            if cache is None:
-                raise ValueError("a window forward needs a cache")
-            position_ids = position_ids[:, window]
+        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, window,
+                                                        cache is not None)
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)

@@ -54,26 +54,35 @@ class _View:
     lm_head: nn.Module | None = None
 
 
-def _own_config(cls, config: PretrainedConfig) -> Any:
-    """fewstep's frozen config (with its contract checks) from the config transformers read."""
-    return cls.from_dict(config.to_dict())
-
-
 class _Wrapper(PreTrainedModel):
+    """A fewstep module class (``fewstep_model``, its config class ``fewstep_config``) as a
+    ``PreTrainedModel``: the same submodules (so the same parameter names) and the same forward."""
+
     base_model_prefix = "model"
-    _fewstep_forward: Any = None
+    fewstep_model: Any = None
+    fewstep_config: Any = None
+
+    def __init__(self, config: PretrainedConfig):
+        super().__init__(config)
+        self.own_config = self.fewstep_config.from_dict(config.to_dict())  # with fewstep's contract checks
+        for name, child in self.fewstep_model(self.own_config).named_children():
+            self.add_module(name, child)
+        self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:  # weights come from the checkpoint
         pass
 
     def _view(self) -> _View:
-        raise NotImplementedError
+        return _View(self.own_config, self.model, getattr(self, "lm_head", None))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.fewstep_model.embed_tokens.fget(self._view())
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 **kwargs: Any) -> MaskedLMOutput:
-        out = type(self)._fewstep_forward(self._view(), input_ids=input_ids, attention_mask=attention_mask,
-                                          inputs_embeds=inputs_embeds, position_ids=position_ids)
+        out = self.fewstep_model.forward(self._view(), input_ids=input_ids, attention_mask=attention_mask,
+                                         inputs_embeds=inputs_embeds, position_ids=position_ids)
         return MaskedLMOutput(logits=out.logits)
 
 
@@ -81,40 +90,16 @@ class LLaDAForMaskedLM(_Wrapper):
     """fewstep's LLaDA (:class:`~fewstep.models.llada.LLaDAModel`) as a transformers model."""
 
     config_class = LLaDAHFConfig
-    _fewstep_forward = llada.LLaDAModel.forward
-
-    def __init__(self, config: LLaDAHFConfig):
-        super().__init__(config)
-        self.llada_config = _own_config(llada.LLaDAConfig, config)
-        self.model = llada._Inner(self.llada_config)
-        self.post_init()
-
-    def _view(self) -> _View:
-        return _View(self.llada_config, self.model)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.transformer.wte
+    fewstep_model = llada.LLaDAModel
+    fewstep_config = llada.LLaDAConfig
 
 
 class DreamForMaskedLM(_Wrapper):
     """fewstep's Dream (:class:`~fewstep.models.dream.DreamModel`) as a transformers model."""
 
     config_class = DreamHFConfig
-    _fewstep_forward = dream.DreamModel.forward
-
-    def __init__(self, config: DreamHFConfig):
-        super().__init__(config)
-        self.dream_config = _own_config(dream.DreamConfig, config)
-        self.model = dream._DreamBase(self.dream_config)
-        if not self.dream_config.tie_word_embeddings:
-            self.lm_head = nn.Linear(self.dream_config.hidden_size, self.dream_config.vocab_size, bias=False)
-        self.post_init()
-
-    def _view(self) -> _View:
-        return _View(self.dream_config, self.model, getattr(self, "lm_head", None))
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.embed_tokens
+    fewstep_model = dream.DreamModel
+    fewstep_config = dream.DreamConfig
 
 
 _REGISTERED = False

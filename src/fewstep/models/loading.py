@@ -276,16 +276,24 @@ def _build(path: Path, what: str, make):
         raise ModelLoadError(f"invalid {what} config in {path}: {e}") from None
 
 
+def _native(path: Path, what: str, config_cls, model_cls, config: dict[str, Any], tied_head: str | None,
+            device, dtype) -> tuple[Any, torch.nn.Module]:
+    """fewstep's own module for ``config`` with the directory's weights (``tied_head``: the output
+    head's name when it is tied to the embeddings, dropped if a checkpoint stores it anyway)."""
+    cfg = _build(path, what, lambda: config_cls.from_dict(config))
+    module = _build(path, what, lambda: model_cls(cfg))
+    state = _state_dict(path)
+    if tied_head is not None:
+        state.pop(tied_head, None)
+    _checked_state(path, module, state)
+    return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
+
+
 def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
     from fewstep.models.llada import LLaDAConfig, LLaDAModel
 
-    cfg = _build(path, "LLaDA", lambda: LLaDAConfig.from_dict(config))
-    module = _build(path, "LLaDA", lambda: LLaDAModel(cfg))
-    state = _state_dict(path)
-    if cfg.weight_tying:
-        state.pop("model.transformer.ff_out.weight", None)
-    _checked_state(path, module, state)
-    module = module.to(device=device, dtype=dtype or torch.float32).eval()
+    tied = "model.transformer.ff_out.weight" if config.get("weight_tying", True) else None
+    cfg, module = _native(path, "LLaDA", LLaDAConfig, LLaDAModel, config, tied, device, dtype)
     tok = _tokenizer(path, trust_remote_code)
     stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
     return DiffusionModel(
@@ -307,13 +315,8 @@ def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) 
     code: without the opt-in its files are read by transformers' Qwen2 tokenizer."""
     from fewstep.models.dream import DreamConfig, DreamModel
 
-    cfg = _build(path, "Dream", lambda: DreamConfig.from_dict(config))
-    module = _build(path, "Dream", lambda: DreamModel(cfg))
-    state = _state_dict(path)
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    _checked_state(path, module, state)
-    module = module.to(device=device, dtype=dtype or torch.float32).eval()
+    tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
+    cfg, module = _native(path, "Dream", DreamConfig, DreamModel, config, tied, device, dtype)
     tok = _tokenizer(path, trust_remote_code, fallback="Qwen2Tokenizer")
     mask = tok.mask_token_id if tok.mask_token_id is not None else cfg.mask_token_id
     if mask is None:
