@@ -86,3 +86,15 @@ def test_remote_tokenizer_needs_the_opt_in(tmp_path, random_dlm_dir):
     (path / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(ModelLoadError, match="tokenizer of .* is its own code.*trust_remote_code=True"):
         fewstep.load_model(path)
+
+
+def test_lm_eval_model_arg(shipped_dir):
+    pytest.importorskip("lm_eval")
+    from fewstep.integrations.lm_eval import FewstepLM
+
+    with pytest.raises(ModelLoadError, match="trust_remote_code=True"):
+        FewstepLM(pretrained=str(shipped_dir))
+    lm = FewstepLM(pretrained=str(shipped_dir), trust_remote_code="True")  # as --model_args passes it
+    assert getattr(lm.model.module, "shipped_code_ran", False)
+    with pytest.raises(fewstep.ConfigError, match="trust_remote_code must be true or false"):
+        FewstepLM(pretrained=str(shipped_dir), trust_remote_code="maybe")
