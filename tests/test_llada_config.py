@@ -195,7 +195,7 @@ def test_absent_fields_take_the_official_defaults(tmp_path, random_dlm_dir):
 REFUSED = {
     "block_type": "sequential", "rope": False, "alibi": True, "block_group_size": 2, "rope_full_precision": False,
     "attention_layer_norm": True, "clip_qkv": 8.0, "layer_norm_type": "amd_compatible", "activation_type": "swiglu",
-    "include_qkv_bias": None, "scale_logits": "yes",
+    "include_qkv_bias": None, "scale_logits": "yes", "n_heads": 5, "n_kv_heads": 3,
 }
 
 

@@ -112,6 +112,8 @@ def _check_contract(d: dict[str, Any]) -> None:
             raise _refuse(name, d[name], "must be true or false")
     if d["bias_for_layer_norm"] is not None and not isinstance(d["bias_for_layer_norm"], bool):
         raise _refuse("bias_for_layer_norm", d["bias_for_layer_norm"], "must be true, false or null")
+    if not isinstance(d["n_heads"], int) or d["n_heads"] < 1 or d["d_model"] % d["n_heads"]:
+        raise _refuse("n_heads", d["n_heads"], f"must divide d_model={d['d_model']}")
 
 
 def _effective_kv_heads(d: dict[str, Any]) -> int:
@@ -120,6 +122,8 @@ def _effective_kv_heads(d: dict[str, Any]) -> int:
     if n_kv is None:
         return 1 if mqa is True else int(n_heads)
     if mqa is None or n_kv == (1 if mqa else n_heads):
+        if n_kv < 1 or n_heads % n_kv:
+            raise _refuse("n_kv_heads", n_kv, f"must divide n_heads={n_heads}")
         return int(n_kv)
     raise _refuse("multi_query_attention", mqa, f"contradicts n_kv_heads={n_kv}")
 
