@@ -240,3 +240,16 @@ def test_llada_equals_dreams_confidence_threshold_at_threshold_0(dream_dir, step
         assert (r.token_ids, r.nfe) == (ref_tokens, ref_nfe) == (r.token_ids, steps)
         outs.append(tuple(ref_tokens))
     assert len(set(outs)) > 1
+
+
+def test_dreams_own_tokenizer_runs_only_with_the_opt_in(tmp_path, dream_dir):
+    import shutil
+
+    path = Path(shutil.copytree(dream_dir, tmp_path / "with-code"))
+    (path / "tokenization_dream.py").write_text(
+        "from transformers import Qwen2Tokenizer\n\n\nclass DreamTokenizer(Qwen2Tokenizer):\n    shipped = True\n")
+    plain = fewstep.load_model(path)
+    assert not getattr(plain.tokenizer, "shipped", False)
+    shipped = fewstep.load_model(path, trust_remote_code=True)
+    assert getattr(shipped.tokenizer, "shipped", False) and shipped.mask_id == plain.mask_id
+    assert shipped.tokenizer.encode("Mia has 7 pens .") == plain.tokenizer.encode("Mia has 7 pens .")
