@@ -40,6 +40,7 @@ class BenchRequest:
     device: str = "cpu"
     dtype: str | None = None
     overwrite: bool = False  # remove the directory's earlier results instead of resuming them
+    trust_remote_code: bool = False  # run code shipped in the model directory
 
 
 def split_strategies(text: str) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit]
-    model = load_model(req.model, device=req.device, dtype=req.dtype)
+    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
     cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
