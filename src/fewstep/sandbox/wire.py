@@ -52,7 +52,7 @@ class _Context:
         raise ValueError(f"{name} is not allowed")
 
 
-_scan = _json.make_scanner(_Context())
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # it reads the attributes only
 _quote = _json.encode_basestring_ascii
 
 
