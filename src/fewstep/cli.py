@@ -225,11 +225,13 @@ def _parser() -> argparse.ArgumentParser:
 def _generate(args: argparse.Namespace) -> int:
     from fewstep.config import resolve_config
     from fewstep.decoding.generate import generate
-    from fewstep.models.loading import load_model
+    from fewstep.models.loading import load_lab_model, load_model
 
     if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
         raise ConfigError(f"--trace {args.trace} exists and is not a directory")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    # a bundled lab model loads without transformers (start-up: README "Start-up time")
+    model = load_lab_model(args.model, device=args.device, dtype=args.dtype) or \
+        load_model(args.model, device=args.device, dtype=args.dtype)
     cfg = resolve_config(model, args.strategy, _settings(args))
     origin = None
     if (args.stream or args.trace) and model.kind == "diffusion":

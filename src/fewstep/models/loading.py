@@ -164,7 +164,27 @@ def load_model(
     return _load_causal(path, config, extra, name, device, dtype)
 
 
-def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
+def load_lab_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> DiffusionModel | None:
+    """A bundled LLaDA lab model (``tiny-dlm``) as :func:`load_model` loads it, but with the tokenizer
+    loaded without transformers (:mod:`fewstep.models.lab_tokenizer`: half a second less start-up);
+    None when ``name`` is not a bundled LLaDA model."""
+    if name not in BUNDLED:
+        return None
+    path = resolve(name)
+    config = _read_json(path / "config.json")
+    if config.get("model_type") != "llada":
+        return None
+    from fewstep.models.lab_tokenizer import LabTokenizer
+
+    extra = _read_json(path / "fewstep.json") if (path / "fewstep.json").is_file() else {}
+    dtype = _dtype(dtype)
+    _check_device(device)
+    return _load_llada(path, config, extra, name, device, dtype, tokenizer=LabTokenizer)
+
+
+def _load_llada(path, config, extra, name, device, dtype, tokenizer=None) -> DiffusionModel:
     from fewstep.models.llada import LLaDAConfig, LLaDAModel
 
     try:
@@ -187,7 +207,7 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
     except RuntimeError as e:
         raise ModelLoadError(f"weights in {path} do not match the config: {str(e).splitlines()[0]}") from None
     module = module.to(device=device, dtype=dtype or torch.float32).eval()
-    tok = _tokenizer(path)
+    tok = (tokenizer or _tokenizer)(path)
     stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
     return DiffusionModel(
         module=module,
