@@ -551,7 +551,7 @@ def test_the_program_cannot_replace_what_the_tests_use(program, tests):
 
 def test_the_tests_reach_the_program_only_as_plain_data():
     program = (
-        "import math\nclass Node:\n    def __init__(self, v):\n        self.v = v\n"
+        "import math\nclass Tree:\n    def __init__(self, v):\n        self.v, self.left = v, None\n"
         "def add(a, b):\n    return a + b\n"
         "def union(a, b):\n    return a | b\n"
         "def depth(n):\n    return 0 if n is None else 1 + depth(n.left)\n"
@@ -572,6 +572,10 @@ assert add(b'a', b'b') == b'ab' and add(LIMIT, 1) == 10 ** 40 + 1 and add(-LIMIT
 assert union({1}, {(2, 'x')}) == {1, (2, 'x')} and union(frozenset([1]), frozenset()) == frozenset([1])
 assert union({(1, 2): [3]}, {None: {4: 5.5}}) == {(1, 2): [3], None: {4: 5.5}}
 assert depth(Node(Node(Node()))) == 3
+tree = Tree(1)  # the program's class, built and changed from the tests
+tree.left = Tree(2)
+tree.left.left = Tree(3)
+assert depth(tree) == 3 and tree.left.v == 2
 assert list(pairs(3)) == [(0, 0), (1, 1), (2, 4)]
 assert count('abca') == {'a': 2, 'b': 1, 'c': 1}
 try:

@@ -168,6 +168,7 @@ def _plain_object(namespace: dict[str, Any]) -> Callable[[str, dict], Any]:
 _OPERATIONS: dict[str, Callable[..., Any]] = {
     "call": lambda o, *a, **k: o(*a, **k),
     "getattr": lambda o, name: getattr(o, name),
+    "setattr": lambda o, name, value: setattr(o, name, value),
     "iter": iter, "next": next, "len": len, "repr": repr, "str": str,
     "getitem": lambda o, key: o[key],
     "contains": lambda o, item: item in o,

@@ -6,8 +6,8 @@ test code (trusted: it comes from the benchmark) sees the program's names as sta
 the program becomes a :class:`Remote` whose calls send their arguments to the program's process
 (:mod:`fewstep.sandbox.child`) and get back a result as plain data (:mod:`fewstep.sandbox.wire`); a
 module the program imported is imported here. Results that are not plain data stay in the program's
-process and are reached through a handle that forwards calls, attributes, iteration, ``len``,
-indexing and ``in``, but never comparisons: such an object equals only itself here.
+process and are reached through a handle that forwards calls, attributes (read and set), iteration,
+``len``, indexing and ``in``, but never comparisons: such an object equals only itself here.
 
 Arguments: ``PAYLOAD_FD VERDICT_FD REQUESTS_FD REPLIES_FD``. The payload is ``NONCE\\nNAMES\\nTESTS``
 (NAMES: the built-ins the program's functions may replace, space-separated). After
@@ -109,6 +109,12 @@ class Remote:
         if name.startswith("__"):
             raise AttributeError(name)
         return self._channel.ask("getattr", self._handle, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in Remote.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            self._channel.ask("setattr", self._handle, name, value)
 
     def __iter__(self) -> Any:
         it = self._channel.ask("iter", self._handle)
