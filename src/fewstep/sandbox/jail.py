@@ -629,10 +629,8 @@ def run_program(
     within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of memory,
     and ``max_output_bytes`` of output (stdout and stderr together; more kills the run). With ``tests``,
     the verdict is the tests' instead (see :func:`run_tests`). ``guard=False`` leaves out the in-process
-    guard (and cannot take tests), so that the kernel-level limits can be tested alone.
+    guard, so that the kernel-level limits and the verdict can be tested without it.
     """
-    if tests is not None and not guard:
-        raise ValueError("tests need the guard (the child program answers the tester)")
     mode = jail_mode()
     started = time.monotonic()
     cpu_limit = max(1, cpu_s if cpu_s is not None else int(timeout_s) + 2)
@@ -656,7 +654,10 @@ def run_program(
                 entry = ["-c", _script("tester.py"), *map(str, tester)]
                 procs.append(_start(workdir, tester_limits, entry, tester, None))
             fds = channels.program_side()
-            entry = ["-c", _script("child.py"), *map(str, fds)] if guard else [PROGRAM_FILE]
+            if tests is None and not guard:
+                entry = [PROGRAM_FILE]
+            else:
+                entry = ["-c", _script("child.py"), *map(str, fds), *([] if guard else ["--no-guard"])]
             procs.append(_start(workdir, limits, entry, fds, channels.program))
         except (OSError, subprocess.SubprocessError) as e:
             for proc in procs:

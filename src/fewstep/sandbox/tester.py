@@ -157,8 +157,8 @@ def test_namespace(channel: _Channel, checks: Any, shadowing: set[str]) -> dict[
     one named like a standard module is that module imported here, unless the name is in ``shadowing``
     (the function under test may have such a name); another module of the program is imported here
     afresh when it is a standard one."""
-    write_message(channel.requests, {"op": "globals", "names": sorted(_names(checks))})
     try:
+        write_message(channel.requests, {"op": "globals", "names": sorted(_names(checks))})
         reply = read_message(channel.replies)
         if type(reply) is not dict or type(reply.get("r")) is not dict:
             raise ProtocolError("malformed globals")
