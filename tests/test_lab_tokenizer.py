@@ -74,3 +74,23 @@ def test_only_bundled_llada_models_take_the_fast_path(tmp_path):
     assert load_lab_model("tiny-ar") is None
     assert load_lab_model(str(tmp_path)) is None
     assert load_lab_model("gold") is None
+
+
+@pytest.mark.parametrize("template", [
+    "{{ bos_token }}Q: {{ messages[-1]['content'] }} A:",
+    '{{bos_token}}{{ messages[-1]["content"] }}{{ eos_token }}\n',
+    "plain {{ undefined_name }} {{ messages[-1]['content'] }}\n\n",
+    "{% for m in messages %}{{ m['content'] }}{% endfor %}",  # not plain substitution: jinja2
+    "{{- bos_token }} {{ messages[-1]['content'] | upper }}",
+])
+def test_template_rendering_equals_jinja2(template):
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from fewstep.models.lab_tokenizer import _template
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    variables = {"bos_token": "<bos>", "eos_token": "<eos>", "add_generation_prompt": True}
+    for content in ["Tom has 9 eggs", "", "{{ not a template }} {% raw %}", "a\nb"]:
+        messages = [{"role": "user", "content": content}]
+        assert _template(template).render(messages=messages, **variables) == \
+            env.from_string(template).render(messages=messages, **variables)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,38 @@ class LabTokenizer:
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
 
+# {{ name }} and {{ messages[-1]['content'] }}
+_PLAIN = re.compile(r"""\{\{\s*(?:(\w+)|messages\[-1\]\[(['"])content\2\])\s*\}\}""")
+
+
+class _Substitution:
+    """A template made only of text and ``{{ name }}`` / ``{{ messages[-1]['content'] }}`` (the lab
+    models' templates), rendered as jinja2 renders it without importing jinja2 (a tenth of a second)."""
+
+    def __init__(self, source: str) -> None:
+        self.parts = _PLAIN.split(source.removesuffix("\n"))  # jinja drops one trailing newline
+
+    @staticmethod
+    def applies(source: str) -> bool:
+        """Whether the template has nothing but text and such substitutions."""
+        return not any(c in _PLAIN.sub("", source) for c in "{}%#")
+
+    def render(self, messages: list[dict[str, Any]], **variables: Any) -> str:
+        parts, out = self.parts, []
+        for i in range(0, len(parts), 3):  # text, then the variable's name (None: the last message's content), quote
+            out.append(parts[i])
+            if i + 1 < len(parts):
+                name = parts[i + 1]
+                out.append(str(variables.get(name, "") if name else messages[-1]["content"]))  # undefined: ""
+        return "".join(out)
+
+
 @functools.lru_cache(maxsize=4)
 def _template(source: str) -> Any:
-    """The compiled template, in the environment transformers compiles chat templates in."""
+    """The compiled template: plain substitution where that is all the template does, else jinja2 in
+    the environment transformers compiles chat templates in."""
+    if _Substitution.applies(source):
+        return _Substitution(source)
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
