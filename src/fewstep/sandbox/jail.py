@@ -12,7 +12,11 @@ A program never runs in the evaluator's process. Each run gets (threat model: do
   files; as root, per-run cgroups capping the number of tasks (``pids``) and all the memory the run
   charges (heap, memfds, tmpfs files); otherwise ``RLIMIT_NPROC`` at the user's count plus a margin;
 * :mod:`fewstep.sandbox.child` as the first program inside: an audit hook (defence in depth), then the
-  program, then the tests, then the verdict (see :func:`run_tests`).
+  program, then (with tests) answers to the tester's calls.
+
+With tests, a second jail of the same kind runs :mod:`fewstep.sandbox.tester`, which executes the
+tests against the program's functions through two pipes and alone writes the verdict (see
+:func:`run_tests`); the two jails share nothing else.
 
 Where no jail can be made, :func:`run_program` raises :class:`~fewstep.errors.SandboxUnavailableError`
 unless the user opted out (``--unsafe-exec``, ``FEWSTEP_UNSAFE_EXEC=1``): the run then happens in a
