@@ -562,6 +562,8 @@ def test_the_tests_reach_the_program_only_as_plain_data():
         "def pairs(n):\n    return ((i, i * i) for i in range(n))\n"
         "def count(xs):\n    import collections\n    return collections.Counter(xs)\n"
         "def fail(x):\n    raise ValueError(f'bad {x}')\n"
+        "def eof():\n    raise EOFError('end')\n"
+        "def bad_bytes():\n    return b'\\xff'.decode()\n"
         "def push(xs):\n    xs.append(1)\n    return xs\n"
         "def sum(a, b):\n    return a - b\n"
         "LIMIT = 10 ** 40\n"
@@ -587,6 +589,12 @@ try:
     raise AssertionError('no exception')
 except ValueError as e:
     assert str(e) == 'bad 3'
+for f, expected in ((eof, EOFError), (bad_bytes, Exception)):
+    try:
+        f()
+        raise AssertionError('no exception')
+    except expected:
+        pass
 xs = [0]
 assert push(xs) == [0, 1] and xs == [0]  # arguments are copies
 assert sum(5, 3) == 2

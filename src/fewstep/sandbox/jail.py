@@ -413,7 +413,7 @@ def _close(fd: int) -> None:
 
 def _file_fd(data: bytes) -> int:
     """A read-only descriptor of an unlinked temporary file holding ``data`` (pipes could fill up)."""
-    fd, path = tempfile.mkstemp(prefix="fewstep-sandbox-")
+    fd, path = tempfile.mkstemp(prefix="fewstep-channel-")  # unlinked at once
     try:
         os.unlink(path)
         os.write(fd, data)

@@ -54,33 +54,45 @@ class _Channel:
             raise TypeError(f"cannot send this to the program: {e}") from None
         try:
             write_message(self.requests, message)
-            reply = read_message(self.replies)
-            return self.unpack(reply)
+            kind, value = self.unpack(read_message(self.replies))
         except (OSError, EOFError, ProtocolError, RecursionError, MemoryError) as e:
             self.broken = f"the program's side broke the channel: {type(e).__name__}: {e}"
             raise ProgramLeft(self.broken) from None
+        if kind == "r":
+            return value
+        name, text = value
+        if kind == "x":
+            self.broken = f"the program raised {name} ({text}) out of one of its functions"
+            raise ProgramLeft(self.broken)
+        raise _exception(name, text)
 
-    def unpack(self, reply: Any) -> Any:
+    def unpack(self, reply: Any) -> tuple[str, Any]:
+        """("r", the decoded result) or ("e" | "x", [exception name, message]); ProtocolError if malformed."""
         if type(reply) is not dict or len(reply) != 1:
             raise ProtocolError("malformed reply")
         ((kind, value),) = reply.items()
         if kind == "r":
-            return decode(value, self.remote)
-        if type(value) is not list or len(value) != 2 or not all(type(v) is str for v in value):
-            raise ProtocolError("malformed exception")
-        name, text = value
-        if kind == "e":
-            cls = getattr(builtins, name, None)
-            if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
-                raise cls(text)
-            raise RemoteError(f"{name}: {text}")
-        self.broken = f"the program raised {name} ({text}) out of one of its functions"
-        raise ProgramLeft(self.broken)
+            return kind, decode(value, self.remote)
+        if kind not in ("e", "x") or type(value) is not list or len(value) != 2 or \
+                not all(type(v) is str for v in value):
+            raise ProtocolError("malformed reply")
+        return kind, value
 
     def remote(self, n: int) -> Remote:
         if n not in self.remotes:
             self.remotes[n] = Remote(self, n)
         return self.remotes[n]
+
+
+def _exception(name: str, text: str) -> Exception:
+    """The program's exception here: a built-in exception as itself, anything else as RemoteError."""
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
+        try:
+            return cls(text)
+        except Exception:  # a constructor that wants other arguments (UnicodeDecodeError)
+            pass
+    return RemoteError(f"{name}: {text}")
 
 
 def _sendable(x: Any) -> Any:
