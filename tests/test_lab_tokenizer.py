@@ -94,3 +94,23 @@ def test_template_rendering_equals_jinja2(template):
         messages = [{"role": "user", "content": content}]
         assert _template(template).render(messages=messages, **variables) == \
             env.from_string(template).render(messages=messages, **variables)
+
+
+def test_generate_with_a_bundled_model_imports_neither_transformers_nor_jinja2():
+    """The start-up path (README "Start-up"): the command prints the answer, exits 0 without the
+    interpreter's teardown, and its import tree has no transformers and no jinja2."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fewstep.cli", "generate",
+         "Tom has 9 eggs . He sells 4 . How many eggs are left ?"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "9 - 4 = 5 . #### 5"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "torch" in imported and "tokenizers" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("transformers", "jinja2")}
