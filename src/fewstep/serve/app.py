@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from importlib.resources import files
 from itertools import count
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -77,6 +78,7 @@ class Server:
         from fewstep.config import resolve_config  # the server's own configuration is checked at start
 
         self.model, self.config, self.api_key = model, config, api_key
+        self.model_id = PurePath(model.name).name or model.name  # a directory is served by its last part
         self.default_cfg = resolve_config(model, config.strategy, list(config.settings))
         self.metrics = Metrics()
         self.batcher = Batcher(model, max_batch_size, max_wait_ms / 1000, config.limits.max_queue, self.metrics)
@@ -107,8 +109,8 @@ class Server:
             raise APIError(401, "missing or wrong API key (send Authorization: Bearer <key>)", "invalid_api_key")
 
     def check_model(self, name: str) -> None:
-        if name != self.model.name:
-            raise APIError(404, f"model {name!r} is not served here; this server serves {self.model.name!r}",
+        if name not in (self.model_id, self.model.name):
+            raise APIError(404, f"model {name!r} is not served here; this server serves {self.model_id!r}",
                            "model_not_found", "model")
 
     def check_open(self) -> None:
@@ -232,7 +234,7 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
     @app.get("/health")
     async def health() -> JSONResponse:
         status = 503 if srv.draining else 200
-        return JSONResponse({"status": "shutting_down" if srv.draining else "ok", "model": model.name,
+        return JSONResponse({"status": "shutting_down" if srv.draining else "ok", "model": srv.model_id,
                              "queue": len(srv.batcher._pending), "batches": srv.batcher.batches}, status_code=status)
 
     api = APIRouter(dependencies=[Depends(srv.check_auth)])
@@ -243,12 +245,12 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "fewstep"}]}
+        return {"object": "list", "data": [{"id": srv.model_id, "object": "model", "created": 0, "owned_by": "fewstep"}]}
 
     @api.get("/v1/models/{name:path}")
     async def model_info(name: str) -> dict[str, Any]:
         srv.check_model(name)
-        return {"id": model.name, "object": "model", "created": 0, "owned_by": "fewstep"}
+        return {"id": srv.model_id, "object": "model", "created": 0, "owned_by": "fewstep"}
 
     @api.get("/v1/strategies")
     async def strategies() -> dict[str, Any]:
@@ -286,7 +288,7 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
         jobs, queue = srv.submit(rows, cfg, watch=body.stream)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         head = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model.name}
+                "model": srv.model_id}
         prompt_tokens = sum(len(ids) for ids, _ in rows)
         if body.stream:
             return StreamingResponse(stream(request, endpoint, body, cfg, jobs, queue, head, prompt_tokens, t0,

@@ -102,6 +102,7 @@ class Batcher:
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the engine is stopping")
+            self._drop_cancelled()
             if len(self._pending) + len(jobs) > self.max_queue:
                 waves = -(-(len(self._pending) + len(jobs)) // self.max_batch_size)
                 raise QueueFull(max(1.0, waves * self._batch_s))
@@ -114,13 +115,17 @@ class Batcher:
         with self._cv:
             self._cv.notify_all()
 
+    def _drop_cancelled(self) -> None:
+        """Forget queued rows whose client has gone (the lock is held)."""
+        if any(j.cancelled for j in self._pending):
+            self._pending = deque(j for j in self._pending if not j.cancelled)
+            self.metrics.queue_depth.set(len(self._pending))
+
     def _take(self) -> list[Job] | None:
         """The next batch (None: stopping with nothing queued)."""
         with self._cv:
             while True:
-                if any(j.cancelled for j in self._pending):
-                    self._pending = deque(j for j in self._pending if not j.cancelled)
-                    self.metrics.queue_depth.set(len(self._pending))
+                self._drop_cancelled()
                 if not self._pending:
                     if self._stopping:
                         return None
