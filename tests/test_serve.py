@@ -289,7 +289,7 @@ def test_64_concurrent_mixed_requests_each_equal_alone(live, model):
     for i in range(64):
         strategy, settings, cli = MIXED[i % 4]
         q = QUESTIONS[i % len(QUESTIONS)]
-        chat, stream = i % 3 == 0, i % 5 == 0
+        chat, stream = i < 32, (i // 16) % 2 == 1  # every mix of endpoint and streaming, each configuration
         body = {"model": "tiny-dlm", "max_tokens": 16, "strategy": strategy, "settings": settings, "stream": stream}
         body.update({"messages": [{"role": "user", "content": q}]} if chat else {"prompt": "Q: " + q + " A:"})
         prompt = q if chat else list(model.tokenizer.encode("Q: " + q + " A:"))
@@ -299,9 +299,10 @@ def test_64_concurrent_mixed_requests_each_equal_alone(live, model):
         answers = list(pool.map(lambda j: _post(base, "/v1/chat/completions" if j[1] else "/v1/completions", j[0]),
                                 jobs))
     assert [status for status, _ in answers] == [200] * 64
-    sizes = []
+    sizes, refs = [], {}
     for (body, chat, prompt, strategy, cli), (_, out) in zip(jobs, answers):
-        ref = _generate(model, prompt, strategy, cli)
+        key = (str(prompt), strategy, tuple(cli))
+        ref = refs[key] = refs.get(key) or _generate(model, prompt, strategy, cli)
         if body["stream"]:
             assert _streamed_text(out, chat) == ref.text
             continue
@@ -483,7 +484,7 @@ def test_sigterm_lets_requests_in_flight_finish(model):
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fewstep.cli", "serve", "--port", str(port), "--log-level",
-                             "warning", "--max-tokens", "256"], env=env, stderr=subprocess.PIPE, text=True)
+                             "warning", "--max-tokens", "160"], env=env, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -496,16 +497,17 @@ def test_sigterm_lets_requests_in_flight_finish(model):
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "fewstep serve did not start"
                 time.sleep(0.2)
-        body = {"model": "tiny-dlm", "prompt": "Q: " + QUESTIONS[0] + " A:", "max_tokens": 256,
-                "settings": {"steps": 256}}
+        body = {"model": "tiny-dlm", "prompt": "Q: " + QUESTIONS[0] + " A:", "max_tokens": 160,
+                "settings": {"steps": 160}}
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(_post, base, "/v1/completions", body)
             time.sleep(1.0)
             assert not pending.done()
             proc.send_signal(signal.SIGTERM)
             status, out = pending.result(timeout=120)
-        assert status == 200 and out["usage"]["nfe"] == 256
-        assert proc.wait(60) == 0
+        assert status == 200 and out["usage"]["nfe"] == 160
+        assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it handled
+        assert "Traceback" not in proc.stderr.read()
         with pytest.raises(OSError):
             _post(base, "/v1/completions", body, timeout=5)
     finally:
