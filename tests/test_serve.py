@@ -514,3 +514,68 @@ def test_sigterm_lets_requests_in_flight_finish(model):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the playground in a real headless browser ----------------------------------------------------------------------
+
+def _browser() -> str | None:
+    """A Chromium executable: $FEWSTEP_CHROMIUM, the system's, or Playwright's own download."""
+    import shutil
+
+    for path in (os.environ.get("FEWSTEP_CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                 shutil.which("google-chrome")):
+        if path and Path(path).exists():
+            return path
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            path = p.chromium.executable_path
+        return path if Path(path).exists() else None
+    except Exception:
+        return None
+
+
+def test_playground_in_a_browser(live, tmp_path):
+    """The page loads, a prompt is submitted, the final text equals the API's answer; then two
+    strategies side by side. The screenshot goes to tmp_path (and to docs/img/playground.png with
+    FEWSTEP_UPDATE_SCREENSHOT=1)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
+    chromium = _browser()
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium, or python -m playwright install chromium)")
+    base, _ = live
+    q = QUESTIONS[5]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 640})
+            page.goto(base + "/")
+            page.wait_for_function("document.querySelectorAll('#strategy-a option').length > 1")
+            page.fill("#prompt", q)
+            page.fill("#max-tokens", "24")
+            page.select_option("#strategy-a", "llada")
+            page.click("#run")
+            page.wait_for_function("document.getElementById('status-a').textContent === 'done'", timeout=60000)
+            status, api = _post(base, "/v1/chat/completions", {"model": "tiny-dlm", "max_tokens": 24, "strategy": "llada",
+                                                               "settings": {}, "messages": [{"role": "user", "content": q}]})
+            assert status == 200 and api["choices"][0]["message"]["content"]
+            assert page.inner_text("#final-a") == api["choices"][0]["message"]["content"]
+            assert page.locator("#canvas-a .tok").count() == 24 and page.locator("#canvas-a .mask").count() == 0
+            assert f"NFE {api['usage']['nfe']} " in page.inner_text("#stats-a")
+            page.select_option("#strategy-b", "cad")
+            page.fill("#params-b input[data-param=tau]", "0.8")
+            page.click("#compare")
+            page.wait_for_function("['a', 'b'].every(s => document.getElementById('status-' + s).textContent === "
+                                   "'done')", timeout=60000)
+            status, api_b = _post(base, "/v1/chat/completions", {"model": "tiny-dlm", "max_tokens": 24, "strategy": "cad",
+                                                                 "settings": {"tau": 0.8},
+                                                                 "messages": [{"role": "user", "content": q}]})
+            assert page.inner_text("#final-b") == api_b["choices"][0]["message"]["content"]
+            shot = tmp_path / "playground.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            if os.environ.get("FEWSTEP_UPDATE_SCREENSHOT") == "1":
+                page.screenshot(path=str(ROOT / "docs" / "img" / "playground.png"), full_page=True)
+        finally:
+            browser.close()

@@ -167,13 +167,7 @@ function guard(fn) {
   return () => fn().catch((e) => setStatus("a", "error: " + e.message, true));
 }
 
-$("run").onclick = guard(async () => {
-  $("panel-b").hidden = true;
-  await run("a");
-});
-$("compare").onclick = guard(async () => {
-  $("panel-b").hidden = false;
-  await Promise.all([run("a"), run("b")]);
-});
+$("run").onclick = guard(() => run("a"));
+$("compare").onclick = guard(() => Promise.all([run("a"), run("b")]));
 $("api-key").onchange = guard(loadCatalog);
 guard(loadCatalog)();
