@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fewstep.serve.batcher import Batcher, Job, QueueFull, RowDone, RowUpdate
 from fewstep.serve.metrics import Metrics
@@ -211,6 +212,11 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
         srv.metrics.requests.labels(request.url.path, str(e.status)).inc()
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, e: ClientDisconnect) -> Response:
+        srv.metrics.requests.labels(request.url.path, "499").inc()
+        return Response(status_code=499)  # nobody is listening: no body
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
