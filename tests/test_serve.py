@@ -171,7 +171,7 @@ def test_models_health_metrics(client):
 
 def test_playground_page_is_served(client):
     page = client.get("/")
-    assert page.status_code == 200 and 'id="canvas-a"' in page.text and "playground.js" in page.text
+    assert page.status_code == 200 and 'data-part="canvas"' in page.text and "playground.js" in page.text
     assert "drawCanvas" in client.get("/static/playground.js").text
 
 
@@ -557,8 +557,8 @@ def test_playground_in_a_browser(live, tmp_path):
             page.select_option("#strategy-a", "llada")
             page.click("#run")
             page.wait_for_function("document.getElementById('status-a').textContent === 'done'", timeout=60000)
-            status, api = _post(base, "/v1/chat/completions", {"model": "tiny-dlm", "max_tokens": 24, "strategy": "llada",
-                                                               "settings": {}, "messages": [{"role": "user", "content": q}]})
+            body = {"model": "tiny-dlm", "max_tokens": 24, "messages": [{"role": "user", "content": q}]}
+            status, api = _post(base, "/v1/chat/completions", {**body, "strategy": "llada"})
             assert status == 200 and api["choices"][0]["message"]["content"]
             assert page.inner_text("#final-a") == api["choices"][0]["message"]["content"]
             assert page.locator("#canvas-a .tok").count() == 24 and page.locator("#canvas-a .mask").count() == 0
@@ -568,9 +568,7 @@ def test_playground_in_a_browser(live, tmp_path):
             page.click("#compare")
             page.wait_for_function("['a', 'b'].every(s => document.getElementById('status-' + s).textContent === "
                                    "'done')", timeout=60000)
-            status, api_b = _post(base, "/v1/chat/completions", {"model": "tiny-dlm", "max_tokens": 24, "strategy": "cad",
-                                                                 "settings": {"tau": 0.8},
-                                                                 "messages": [{"role": "user", "content": q}]})
+            status, api_b = _post(base, "/v1/chat/completions", {**body, "strategy": "cad", "settings": {"tau": 0.8}})
             assert page.inner_text("#final-b") == api_b["choices"][0]["message"]["content"]
             shot = tmp_path / "playground.png"
             page.screenshot(path=str(shot), full_page=True)

@@ -114,6 +114,9 @@ class Server:
             raise APIError(404, f"model {name!r} is not served here; this server serves {self.model_id!r}",
                            "model_not_found", "model")
 
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.model_id, "object": "model", "created": 0, "owned_by": "fewstep"}
+
     def check_open(self) -> None:
         if self.draining:
             raise APIError(503, "the server is shutting down", "shutting_down")
@@ -251,12 +254,12 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
 
     @api.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": srv.model_id, "object": "model", "created": 0, "owned_by": "fewstep"}]}
+        return {"object": "list", "data": [srv.model_card()]}
 
     @api.get("/v1/models/{name:path}")
     async def model_info(name: str) -> dict[str, Any]:
         srv.check_model(name)
-        return {"id": srv.model_id, "object": "model", "created": 0, "owned_by": "fewstep"}
+        return srv.model_card()
 
     @api.get("/v1/strategies")
     async def strategies() -> dict[str, Any]:
@@ -266,27 +269,32 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
         return {"default": cfg.to_dict(), "strategies": [s for s in describe() if s["name"] != "ar"],
                 "limits": {"max_tokens": limits.max_tokens}}
 
-    @api.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        t0 = time.monotonic()
-        srv.check_open()
-        body = parse(CompletionRequest, await read_json(request, limits.max_body_bytes))
-        srv.check_model(body.model)
-        cfg = request_config(model, srv.config, body)
+    def completion_rows(body: CompletionRequest, cfg) -> list[tuple[list[int], str | None]]:
         rows = completion_prompts(model, body, cfg, limits)
         if body.stream and len(rows) > 1:
             raise APIError(400, "stream: one prompt per streamed request", "invalid_value", "prompt")
-        return await respond(request, "/v1/completions", body, cfg, rows, t0)
+        return rows
+
+    def chat_rows(body: ChatRequest, cfg) -> list[tuple[list[int], str | None]]:
+        ids, text = chat_prompt(model, body, cfg, limits)
+        return [(ids, text)]
+
+    async def handle(request: Request, endpoint: str, schema: type, rows_of) -> Response:
+        """Validate (body, model, configuration, prompts), queue the rows, answer."""
+        t0 = time.monotonic()
+        srv.check_open()
+        body = parse(schema, await read_json(request, limits.max_body_bytes))
+        srv.check_model(body.model)
+        cfg = request_config(model, srv.config, body)
+        return await respond(request, endpoint, body, cfg, rows_of(body, cfg), t0)
+
+    @api.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, "/v1/completions", CompletionRequest, completion_rows)
 
     @api.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        t0 = time.monotonic()
-        srv.check_open()
-        body = parse(ChatRequest, await read_json(request, limits.max_body_bytes))
-        srv.check_model(body.model)
-        cfg = request_config(model, srv.config, body)
-        row = chat_prompt(model, body, cfg, limits)
-        return await respond(request, "/v1/chat/completions", body, cfg, [row], t0)
+        return await handle(request, "/v1/chat/completions", ChatRequest, chat_rows)
 
     async def respond(request: Request, endpoint: str, body, cfg, rows, t0: float) -> Response:
         chat = endpoint.endswith("chat/completions")

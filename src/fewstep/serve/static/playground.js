@@ -5,6 +5,15 @@
 const $ = (id) => document.getElementById(id);
 let catalog = null;
 
+// Panels A and B from one template: each part gets the id PART-SIDE (strategy-a, canvas-b, ...).
+for (const side of ["a", "b"]) {
+  const panel = $("panel").content.firstElementChild.cloneNode(true);
+  panel.id = "panel-" + side;
+  panel.querySelector("h2").textContent = side.toUpperCase();
+  for (const part of panel.querySelectorAll("[data-part]")) part.id = part.dataset.part + "-" + side;
+  $("panels").appendChild(panel);
+}
+
 function headers() {
   const h = { "Content-Type": "application/json" };
   const key = $("api-key").value.trim();
