@@ -11,7 +11,8 @@ For each client count N the script
    the largest N) or to ``--url``;
 3. reports requests and answer tokens per second, latency p50 / p90 / p99 (streams: also the time
    to the first text), the server's mean batch size (its ``/metrics``), errors, and the ratio of
-   the server's throughput to the offline one.
+   the server's throughput to the offline one. Steps 1 and 2 alternate ``--repeats`` times and the
+   throughputs are the medians (the machine may be shared: alternation spreads its load over both).
 
 Both sides run with the same number of torch threads (``--threads``). Results: a Markdown table on
 stdout and one JSON line per client count in ``--out``. Every loop is bounded by its request count
@@ -27,6 +28,7 @@ import http.client
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -128,9 +130,11 @@ def run_clients(url: str, n: int, bodies: list[dict], max_seconds: float) -> tup
     stop_at = time.perf_counter() + max_seconds
     results: list[dict] = []
     lock = threading.Lock()
+    start = threading.Barrier(n)
 
     def client(i: int) -> None:
         c = Client(url, timeout=max_seconds)
+        start.wait()  # every client starts at once
         for body in bodies[i::n]:
             if time.perf_counter() > stop_at:
                 break
@@ -158,6 +162,47 @@ def offline(model, questions: list[str], cfg, n: int, requests: int) -> tuple[fl
         done += n
     wall = time.perf_counter() - t0
     return done / wall, tokens / wall
+
+
+def measure(url: str, model, questions: list[str], cfg, n: int, args) -> dict:
+    """``args.repeats`` alternations of the offline run and the server run at ``n`` clients; throughputs
+    are the medians over the repeats, latencies pooled."""
+    total = max(n * args.rounds, args.min_requests)
+    bodies = []
+    for i in range(total):
+        body = {"model": model.name.rsplit("/", 1)[-1], "max_tokens": cfg.gen_length,
+                "messages": [{"role": "user", "content": questions[i % len(questions)]}],
+                "stream": i % 2 == 1}  # every other request streams
+        if body["stream"]:
+            body["stream_options"] = {"include_usage": True}
+        bodies.append(body)
+    run_clients(url, n, bodies[:n], args.max_seconds)  # warm-up: one request per client
+    off, rps, tps, results, batch_sum, batch_count = [], [], [], [], 0.0, 0.0
+    for _ in range(args.repeats):
+        off.append(offline(model, questions, cfg, n, total))
+        before = metrics(url)
+        got, wall = run_clients(url, n, bodies, args.max_seconds)
+        after = metrics(url)
+        ok = [r for r in got if r["ok"]]
+        rps.append(len(ok) / wall)
+        tps.append(sum(r["tokens"] for r in ok) / wall)
+        results += got
+        batch_sum += after["fewstep_batch_size_sum"] - before["fewstep_batch_size_sum"]
+        batch_count += after["fewstep_batch_size_count"] - before["fewstep_batch_size_count"]
+    ok = [r for r in results if r["ok"]]
+    lat = [r["latency"] for r in ok]
+    first = [r["first"] for r in ok if r["stream"] and r["first"] is not None]
+    seen = sorted(r["batch"] for r in ok if r["batch"] is not None)
+    off_rps, off_tps = statistics.median(x[0] for x in off), statistics.median(x[1] for x in off)
+    return {"clients": n, "requests": len(results), "errors": len(results) - len(ok),
+            "error_sample": next((r["error"] for r in results if not r["ok"]), None),
+            "rps": statistics.median(rps), "tokens_per_s": statistics.median(tps), "rps_repeats": rps,
+            "p50_s": percentile(lat, 50), "p90_s": percentile(lat, 90), "p99_s": percentile(lat, 99),
+            "first_text_p50_s": percentile(first, 50), "mean_batch": batch_sum / batch_count if batch_count else 0.0,
+            "batch_sizes_seen": {b: seen.count(b) for b in sorted(set(seen))},
+            "offline_rps": off_rps, "offline_tokens_per_s": off_tps, "offline_rps_repeats": [x[0] for x in off],
+            "ratio": statistics.median(rps) / off_rps, "config": cfg.to_dict(), "model": args.model,
+            "threads": args.threads, "max_wait_ms": args.max_wait_ms}
 
 
 def start_server(args, max_batch: int) -> tuple[subprocess.Popen, str]:
@@ -194,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--max-tokens", type=int, default=None, help="max_tokens of every request (default: the model's)")
     p.add_argument("--rounds", type=int, default=2, help="requests per client (at least --min-requests in all)")
+    p.add_argument("--repeats", type=int, default=2, help="alternations of the offline and the server run")
     p.add_argument("--min-requests", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server and of the offline run")
@@ -219,33 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for n in counts:
-            total = max(n * args.rounds, args.min_requests)
-            off_rps, off_tps = offline(model, questions, cfg, n, total)
-            bodies = []
-            for i in range(total):
-                body = {"model": model.name.rsplit("/", 1)[-1], "max_tokens": cfg.gen_length,
-                        "messages": [{"role": "user", "content": questions[i % len(questions)]}],
-                        "stream": i % 2 == 1}  # every other request streams
-                if body["stream"]:
-                    body["stream_options"] = {"include_usage": True}
-                bodies.append(body)
-            run_clients(url, n, bodies[:n], args.max_seconds)  # warm-up: one request per client
-            before = metrics(url)
-            results, wall = run_clients(url, n, bodies, args.max_seconds)
-            after = metrics(url)
-            ok = [r for r in results if r["ok"]]
-            batches = after["fewstep_batch_size_count"] - before["fewstep_batch_size_count"]
-            lat = [r["latency"] for r in ok]
-            first = [r["first"] for r in ok if r["stream"] and r["first"] is not None]
-            row = {"clients": n, "requests": len(results), "errors": len(results) - len(ok),
-                   "error_sample": next((r["error"] for r in results if not r["ok"]), None),
-                   "wall_s": round(wall, 3), "rps": len(ok) / wall, "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
-                   "p50_s": percentile(lat, 50), "p90_s": percentile(lat, 90), "p99_s": percentile(lat, 99),
-                   "first_text_p50_s": percentile(first, 50),
-                   "mean_batch": (after["fewstep_batch_size_sum"] - before["fewstep_batch_size_sum"]) / batches
-                   if batches else 0.0,
-                   "offline_rps": off_rps, "offline_tokens_per_s": off_tps, "ratio": (len(ok) / wall) / off_rps,
-                   "config": cfg.to_dict(), "model": args.model, "threads": args.threads}
+            row = measure(url, model, questions, cfg, n, args)
             rows.append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                               if k != "config"}), file=sys.stderr, flush=True)
