@@ -163,6 +163,7 @@ def test_models_health_metrics(client):
     for name in ("fewstep_requests_total", "fewstep_nfe_total", "fewstep_batch_size_bucket", "fewstep_queue_depth",
                  "fewstep_request_seconds_bucket", "fewstep_completion_tokens_total"):
         assert name in text
+    assert 'fewstep_requests_total{endpoint="/v1/models/{name:path}",status="404"}' in text  # the route, not the path
     batches = next(line for line in text.splitlines() if line.startswith("fewstep_batch_size_count"))
     assert float(batches.split()[-1]) >= 1
     strategies = client.get("/v1/strategies").json()
@@ -404,6 +405,7 @@ BAD = [  # (name, body or raw bytes, status, error code)
      "context_length_exceeded"),
     ("body too large", {**OK, "prompt": "x " * 9000}, 413, "body_too_large"),
     ("stream of several prompts", {**OK, "prompt": ["a", "b"], "stream": True}, 400, "invalid_value"),
+    ("more prompts than the queue holds", {**OK, "prompt": ["Q: 1 A:"] * 257}, 400, "invalid_value"),
 ]
 BAD_CHAT = [
     ("no messages", {"model": "tiny-dlm", "messages": []}, 400, "invalid_value"),
@@ -577,3 +579,24 @@ def test_playground_in_a_browser(live, tmp_path):
                 page.screenshot(path=str(ROOT / "docs" / "img" / "playground.png"), full_page=True)
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_warm_start_request_equals_generate_and_streams_provisional_tokens(client, model):
+    """A request with a drafter (warm start): the answer equals fewstep.generate's; the stream's
+    canvas shows the injected draft as provisional tokens and the text comes in one delta at the end."""
+    q = QUESTIONS[4]
+    settings = {"drafter": "tiny-ar", "init": "inject", "remask_threshold": 0.5, "confirm_threshold": 0.5}
+    ref = _generate(model, q, "threshold", [f"{k}={v}" for k, v in settings.items()])
+    body = {"model": "tiny-dlm", "messages": [{"role": "user", "content": q}], "strategy": "threshold",
+            "settings": settings}
+    out = client.post("/v1/chat/completions", json=body).json()
+    assert out["choices"][0]["message"]["content"] == ref.text
+    usage = out["usage"]
+    assert (usage["nfe"], usage["drafter_nfe"], usage["injected"], usage["confirmed"], usage["revoked"]) == \
+        (ref.nfe, ref.drafter_nfe, ref.injected, ref.confirmed, ref.revoked)
+    chunks = _sse(client.post("/v1/chat/completions", json={**body, "stream": True, "canvas": True}).text)
+    steps = [c["fewstep"] for c in chunks if "fewstep" in c and not c["fewstep"].get("done")]
+    assert len(steps[0]["injected"]) == ref.injected > 0  # the positions the draft started
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks]
+    assert [d for d in deltas if d] == [ref.text]

@@ -96,10 +96,11 @@ class Server:
         return text
 
     def canvas(self, ids: list[int], state: list[int], committed_at: list[int], revoked: list[int], step: int,
-               nfe: int) -> dict[str, Any]:
+               nfe: int, injected: list[int]) -> dict[str, Any]:
+        """A chunk's ``fewstep`` field: the whole canvas after a step."""
         mask = self.model.mask_id
         return {"step": step, "nfe": nfe, "tokens": [None if t == mask else self.piece(t) for t in ids],
-                "state": state, "committed_at": committed_at, "revoked": revoked}
+                "state": state, "committed_at": committed_at, "revoked": revoked, "injected": injected}
 
     def check_auth(self, request: Request) -> None:
         if self.api_key is None:
@@ -170,8 +171,10 @@ class Server:
         out = {"prompt_tokens": prompt_tokens, "completion_tokens": answer, "total_tokens": prompt_tokens + answer,
                "nfe": nfe, "tokens_per_forward": round(answer / nfe, 4) if nfe else 0.0}
         drafter = sum(d.result.drafter_nfe for d in dones)
-        if drafter:
+        if drafter:  # a warm start: the drafter's forwards and what became of its draft
             out["drafter_nfe"] = drafter
+            for k in ("injected", "confirmed", "revoked"):
+                out[k] = sum(getattr(d.result, k) for d in dones)
         return out
 
 
@@ -211,14 +214,18 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
         srv.metrics.requests.labels(endpoint, str(status)).inc()
         srv.metrics.latency.labels(endpoint).observe(time.monotonic() - t0)
 
+    def endpoint_of(request: Request) -> str:
+        """The route's path template (a metrics label: never the raw path, which a client chooses)."""
+        return getattr(request.scope.get("route"), "path", "other")
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        srv.metrics.requests.labels(request.url.path, str(e.status)).inc()
+        srv.metrics.requests.labels(endpoint_of(request), str(e.status)).inc()
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, e: ClientDisconnect) -> Response:
-        srv.metrics.requests.labels(request.url.path, "499").inc()
+        srv.metrics.requests.labels(endpoint_of(request), "499").inc()
         return Response(status_code=499)  # nobody is listening: no body
 
     @app.exception_handler(StarletteHTTPException)
@@ -231,7 +238,7 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
-        srv.metrics.requests.labels(request.url.path, "500").inc()
+        srv.metrics.requests.labels(endpoint_of(request), "500").inc()
         return JSONResponse(APIError(500, f"internal error: {type(e).__name__}").body(), status_code=500)
 
     @app.get("/", include_in_schema=False)
@@ -273,6 +280,8 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
         rows = completion_prompts(model, body, cfg, limits)
         if body.stream and len(rows) > 1:
             raise APIError(400, "stream: one prompt per streamed request", "invalid_value", "prompt")
+        if len(rows) > limits.max_queue:
+            raise APIError(400, f"prompt: at most {limits.max_queue} prompts per request", "invalid_value", "prompt")
         return rows
 
     def chat_rows(body: ChatRequest, cfg) -> list[tuple[list[int], str | None]]:
@@ -374,7 +383,7 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
                 if isinstance(item, RowUpdate):
                     delta = text.update(item.canvas[: item.settled])
                     extra = srv.canvas(item.canvas, item.state, item.committed_at, item.revoked, item.step,
-                                       item.nfe) if body.canvas else None
+                                       item.nfe, item.injected) if body.canvas else None
                     if text.stopped:  # a stop string ended the answer: reply now, free the row
                         yield chunk(delta, "stop", extra)
                         break
@@ -386,7 +395,7 @@ def create_app(model, config: ServerConfig | None = None, api_key: str | None = 
                 delta = text.finish(r.text)
                 extra = None
                 if body.canvas:
-                    extra = srv.canvas(r.token_ids, [2] * len(r.token_ids), r.committed_at, [], item.step, r.nfe)
+                    extra = srv.canvas(r.token_ids, [2] * len(r.token_ids), r.committed_at, [], item.step, r.nfe, [])
                     extra.update(done=True, usage=srv.usage(prompt_tokens, [item]), batch_size=item.batch_size)
                 yield chunk(delta, _finish_reason(r, text.stopped), extra)
                 if body.include_usage:

@@ -58,6 +58,7 @@ class RowUpdate:
     committed_at: list[int]  # [G] step of each commit (-1: not yet)
     revoked: list[int]  # positions sent back to mask at this step
     settled: int  # length of the committed prefix
+    injected: list[int]  # positions that started as provisional draft tokens (warm starts)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ class Batcher:
         open_ = torch.ones(n, dtype=torch.bool)  # [B] rows not reported yet
         with torch.no_grad():
             warm = warm_start_for(self.model, [j.text for j in jobs], cfg) if cfg.drafter else None
+            init_tokens = warm.init.tokens if warm and warm.init and warm.init.tokens is not None else None
+            injected = None if init_tokens is None else init_tokens >= 0  # [B, G]
             events = cast(Generator, decode(self.model, [j.ids for j in jobs], cfg, init=warm.init if warm else None))
             try:
                 for ev in events:
@@ -187,7 +190,7 @@ class Batcher:
                     if not live.any():
                         break  # every row is reported or its client has gone
                     if (live & watch).any():
-                        self._updates(jobs, ev, undecided, live & watch)
+                        self._updates(jobs, ev, undecided, live & watch, injected)
             finally:
                 events.close()
         self._batch_s = time.monotonic() - t0
@@ -196,14 +199,15 @@ class Batcher:
         self.batches += 1
 
     @staticmethod
-    def _updates(jobs: list[Job], ev, undecided, rows) -> None:
-        """A RowUpdate for each watched live row (``rows`` [B] bool)."""
+    def _updates(jobs: list[Job], ev, undecided, rows, injected) -> None:
+        """A RowUpdate for each watched live row (``rows`` [B] bool; ``injected`` [B, G] or None)."""
         g = undecided.shape[1]
         settled = (undecided.int().argmax(1)).masked_fill(~undecided.any(1), g)  # [B] first undecided position
         for i in rows.nonzero().squeeze(1).tolist():  # streams only: each needs its own row's lists
+            drafted = [] if injected is None else injected[i].nonzero().squeeze(1).tolist()
             jobs[i].deliver(RowUpdate(ev.step, int(ev.nfe[i]), ev.canvas[i].tolist(), ev.state[i].tolist(),
                                       ev.committed_at[i].tolist(), ev.revoked[i].nonzero().squeeze(1).tolist(),
-                                      int(settled[i])))
+                                      int(settled[i]), drafted))
 
 
 def _rows(obj, idx):

@@ -85,10 +85,15 @@ function hue(step, last) {
   return 220 - 210 * (last > 0 ? step / last : 0);
 }
 
+const history = { a: null, b: null }; // per panel: positions ever injected / ever revoked in this run
+
 function drawCanvas(side, c) {
   const box = $("canvas-" + side);
   const last = Math.max(c.step, ...c.committed_at);
   const revoked = new Set(c.revoked || []);
+  const h = history[side];
+  for (const i of c.injected || []) h.injected.add(i);
+  for (const i of revoked) h.revoked.add(i);
   box.innerHTML = "";
   c.tokens.forEach((t, i) => {
     const span = document.createElement("span");
@@ -99,6 +104,7 @@ function drawCanvas(side, c) {
     } else {
       span.textContent = t;
       if (c.state[i] === 1) span.classList.add("prov");
+      else if (h.injected.has(i) && !h.revoked.has(i)) span.classList.add("confirmed");
       else span.style.background = "hsl(" + hue(c.committed_at[i], last) + ",70%,80%)";
       span.title = "committed at step " + c.committed_at[i];
     }
@@ -115,6 +121,7 @@ function setStatus(side, text, error) {
 
 async function run(side) {
   const t0 = performance.now();
+  history[side] = { injected: new Set(), revoked: new Set() };
   $("final-" + side).textContent = "";
   $("stats-" + side).textContent = "";
   setStatus(side, "running", false);
