@@ -600,3 +600,26 @@ def test_warm_start_request_equals_generate_and_streams_provisional_tokens(clien
     assert len(steps[0]["injected"]) == ref.injected > 0  # the positions the draft started
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks]
     assert [d for d in deltas if d] == [ref.text]
+
+
+def test_a_batch_waits_while_requests_keep_coming(model):
+    """A batch closes when no row has joined for max_wait, or its oldest row has waited 10 x max_wait."""
+    from fewstep.serve.batcher import WAIT_CAP, Batcher
+
+    cfg = resolve_config(model, None, [])
+    b = Batcher(model, max_batch_size=16, max_wait_s=1.0)
+    jobs = [Job([3], None, cfg, "k", lambda x: None) for _ in range(3)]
+    b.submit(jobs[:1])
+    timers = [threading.Timer(0.6 * i, b.submit, [[jobs[i]]]) for i in (1, 2)]
+    for t in timers:
+        t.start()
+    assert b._take() == jobs  # each came within max_wait of the last (the third after 1.2 s): one batch
+    for t in timers:
+        t.join()
+    now = time.monotonic()
+    start = now - (WAIT_CAP + 1.4) * 1.0
+    old = [Job([3], None, cfg, "k", lambda x: None, enqueued=start + i * 0.95) for i in range(13)]
+    assert now - old[-1].enqueued < 0.5  # the newest has just come: not quiet yet
+    b.submit(old)  # every row within max_wait of the previous, but the oldest is past the cap: taken at once
+    t0 = time.monotonic()
+    assert b._take() == old and time.monotonic() - t0 < 0.5

@@ -228,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on every API request")
     sv.add_argument("--max-batch-size", type=_count, default=32, help="rows decoded together at most")
     sv.add_argument("--max-wait-ms", type=_finite, default=10.0,
-                    help="how long the oldest queued request waits for others to join its batch")
+                    help="a batch closes when no request has joined it for this long (or the oldest has waited "
+                         "10 times this, or it is full)")
     sv.add_argument("--max-queue", type=_count, default=256, help="queued rows at most (then 429)")
     sv.add_argument("--max-tokens", type=_count, default=512, help="largest max_tokens (generation length) allowed")
     sv.add_argument("--max-prompt-tokens", type=_count, default=4096)

@@ -2,8 +2,9 @@
 
 Each request row is a :class:`Job`. Rows wait in a FIFO queue; the engine takes the oldest row and
 every queued row with the same batch key (:func:`fewstep.serve.requests.batch_key`: the same
-DecodeConfig, at temperature 0), up to ``max_batch_size``, once that many are waiting or the
-oldest has waited ``max_wait_s``. Rows that arrive while a batch decodes wait for the next one.
+DecodeConfig, at temperature 0), up to ``max_batch_size``, once that many are waiting, or no row of
+that key has arrived for ``max_wait_s``, or the oldest has waited ``WAIT_CAP x max_wait_s``. Rows that
+arrive while a batch decodes wait for the next one.
 The batch runs :func:`fewstep.decoding.loop.decode` (with a warm start where the configuration has
 a drafter, as :func:`fewstep.generate` does); at every step
 
@@ -67,6 +68,9 @@ class RowDone:
     step: int
     batch_size: int
     queue_s: float
+
+
+WAIT_CAP = 10  # the oldest queued row waits at most WAIT_CAP x max_wait for its batch to fill
 
 
 class QueueFull(Exception):
@@ -134,7 +138,10 @@ class Batcher:
                     continue
                 first = self._pending[0]
                 same = [j for j in self._pending if j.key == first.key][: self.max_batch_size]
-                wait = first.enqueued + self.max_wait_s - time.monotonic()
+                # close when full, or when no row of this key has come for max_wait (a burst of clients
+                # answered by the last batch comes back spread out), or the oldest has waited 10 x max_wait
+                close = min(same[-1].enqueued + self.max_wait_s, first.enqueued + WAIT_CAP * self.max_wait_s)
+                wait = close - time.monotonic()
                 if len(same) >= self.max_batch_size or wait <= 0 or self._stopping:
                     taken = set(map(id, same))
                     self._pending = deque(j for j in self._pending if id(j) not in taken)
