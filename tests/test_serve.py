@@ -608,12 +608,17 @@ def test_a_batch_waits_while_requests_keep_coming(model):
 
     cfg = resolve_config(model, None, [])
     b = Batcher(model, max_batch_size=16, max_wait_s=1.0)
-    jobs = [Job([3], None, cfg, "k", lambda x: None) for _ in range(3)]
-    b.submit(jobs[:1])
-    timers = [threading.Timer(0.6 * i, b.submit, [[jobs[i]]]) for i in (1, 2)]
+    jobs: list[Job] = []
+
+    def arrive() -> None:  # a request arrives: its Job is made and queued
+        jobs.append(Job([3], None, cfg, "k", lambda x: None))
+        b.submit(jobs[-1:])
+
+    arrive()
+    timers = [threading.Timer(0.6 * i, arrive) for i in (1, 2)]
     for t in timers:
         t.start()
-    assert b._take() == jobs  # each came within max_wait of the last (the third after 1.2 s): one batch
+    assert b._take() == jobs and len(jobs) == 3  # each came within max_wait of the last (the third after 1.2 s)
     for t in timers:
         t.join()
     now = time.monotonic()
