@@ -144,7 +144,7 @@ class Server:
         self.batcher.wake()
 
     async def results(self, request: Request, jobs: list[Job], queue: asyncio.Queue, deadline: float) -> list[RowDone]:
-        """Every row's RowDone; 504 past the deadline; None when the client has gone."""
+        """Every row's RowDone, in row order; APIError 504 past the deadline; ClientGone when the client has left."""
         done: list[RowDone | None] = [None] * len(jobs)
         left = len(jobs)
         while left:
