@@ -1,4 +1,4 @@
-"""The ``fewstep`` command line: generate (with --stream / --trace), eval, bench, train, list, lm-eval.
+"""The ``fewstep`` command line: generate (with --stream / --trace), eval, bench, train, list, serve, lm-eval.
 
 Errors that fewstep raises on purpose (bad configuration, unknown model, prompt too long, ...)
 are printed as one line ``fewstep: error: ...`` with exit status 2.
@@ -225,6 +225,26 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("tasks", "models", "strategies"))
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
 
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with request batching and a playground",
+                        description="Serve a diffusion model over the OpenAI API (/v1/completions, "
+                                    "/v1/chat/completions, streaming), with a live denoising playground at /. "
+                                    "--strategy / --set are the server's defaults; a request may change them "
+                                    "with its own strategy and settings fields. Needs the serve extra.")
+    _add_model_args(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    sv.add_argument("--port", type=_count, default=8000)
+    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on every API request")
+    sv.add_argument("--max-batch-size", type=_count, default=32, help="rows decoded together at most")
+    sv.add_argument("--max-wait-ms", type=_finite, default=10.0,
+                    help="a batch closes when no request has joined it for this long (or the oldest has waited "
+                         "10 times this, or it is full)")
+    sv.add_argument("--max-queue", type=_count, default=256, help="queued rows at most (then 429)")
+    sv.add_argument("--max-tokens", type=_count, default=512, help="largest max_tokens (generation length) allowed")
+    sv.add_argument("--max-prompt-tokens", type=_count, default=4096)
+    sv.add_argument("--max-body-bytes", type=_count, default=1 << 20)
+    sv.add_argument("--timeout", type=_finite, default=600.0, help="seconds per request, arrival to last byte")
+    sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
     sub.add_parser("lm-eval", add_help=False,
                    help="lm-eval's command line with the fewstep model registered (all arguments passed through)")
     return parser
@@ -289,6 +309,28 @@ def _stream(model, prompt: str, cfg, show: bool = True):
     result = results_from_event(model, event, warm)[0]
     injected = init.tokens[0].tolist() if init is not None and init.tokens is not None else [-1] * cfg.gen_length
     return result, origins(injected, revoked.tolist(), result.token_ids)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from fewstep.models.loading import BUNDLED, load_model
+
+    try:
+        from fewstep.serve.requests import Limits, ServerConfig
+        from fewstep.serve.server import serve
+    except ImportError as e:
+        raise ConfigError(f"fewstep serve needs the serve extra (pip install 'fewstep[serve]'): {e}") from None
+    if args.timeout <= 0 or args.max_wait_ms < 0:
+        raise ConfigError("--timeout must be > 0 and --max-wait-ms >= 0")
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    settings = _settings(args)
+    drafters = tuple(dict.fromkeys([n for n in BUNDLED if n == "tiny-ar"] + ([args.drafter] if args.drafter else [])))
+    limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
+                    max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, timeout_s=args.timeout,
+                    drafters=drafters)
+    serve(model, ServerConfig(args.strategy, tuple(settings), limits), host=args.host, port=args.port,
+          api_key=args.api_key, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+          log_level=args.log_level)
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -416,7 +458,7 @@ def _main(argv: list[str]) -> int:
         check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
         _allow_unsafe_exec(args)
         commands = {"generate": _generate, "eval": _eval, "bench": _bench, "train": _train, "list": _list,
-                    "distill": _distill}
+                    "distill": _distill, "serve": _serve}
         return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)
