@@ -252,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import fewstep
-    from fewstep.config import _with_gen_length, resolve_config
+    from fewstep.config import resolve_config, with_gen_length
     from fewstep.tasks import arith
 
     torch.set_num_threads(args.threads)
     model = fewstep.load_model(args.model)
     cfg = resolve_config(model, args.strategy, args.settings)
     if args.max_tokens:
-        cfg = _with_gen_length(cfg, args.max_tokens)
+        cfg = with_gen_length(cfg, args.max_tokens)
     questions = [q.question for q in arith.test_set()]
     proc, url = (None, args.url) if args.url else start_server(args, max(counts))
     rows = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fewstep.cli import check_settings
-from fewstep.config import DecodeConfig, _with_gen_length, override, resolve_config, setting_names, split_assignment
+from fewstep.config import DecodeConfig, override, resolve_config, setting_names, split_assignment, with_gen_length
 from fewstep.errors import FewstepError
 from fewstep.serve.schemas import APIError, ChatRequest, CompletionRequest
 
@@ -65,7 +65,7 @@ def request_config(model, server: ServerConfig, body: CompletionRequest | ChatRe
             base_settings = [s for s in base_settings if split_assignment(s)[0] in names]
         cfg = resolve_config(model, strategy, base_settings)
         if body.max_tokens is not None:
-            cfg = _with_gen_length(cfg, body.max_tokens)
+            cfg = with_gen_length(cfg, body.max_tokens)
         cfg = override(cfg, settings)
     except FewstepError as e:
         raise APIError(400, str(e), "invalid_settings", "settings") from None
