@@ -41,6 +41,10 @@ class LLaDAConfig:
     eos_token_id: int = 2
     pad_token_id: int = 0
     max_sequence_length: int = 4096
+    # block-causal attention (block diffusion): 0 is LLaDA's full bidirectional attention; N > 0 cuts
+    # the sequence into blocks of N positions counted from its first real token (position ids from
+    # the attention mask), attention bidirectional inside a block and causal across blocks
+    attention_block_length: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLaDAConfig:
@@ -204,6 +208,11 @@ class LLaDAModel(nn.Module):
         if position_ids is None:
             t = w if attention_mask is None else attention_mask.shape[1]
             position_ids = torch.arange(t, device=x.device).expand(b, t)
+        if self.config.attention_block_length > 0:  # block-causal: keys of the query's block or earlier
+            blk = position_ids // self.config.attention_block_length  # [B, T]
+            q_blk = blk if window is None else blk[:, window]  # [B, W]
+            causal = blk[:, None, None, :] <= q_blk[:, None, :, None]  # [B, 1, W, T]
+            key_mask = causal if key_mask is None else key_mask & causal
         if window is not None:
             if cache is None:
                 raise ValueError("a window forward needs a cache")

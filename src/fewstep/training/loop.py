@@ -54,9 +54,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def _new_model(cfg: TrainConfig):
-    make = lab.new_dlm if cfg.kind == "dlm" else lab.new_ar
     torch.manual_seed(cfg.seed)
-    return make(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
+    if cfg.kind == "dlm":
+        return lab.new_dlm(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden,
+                           attention_block_length=cfg.attention_block_length)
+    return lab.new_ar(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
 
 
 def _load_weights(cfg: TrainConfig, model) -> None:
