@@ -9,7 +9,7 @@ import torch
 
 from fewstep.config import DecodeConfig
 from fewstep.decoding.loop import ended_rows
-from fewstep.strategies import cad, factor, make_policy, scorers, threshold
+from fewstep.strategies import cad, factor, factor_prefix, make_policy, scorers, threshold
 from fewstep.strategies.base import StepContext
 
 INF = float("-inf")
@@ -40,13 +40,32 @@ def test_threshold_commits_all_above_and_at_least_one():
 
 
 def test_factor_rule():
-    # n-th (1-based) confidence must be >= 1 - f/(n+1); f = 1: 0.5, 0.667, 0.75, 0.8
-    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)  # sorted: 0.9, 0.76, 0.7 (< 0.75) stop
+    # Fast-dLLM: the n-th (1-based) sorted confidence must be >= 1 - f/(n+1) (f = 1: 0.667, 0.75, 0.8),
+    # the first always passes; k = first failure (0-based); k == N - 1 (or no failure) commits all N
+    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)  # sorted: 0.9, 0.76, 0.7 (< 0.75) k=2
     assert factor.select(conf, 1.0).tolist() == [[True, False, True, False]]
+    low = torch.tensor([[0.3, 0.2, INF]], dtype=torch.float64)  # N=2, the second fails: k = N - 1 -> both
+    assert factor.select(low, 1.0).tolist() == [[True, True, False]]
+    last_fails = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # 0.99, 0.99 ok, 0.4 (< 0.75) is last
+    assert factor.select(last_fails, 1.0).tolist() == [[True, True, True]]
+    all_pass = torch.tensor([[0.97, 0.99, 0.98, INF]], dtype=torch.float64)
+    assert factor.select(all_pass, 1.0).tolist() == [[True, True, True, False]]
+    one = torch.tensor([[INF, 0.01, INF], [INF, INF, INF]], dtype=torch.float64)  # a single candidate; none
+    assert factor.select(one, 1.0).tolist() == [[False, True, False], [False, False, False]]
+    neg = torch.tensor([[-3.0, -2.5, INF]], dtype=torch.float64)  # scores below -1 (negative entropy): k=0 -> 1
+    assert factor.select(neg, 1.0).tolist() == [[False, True, False]]
+    # a larger factor lowers every bound: 0.7 passes 1 - 2/4 = 0.5, then 0.1 fails and is last -> all four
+    assert factor.select(conf, 2.0).tolist() == [[True, True, True, True]]
+
+
+def test_factor_prefix_rule():
+    # the variant: exactly the longest all-passing sorted prefix, at least one
+    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)
+    assert factor_prefix.select(conf, 1.0).tolist() == [[True, False, True, False]]
     low = torch.tensor([[0.3, 0.2, INF]], dtype=torch.float64)  # none pass: still the top one
-    assert factor.select(low, 1.0).tolist() == [[True, False, False]]
-    prefix_only = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # sorted 0.99, 0.99 (ok), 0.4 (<0.75)
-    assert factor.select(prefix_only, 1.0).tolist() == [[False, True, True]]
+    assert factor_prefix.select(low, 1.0).tolist() == [[True, False, False]]
+    prefix_only = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # 0.4 (< 0.75) stays masked
+    assert factor_prefix.select(prefix_only, 1.0).tolist() == [[False, True, True]]
 
 
 def test_cad_k_rule():

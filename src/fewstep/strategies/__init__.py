@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "llada": "fewstep.strategies.llada",
     "threshold": "fewstep.strategies.threshold",
     "factor": "fewstep.strategies.factor",
+    "factor_prefix": "fewstep.strategies.factor_prefix",
     "cad": "fewstep.strategies.cad",
     "eb": "fewstep.strategies.eb",
     "ar": "fewstep.strategies.ar",
