@@ -102,8 +102,8 @@ def test_logits_are_block_local(random_dlm_dir):
     assert part.shape == (1, 2, full.shape[-1])
     torch.testing.assert_close(part, full[:, 3:5], rtol=1e-5, atol=1e-5)
     assert model.module(input_ids=ids, attention_mask=att).logits.shape == full.shape  # the raw module: all T
-    with pytest.raises(ConfigError, match="key/value cache"):
-        model.logits(input_ids=ids, attention_mask=att, cache=object())
+    with pytest.raises(ValueError, match="window forward needs a cache"):
+        model.logits(input_ids=ids, attention_mask=att, positions=slice(3, 5), window=slice(3, 5))
 
 
 def test_snapshots_only_when_asked():

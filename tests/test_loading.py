@@ -112,9 +112,9 @@ def test_import_is_light():
     assert out == "[]"
 
 
-def test_dream_directory_without_code_is_a_clear_error(tmp_path):
+def test_incomplete_dream_config_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "Dream"}))
-    with pytest.raises(ModelLoadError, match="modelling code"):
+    with pytest.raises(ModelLoadError, match="config.json lacks vocab_size"):
         fewstep.load_model(tmp_path)
 
 
@@ -131,3 +131,37 @@ def test_loading_needs_no_training_code():
                 imported.update((path.name, alias.name) for alias in node.names)
     assert ("loading.py", "fewstep.models.adapter") in imported  # the walk sees the loader's imports
     assert [(f, m) for f, m in sorted(imported) if m.startswith("fewstep.training")] == []
+
+
+def test_decode_defaults_live_in_generation_config(tmp_path, random_dlm_dir):
+    from fewstep.models.loading import write_decode_defaults
+
+    path = Path(shutil.copytree(random_dlm_dir, tmp_path / "m"))
+    (path / "fewstep.json").write_text(json.dumps({"decode_defaults": {"gen_length": 16, "steps": 8}}))
+    assert fewstep.load_model(path).decode_defaults == {"gen_length": 16, "steps": 8}  # an older directory
+    write_decode_defaults(path, {"gen_length": 32, "steps": 4, "block_length": 8})
+    assert not (path / "fewstep.json").exists()
+    gen = json.loads((path / "generation_config.json").read_text())
+    assert gen == {"max_new_tokens": 32, "steps": 4, "block_length": 8}  # transformers' generate() reads it too
+    assert fewstep.load_model(path).decode_defaults == {"gen_length": 32, "steps": 4, "block_length": 8}
+
+
+@pytest.mark.parametrize("name,gen_length", [("tiny-dlm", 24), ("tiny-dlm-cd", 24), ("tiny-ar", 80)])
+def test_bundled_models_keep_their_defaults_in_generation_config(name, gen_length):
+    from conftest import bundled
+
+    path = bundled(name)
+    assert not (path / "fewstep.json").exists() and (path / "generation_config.json").is_file()
+    assert fewstep.load_model(name).decode_defaults["gen_length"] == gen_length
+
+
+def test_training_export_writes_generation_config(tmp_path, random_ar_dir):
+    from fewstep.training.config import TrainConfig
+    from fewstep.training.loop import export
+
+    export(TrainConfig(kind="ar"), random_ar_dir, tmp_path / "exported")
+    exported = tmp_path / "exported"
+    assert not (exported / "fewstep.json").exists()
+    gen = json.loads((exported / "generation_config.json").read_text())
+    assert gen["max_new_tokens"] == 80 and gen["eos_token_id"] == 2  # merged into transformers' own file
+    assert fewstep.load_model(exported).decode_defaults == {"gen_length": 80}

@@ -27,18 +27,21 @@ __all__ = [
     "GenerationResult",
     "generate",
     "load_model",
+    "register_auto_classes",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from fewstep.decoding.generate import generate
     from fewstep.decoding.result import GenerationResult
+    from fewstep.models.hf import register_auto_classes
     from fewstep.models.loading import load_model
 
 _LAZY = {
     "generate": "fewstep.decoding.generate",
     "GenerationResult": "fewstep.decoding.result",
     "load_model": "fewstep.models.loading",
+    "register_auto_classes": "fewstep.models.hf",
 }
 
 

@@ -88,7 +88,14 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
                    help="override a decode setting, e.g. --set steps=6 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+    _add_trust_remote_code(p)
     _add_drafter_arg(p)
+
+
+def _add_trust_remote_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run modelling / tokenizer code shipped in the model directory (never needed for LLaDA, "
+                        "Dream or architectures transformers knows)")
 
 
 def _add_drafter_arg(p: argparse.ArgumentParser) -> None:
@@ -179,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
+    _add_trust_remote_code(b)
     _add_drafter_arg(b)
     b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
     _add_unsafe_exec(b)
@@ -229,7 +237,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
         raise ConfigError(f"--trace {args.trace} exists and is not a directory")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     cfg = resolve_config(model, args.strategy, _settings(args))
     origin = None
     if (args.stream or args.trace) and model.kind == "diffusion":
@@ -287,7 +295,7 @@ def _bench(args: argparse.Namespace) -> int:
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
                        limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
                        settings=tuple(_settings(args)), data=args.data, device=args.device, dtype=args.dtype,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     run_bench(req, progress=not args.no_progress)
     print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
@@ -302,7 +310,7 @@ def _eval(args: argparse.Namespace) -> int:
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(_settings(args)), data=args.data,
                       device=args.device, dtype=args.dtype, num_processes=args.num_processes,
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     summary = run_eval(req, progress=not args.no_progress)
     if is_main_process():
         print(one_line(summary))

@@ -26,6 +26,7 @@ from fewstep.errors import ConfigError
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
 INIT = ("mask", "inject", "interpolate")
+CACHE = ("none", "prefix", "dual")
 
 
 @dataclass(frozen=True, init=False)
@@ -75,6 +76,13 @@ class DecodeConfig:
     verify_prefix: judge a block's draft as a whole once all of it has been judged: confirm the
         longest prefix whose tokens reach remask_threshold, revoke the rest (chained errors are
         repaired, not locked in; :mod:`fewstep.decoding.revise`).
+    cache: the key/value cache (Fast-dLLM's approximate cache; models that support one):
+        ``none`` (every step runs the whole sequence), ``prefix`` (a step runs the active block and
+        everything after it; the prompt and the finished blocks come from the cache), ``dual``
+        (a step runs the active block only; the positions after it come from the cache too).
+    cache_refresh: within a block, rerun the whole sequence and refresh the cache every this many
+        steps (0: only at the block's first step, as Fast-dLLM; 1: every step, which is exactly
+        the uncached decode).
     params: the active strategy's parameters (e.g. ``threshold``; ``steps`` for llada).
     """
 
@@ -101,6 +109,8 @@ class DecodeConfig:
     max_revisions: int = 1
     verify_groups: int = 1
     verify_prefix: bool = False
+    cache: str = "none"
+    cache_refresh: int = 0
     params: Any = None
 
     def __init__(self, **kw: Any) -> None:
@@ -212,6 +222,10 @@ def _check_loop(cfg: DecodeConfig) -> None:
         raise ConfigError("drafter_max_tokens and max_revisions must be >= 0")
     if cfg.verify_groups < 1:
         raise ConfigError(f"verify_groups must be >= 1, got {cfg.verify_groups}")
+    if cfg.cache not in CACHE:
+        raise ConfigError(f"cache must be one of {', '.join(CACHE)}, got {cfg.cache!r}")
+    if cfg.cache_refresh < 0:
+        raise ConfigError(f"cache_refresh must be >= 0, got {cfg.cache_refresh}")
     if cfg.remask_threshold > cfg.confirm_threshold:
         raise ConfigError(f"remask_threshold ({cfg.remask_threshold}) must not exceed confirm_threshold "
                           f"({cfg.confirm_threshold})")

@@ -8,7 +8,10 @@ right. A step of block [lo, hi) is:
 1. rows with work: rows with an undecided position in the block (and, for ``llada``, whose
    schedule commits anything at this step); finished rows take no forward;
 2. one forward over those rows -> logits of the block's positions only (``window_logits``); the
-   input is token ids, or input embeddings where an embedding prior is active;
+   input is token ids, or input embeddings where an embedding prior is active. With a key/value
+   cache (``cache``, :mod:`fewstep.decoding.cache`) a row's forward runs only the active window
+   and reads the rest of the sequence from the cache, except at the row's first step of a block
+   (and every ``cache_refresh`` steps), which runs everything and refreshes the cache;
 3. logits processing: guidance, EOS logit penalty, Gumbel noise -> candidates;
 4. scoring -> confidence (EOS confidence lowered with ``eos_confidence=last``);
 5. decision: the strategy's policy says which undecided positions to commit and which to revoke
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from fewstep.config import DecodeConfig
+from fewstep.decoding.cache import StepCache
 from fewstep.decoding.canvas import COMMITTED, MASKED, PROVISIONAL, CanvasInit, initial_state, progress, undecided
 from fewstep.decoding.revise import revise, token_probability, verify_prefix
 from fewstep.decoding.scoring import LAST, candidates_and_confidence, window_logits
@@ -185,12 +189,16 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     policy = make_policy(cfg)
     uses_progress = getattr(policy, "uses_progress", True)  # progress costs a reduction per step: only if read
     cost = 2 if cfg.cfg_scale > 0 else 1
+    kv = None if cfg.cache == "none" else StepCache(model, cfg.cache, cfg.cache_refresh, b, cfg.cfg_scale > 0, dev)
+    all_rows = torch.arange(b, device=dev)
     step = 0
     for blk in range(cfg.num_blocks):
         lo, hi = blk * cfg.block_length, (blk + 1) * cfg.block_length
         window = slice(p + lo, p + hi)
         blk_state, blk_tokens, blk_at = state[:, lo:hi], gen[:, lo:hi], committed_at[:, lo:hi]  # views
         policy.start_block(blk_state == MASKED)
+        if kv is not None:
+            kv.start_block()
         budget = policy.max_steps()
         for s in range(budget):
             masked = blk_state == MASKED  # [B, L]
@@ -224,7 +232,10 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                     x = ids.clone()
                     x[:, p + lo:p + hi].masked_fill_(judged, mask_id)
             guide = None if prompt_pos is None else pick(prompt_pos)
-            logits = window_logits(model, pick(x), pick(att), guide, window, cfg.cfg_scale, embeds)
+            if kv is None:
+                logits = window_logits(model, pick(x), pick(att), guide, window, cfg.cfg_scale, embeds)
+            else:  # the cache decides, per row, between a refresh and a window forward
+                logits = kv.logits(model, pick(x), pick(att), guide, window, cfg.cfg_scale, embeds, pick(all_rows), s)
             cand, conf, probs = candidates_and_confidence(logits, cfg, eos_id, generator, mask_id)  # [b, L](, V)
             if sub is not None:  # the active rows' results back in full batch shape
                 cand = _scatter_rows((b, hi - lo), 0, sub, cand)

@@ -19,10 +19,22 @@ LAST = -1e30  # confidence given to EOS candidates with eos_confidence=last (fin
 
 
 def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch.Tensor | None, window: slice,
-                  cfg_scale: float, embeds: torch.Tensor | None = None) -> torch.Tensor:
+                  cfg_scale: float, embeds: torch.Tensor | None = None, cache=None,
+                  cache_rows: torch.Tensor | None = None, cache_window: slice | None = None) -> torch.Tensor:
     """Logits [b, L, V] in float32 for the positions of ``window``, with classifier-free guidance
     when ``cfg_scale`` > 0 (the unconditional pass sees the prompt masked). ``embeds`` [b, T, D]
-    replaces the token embeddings as the model's input (embedding priors)."""
+    replaces the token embeddings as the model's input (embedding priors).
+
+    ``cache`` (:class:`fewstep.models.kvcache.KVCache`), ``cache_rows`` [b] (the rows' places in
+    it; with guidance the unconditional rows follow the conditional ones, ``cache.rows // 2``
+    further) and ``cache_window`` (None: run everything and refresh the cache) are passed to
+    :meth:`fewstep.models.adapter.DiffusionModel.logits`."""
+    kw = {}
+    if cache is not None:
+        rows = torch.arange(ids.shape[0], device=ids.device) if cache_rows is None else cache_rows
+        if cfg_scale > 0:
+            rows = torch.cat([rows, rows + cache.rows // 2])
+        kw = {"cache": cache, "cache_rows": rows, "window": cache_window}
     if cfg_scale > 0:
         assert prompt_pos is not None, "guidance needs the prompt positions"
         un = torch.where(prompt_pos, torch.full_like(ids, model.mask_id), ids)
@@ -31,12 +43,13 @@ def window_logits(model, ids: torch.Tensor, att: torch.Tensor, prompt_pos: torch
             un_embeds = torch.where(prompt_pos[..., None], model.embed(un), embeds)
             both_embeds = torch.cat([embeds, un_embeds])
         both = model.logits(input_ids=None if both_embeds is not None else torch.cat([ids, un]),
-                            attention_mask=torch.cat([att, att]), inputs_embeds=both_embeds, positions=window).float()
+                            attention_mask=torch.cat([att, att]), inputs_embeds=both_embeds, positions=window,
+                            **kw).float()
         cond, uncond = both.chunk(2)
         return uncond + (cfg_scale + 1) * (cond - uncond)
     if embeds is not None:
-        return model.logits(attention_mask=att, inputs_embeds=embeds, positions=window).float()
-    return model.logits(input_ids=ids, attention_mask=att, positions=window).float()
+        return model.logits(attention_mask=att, inputs_embeds=embeds, positions=window, **kw).float()
+    return model.logits(input_ids=ids, attention_mask=att, positions=window, **kw).float()
 
 
 def candidates_and_confidence(logits: torch.Tensor, cfg, eos_id: int, generator,

@@ -40,6 +40,7 @@ class BenchRequest:
     device: str = "cpu"
     dtype: str | None = None
     overwrite: bool = False  # remove the directory's earlier results instead of resuming them
+    trust_remote_code: bool = False  # run code shipped in the model directory
 
 
 def split_strategies(text: str) -> tuple[str, ...]:
@@ -103,7 +104,7 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit]
-    model = load_model(req.model, device=req.device, dtype=req.dtype)
+    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
     cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
@@ -212,12 +213,38 @@ def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: li
             "wall_ratio": first["wall_s"] / s["wall_s"] if s["wall_s"] else None,
             **paired_comparison([by_id_first[i] for i in ids], [mine[i] for i in ids]),
         }
+    for s, lab, cfg in zip(rows, labels, cfgs):
+        twin = uncached_twin(cfg, cfgs)
+        if twin is not None:
+            s["vs_uncached"] = compare_outputs(samples[labels[twin]], samples[lab], rows[twin], s)
     result = {**{k: v for k, v in plan.items() if k not in ("configs", "data_sha256", "model_sha256")},
               "results": rows, "environment": environment()}
     write_json(out / "bench.json", result)
     write_bytes(out / "bench.md", markdown_table(result).encode())
     plot_pareto(result, out / "pareto.png")
     return result
+
+
+def uncached_twin(cfg: DecodeConfig, cfgs: Sequence[DecodeConfig]) -> int | None:
+    """The index of the configuration that is ``cfg`` without a key/value cache (None: ``cfg`` has
+    no cache, or the bench has no such twin)."""
+    if cfg.cache == "none":
+        return None
+    plain = {**cfg.to_dict(), "cache": "none", "cache_refresh": 0}
+    return next((i for i, c in enumerate(cfgs) if c.cache == "none" and c.to_dict() == plain), None)
+
+
+def compare_outputs(base: list[dict[str, Any]], mine: list[dict[str, Any]], base_summary: dict[str, Any],
+                    summary: dict[str, Any]) -> dict[str, Any]:
+    """How a cached run's outputs differ from its uncached twin's on the same problems: outputs that
+    differ (count and share), accuracy difference with Newcombe's interval, wall-clock gain."""
+    theirs = {x["id"]: x for x in base}
+    ids = [x["id"] for x in mine if x["id"] in theirs]
+    by_id = {x["id"]: x for x in mine}
+    differ = sum(by_id[i]["output"] != theirs[i]["output"] for i in ids)
+    return {"n": len(ids), "outputs_differ": differ, "outputs_differ_share": differ / len(ids) if ids else 0.0,
+            "wall_gain": base_summary["wall_s"] / summary["wall_s"] if summary["wall_s"] else None,
+            **paired_comparison([theirs[i]["correct"] for i in ids], [by_id[i]["correct"] for i in ids])}
 
 
 def markdown_table(result: dict[str, Any]) -> str:
@@ -234,6 +261,10 @@ def markdown_table(result: dict[str, Any]) -> str:
     drafted = any(s.get("drafter_nfe_mean") for s in result["results"])
     if drafted:  # the drafter's forwards and seconds (already inside wall s and wall ratio)
         lines = [lines[0] + " drafter NFE | drafter s |", lines[1] + "---:|---:|"]
+    cached = any("vs_uncached" in s for s in result["results"])
+    if cached:  # each cached configuration against the same configuration without the cache
+        lines = [lines[0] + " outputs ≠ uncached | Δ acc vs uncached | wall gain vs uncached |",
+                 lines[1] + "---:|---:|---:|"]
     for s in result["results"]:
         lo, hi = s["accuracy_ci95"]
         v = s["vs_first"]
@@ -245,8 +276,17 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{s['tokens_per_forward']:.2f} | "
             f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
             + (f" {s.get('drafter_nfe_mean', 0.0):.1f} | {s.get('drafter_s', 0.0):.2f} |" if drafted else "")
+            + (_vs_uncached(s.get("vs_uncached")) if cached else "")
         )
     return head + "\n".join(lines) + "\n"
+
+
+def _vs_uncached(u: dict[str, Any] | None) -> str:
+    if u is None:
+        return " - | - | - |"
+    lo, hi = u["accuracy_diff_ci95"]
+    return (f" {u['outputs_differ']} ({u['outputs_differ_share']:.1%}) | {u['accuracy_diff']:+.1%} "
+            f"[{lo:+.1%}, {hi:+.1%}] | {u['wall_gain']:.2f}x |")
 
 
 def _p_value(p: float | None) -> str:

@@ -56,6 +56,7 @@ class EvalRequest:
     dtype: str | None = None
     num_processes: int = 1
     overwrite: bool = False  # remove the directory's earlier results instead of resuming them
+    trust_remote_code: bool = False  # run code shipped in the model directory
 
 
 def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:

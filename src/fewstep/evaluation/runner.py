@@ -121,7 +121,7 @@ def prepare(req: EvalRequest) -> _Run:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit] if req.limit is not None else every
-    model = load_model(req.model, device=req.device, dtype=req.dtype)
+    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
     strategy = "none" if model.kind == "gold" else cfg.strategy
     header = {"task": req.task, "model": req.model, "strategy": strategy, "config": cfg.to_dict(),

@@ -208,6 +208,17 @@ def _device(device: str | None) -> str:
     return str(device)
 
 
+def _flag_value(name: str, value: Any) -> bool:
+    """A boolean model_arg (lm-eval passes ``True`` or the string given in --model_args)."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 def _decode_settings(extra: dict[str, Any]) -> dict[str, Any]:
     """The model_args that are decode settings, as strings (parsed by the setting's type). Keys
     that are not settings of the strategy are refused by :func:`fewstep.config.override`."""
@@ -241,12 +252,14 @@ class FewstepLM(LM):
 
     def __init__(self, pretrained: str = "tiny-dlm", strategy: str | None = None, batch_size: Any = None,
                  device: str | None = None, dtype: str | None = None, mc_num: int = DEFAULT_MC_NUM,
-                 mc_padding: str = "eos", max_batch_size: Any = None, **decode: Any) -> None:
+                 mc_padding: str = "eos", max_batch_size: Any = None, trust_remote_code: Any = False,
+                 **decode: Any) -> None:
         from fewstep.config import resolve_config
         from fewstep.models.loading import load_model
 
         super().__init__()
-        self.model = load_model(str(pretrained), device=_device(device), dtype=None if dtype == "auto" else dtype)
+        self.model = load_model(str(pretrained), device=_device(device), dtype=None if dtype == "auto" else dtype,
+                                trust_remote_code=_flag_value("trust_remote_code", trust_remote_code))
         if self.model.kind not in ("diffusion", "causal"):
             raise ConfigError(f"{pretrained!r} cannot be evaluated with lm-eval: it does not decode prompts")
         self.pretrained = str(pretrained)
@@ -254,7 +267,7 @@ class FewstepLM(LM):
             self.cfg = override(resolve_config(self.model, strategy, ()), _decode_settings(decode))
         except ConfigError as e:
             raise ConfigError(f"unknown fewstep model_args or bad value: {e} (model_args also take pretrained, "
-                              "strategy, batch_size, device, dtype, mc_num, mc_padding)") from None
+                              "strategy, batch_size, device, dtype, mc_num, mc_padding, trust_remote_code)") from None
         self.batch_size = _batch_size(batch_size)
         if int(mc_num) < 1:
             raise ConfigError(f"mc_num must be >= 1, got {mc_num}")

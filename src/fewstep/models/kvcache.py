@@ -40,6 +40,9 @@ class KVCache:
         positions of ``window`` (None: all T); return the keys and values [b, Hk, T, Dh] that those
         rows attend to."""
         if window is None:  # a full forward: the cache takes these keys and values
+            if rows is None and k.shape[0] == self.rows:  # every row: keep the tensors themselves, no copy
+                self.keys[layer], self.values[layer] = k, v
+                return k, v
             if layer not in self.keys:
                 shape = (self.rows, *k.shape[1:])
                 self.keys[layer] = k.new_zeros(shape)

@@ -20,7 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewstep.errors import ModelLoadError
 from fewstep.models.kvcache import KVCache
+
+# The official LLaDA code's defaults (its OLMo-derived ModelConfig) for fields a config.json leaves out.
+OFFICIAL_DEFAULTS: dict[str, Any] = {
+    "d_model": 768, "n_heads": 12, "n_kv_heads": None, "n_layers": 12, "mlp_ratio": 4, "mlp_hidden_size": None,
+    "activation_type": "swiglu", "block_type": "sequential", "block_group_size": 1, "alibi": False, "rope": False,
+    "rope_full_precision": True, "flash_attention": False, "multi_query_attention": None,
+    "attention_layer_norm": False, "input_emb_norm": False, "layer_norm_type": "default",
+    "layer_norm_with_affine": True, "rms_norm_eps": 1e-5, "max_sequence_length": 1024, "rope_theta": 10000.0,
+    "include_qkv_bias": False, "include_bias": False, "bias_for_layer_norm": None, "scale_logits": False,
+    "vocab_size": 50257, "embedding_size": 50304, "weight_tying": True, "eos_token_id": 50256,
+    "pad_token_id": 50256, "mask_token_id": 50256,
+}
+NORMS = ("rms", "gemma_rms", "default", "low_precision")  # low_precision == default outside autocast
+ACTIVATIONS = ("silu", "gelu", "relu")
+# Fields whose only implemented value is this one (anything else changes the math or the layout).
+FIXED = {"block_type": "llama", "rope": True, "alibi": False, "block_group_size": 1, "rope_full_precision": True,
+         "attention_layer_norm": False, "clip_qkv": None, "yarn": False}
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,12 @@ class LLaDAConfig:
     eos_token_id: int = 2
     pad_token_id: int = 0
     max_sequence_length: int = 4096
+    layer_norm_type: str = "rms"
+    layer_norm_with_affine: bool = True
+    bias_for_layer_norm: bool | None = None  # None: as include_bias
+    activation_type: str = "silu"
+    input_emb_norm: bool = False  # embeddings times sqrt(d_model)
+    scale_logits: bool = False  # logits times 1 / sqrt(d_model)
     # block-causal attention (block diffusion): 0 is LLaDA's full bidirectional attention; N > 0 cuts
     # the sequence into blocks of N positions counted from its first real token (position ids from
     # the attention mask), attention bidirectional inside a block and causal across blocks
@@ -48,40 +72,99 @@ class LLaDAConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLaDAConfig:
+        """A config.json as the official code reads it: absent fields take its defaults; every value
+        that changes the computation is implemented or refused (:class:`ModelLoadError` naming the field)."""
+        d = {**OFFICIAL_DEFAULTS, **d}
+        _check_contract(d)
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        if kw.get("n_kv_heads") is None:
-            kw["n_kv_heads"] = kw.get("n_heads", cls.n_heads)
+        kw["n_kv_heads"] = _effective_kv_heads(d)
         if kw.get("embedding_size") is None:
-            kw["embedding_size"] = kw.get("vocab_size", cls.vocab_size)
+            kw["embedding_size"] = kw["vocab_size"]
+        if kw.get("mlp_hidden_size") is None:
+            kw["mlp_hidden_size"] = int(d["mlp_ratio"]) * int(kw["d_model"])
         return cls(**kw)
+
+    @property
+    def norm_bias(self) -> bool:
+        return self.include_bias if self.bias_for_layer_norm is None else bool(self.bias_for_layer_norm)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(
-            model_type="llada",
-            architectures=["LLaDAModelLM"],
-            rope=True,
-            layer_norm_type="rms",
-            activation_type="silu",
-            block_type="llama",
-            input_emb_norm=False,
-            scale_logits=False,
-        )
+        d.update(model_type="llada", architectures=["LLaDAModelLM"], rope=True, block_type="llama")
         return d
 
 
+def _refuse(field: str, value: Any, why: str) -> ModelLoadError:
+    return ModelLoadError(f"config field {field}={value!r} is not implemented ({why})")
+
+
+def _check_contract(d: dict[str, Any]) -> None:
+    for name, only in FIXED.items():
+        value = d.get(name, only)
+        if value != only and not (only is False and value is None):
+            raise _refuse(name, value, f"fewstep implements {name}={only!r} only")
+    if d["layer_norm_type"] not in NORMS:
+        raise _refuse("layer_norm_type", d["layer_norm_type"], "choose one of " + ", ".join(NORMS))
+    if d["activation_type"] not in ACTIVATIONS:
+        why = ("the official llama block cannot run it" if d["activation_type"] == "swiglu"
+               else "choose one of " + ", ".join(ACTIVATIONS))
+        raise _refuse("activation_type", d["activation_type"], why)
+    for name in ("include_bias", "include_qkv_bias", "weight_tying", "input_emb_norm", "scale_logits",
+                 "layer_norm_with_affine"):
+        if not isinstance(d[name], bool):
+            raise _refuse(name, d[name], "must be true or false")
+    if d["bias_for_layer_norm"] is not None and not isinstance(d["bias_for_layer_norm"], bool):
+        raise _refuse("bias_for_layer_norm", d["bias_for_layer_norm"], "must be true, false or null")
+    block = d.get("attention_block_length", 0)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+        raise _refuse("attention_block_length", block, "0 (full attention) or a block length > 0")
+    if not isinstance(d["n_heads"], int) or d["n_heads"] < 1 or d["d_model"] % d["n_heads"]:
+        raise _refuse("n_heads", d["n_heads"], f"must divide d_model={d['d_model']}")
+
+
+def _effective_kv_heads(d: dict[str, Any]) -> int:
+    """Key/value heads as the official config resolves ``n_kv_heads`` and ``multi_query_attention``."""
+    n_kv, mqa, n_heads = d["n_kv_heads"], d["multi_query_attention"], d["n_heads"]
+    if n_kv is None:
+        return 1 if mqa is True else int(n_heads)
+    if mqa is None or n_kv == (1 if mqa else n_heads):
+        if n_kv < 1 or n_heads % n_kv:
+            raise _refuse("n_kv_heads", n_kv, f"must divide n_heads={n_heads}")
+        return int(n_kv)
+    raise _refuse("multi_query_attention", mqa, f"contradicts n_kv_heads={n_kv}")
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMS norm in float32, cast back, then the affine part: ``w * x (+ b)``, or ``x * (1 + w)`` for
+    Gemma's variant; no parameters without ``affine``."""
+
+    def __init__(self, dim: int, eps: float, affine: bool = True, bias: bool = False, gemma: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.gemma = eps, gemma
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine and bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return x32.to(dtype) * self.weight.to(dtype)
+        y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        if self.weight is None:
+            return y
+        y = y * (1 + self.weight.to(dtype)) if self.gemma else y * self.weight.to(dtype)
+        return y if self.bias is None else y + self.bias.to(dtype)
+
+
+def make_norm(cfg: LLaDAConfig) -> nn.Module:
+    """The norm ``layer_norm_type`` names, as the official code builds it (``default``: torch's
+    LayerNorm with eps 1e-5 whatever rms_norm_eps says)."""
+    affine, bias = cfg.layer_norm_with_affine, cfg.norm_bias
+    if cfg.layer_norm_type in ("default", "low_precision"):
+        return nn.LayerNorm(cfg.d_model, eps=1e-5, elementwise_affine=affine, bias=affine and bias)
+    return RMSNorm(cfg.d_model, cfg.rms_norm_eps, affine, bias, gemma=cfg.layer_norm_type == "gemma_rms")
+
+
+ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +189,13 @@ class LLaDABlock(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = h, hk, d // h
         self.theta = cfg.rope_theta
         qkv_bias = cfg.include_bias or cfg.include_qkv_bias
-        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.attn_norm = make_norm(cfg)
         self.q_proj = nn.Linear(d, d, bias=qkv_bias)
         self.k_proj = nn.Linear(d, hk * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(d, hk * self.head_dim, bias=qkv_bias)
         self.attn_out = nn.Linear(d, d, bias=cfg.include_bias)
-        self.ff_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ff_norm = make_norm(cfg)
+        self.act = ACTIVATION_FNS[cfg.activation_type]
         self.ff_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
         self.up_proj = nn.Linear(d, cfg.mlp_hidden_size, bias=cfg.include_bias)
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
@@ -134,7 +218,7 @@ class LLaDABlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0 / math.sqrt(self.head_dim))
         h = x + self.attn_out(a.transpose(1, 2).reshape(b, t, -1))
         m = self.ff_norm(h)
-        return h + self.ff_out(F.silu(self.ff_proj(m)) * self.up_proj(m))
+        return h + self.ff_out(self.act(self.ff_proj(m)) * self.up_proj(m))
 
 
 @dataclass
@@ -147,7 +231,7 @@ class _Transformer(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(cfg.embedding_size, cfg.d_model)
         self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.n_layers))
-        self.ln_f = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.ln_f = make_norm(cfg)
         if not cfg.weight_tying:
             self.ff_out = nn.Linear(cfg.d_model, cfg.embedding_size, bias=cfg.include_bias)
 
@@ -198,6 +282,8 @@ class LLaDAModel(nn.Module):
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         tr = self.model.transformer
         x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
+        if self.config.input_emb_norm:
+            x = x * self.config.d_model**0.5
         b, w, _ = x.shape
         key_mask = None
         if attention_mask is not None:
@@ -224,8 +310,11 @@ class LLaDAModel(nn.Module):
         if logits_positions is not None:  # the output head for these positions only
             x = x[:, logits_positions]
         x = tr.ln_f(x)
-        head = tr.wte.weight if self.config.weight_tying else tr.ff_out.weight
-        return DiffusionLMOutput(logits=F.linear(x, head))
+        tied = self.config.weight_tying
+        logits = F.linear(x, tr.wte.weight if tied else tr.ff_out.weight, None if tied else tr.ff_out.bias)
+        if self.config.scale_logits:
+            logits = logits * (1 / math.sqrt(self.config.d_model))
+        return DiffusionLMOutput(logits=logits)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,9 +1,14 @@
 """``fewstep.load_model``: bundled lab models by name, or a directory in Hugging Face layout.
 
 Directories are recognised by config.json: ``model_type: llada`` loads fewstep's own LLaDA
-implementation (real LLaDA checkpoints and ``tiny-dlm`` alike, sharded safetensors included);
-any causal LM that transformers knows loads as a :class:`CausalModel`. An optional
-``fewstep.json`` beside config.json holds decode defaults (``{"decode_defaults": {...}}``).
+implementation (real LLaDA checkpoints and ``tiny-dlm`` alike, sharded safetensors included),
+``model_type: Dream`` fewstep's own Dream implementation; any causal LM that transformers knows
+loads as a :class:`CausalModel`. None of these runs code from the directory. A directory whose
+architecture exists only as its own code (``auto_map``) loads only with ``trust_remote_code=True``.
+
+Decode defaults come from ``generation_config.json`` (the fewstep keys in it: ``gen_length``,
+``steps``, ...); directories written before that hold them in ``fewstep.json``
+(``{"decode_defaults": {...}}``), still read.
 """
 
 from __future__ import annotations
@@ -130,52 +135,124 @@ def _no_weight_init() -> Iterator[None]:
             setattr(init, n, f)
 
 
-def _tokenizer(path: Path):
+DECODE_KEYS = ("gen_length", "block_length", "steps")  # fewstep's keys in generation_config.json
+
+
+def decode_defaults(path: Path) -> dict[str, Any]:
+    """Decode defaults of a model directory: generation_config.json (``max_new_tokens`` is the
+    generation length; ``gen_length``, ``block_length`` and ``steps`` are fewstep's keys), over an
+    older directory's fewstep.json."""
+    old = path / "fewstep.json"
+    out: dict[str, Any] = dict(_read_json(old).get("decode_defaults", {})) if old.is_file() else {}
+    gen = path / "generation_config.json"
+    if gen.is_file():
+        g = _read_json(gen)
+        if isinstance(g.get("max_new_tokens"), int):
+            out["gen_length"] = g["max_new_tokens"]
+        out.update({k: g[k] for k in DECODE_KEYS if isinstance(g.get(k), int)})
+    return out
+
+
+def write_decode_defaults(path: Path, defaults: dict[str, Any]) -> None:
+    """Write ``defaults`` into ``path``/generation_config.json (kept keys merged; atomic), where
+    transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json."""
+    gen = path / "generation_config.json"
+    g = _read_json(gen) if gen.is_file() else {}
+    g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS and k != "gen_length"})
+    if "gen_length" in defaults:  # transformers' name for it, so that its generate() agrees
+        g["max_new_tokens"] = defaults["gen_length"]
+    tmp = gen.with_name(gen.name + ".tmp")
+    tmp.write_text(json.dumps(g, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(gen)
+    (path / "fewstep.json").unlink(missing_ok=True)
+
+
+def needs_remote_code(config: dict[str, Any]) -> bool:
+    """A config.json whose architecture neither fewstep nor this transformers implements, with its
+    own modelling code named in ``auto_map``."""
+    return not native(config) and not transformers_knows(config) and bool(config.get("auto_map"))
+
+
+def native(config: dict[str, Any]) -> bool:
+    return str(config.get("model_type")).lower() in ("llada", "dream")
+
+
+def transformers_knows(config: dict[str, Any]) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    return str(config.get("model_type")) in CONFIG_MAPPING
+
+
+def _tokenizer(path: Path, trust_remote_code: bool = False, fallback: str | None = None):
+    """The directory's tokenizer, never prompting. A tokenizer that is remote code (``auto_map`` in
+    tokenizer_config.json) runs only with ``trust_remote_code``; without it the directory's
+    tokenizer files are read by transformers' own ``fallback`` class (e.g. Qwen2's for Dream)."""
+    import transformers
     from transformers import AutoTokenizer
 
+    tok_cfg = path / "tokenizer_config.json"
+    remote = tok_cfg.is_file() and "AutoTokenizer" in _read_json(tok_cfg).get("auto_map", {})
     try:
         with _quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(path))
+            if remote and not trust_remote_code:
+                if fallback is None:
+                    raise ModelLoadError(
+                        f"the tokenizer of {path} is its own code (auto_map in tokenizer_config.json): "
+                        "pass trust_remote_code=True (--trust-remote-code) to run it"
+                    )
+                return getattr(transformers, fallback).from_pretrained(str(path))
+            return AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except ModelLoadError:
+        raise
     except Exception as e:  # transformers raises many types for a bad tokenizer directory
-        raise ModelLoadError(f"cannot load the tokenizer of {path}: {e}") from None
+        first_line = str(e).splitlines()[0] if str(e) else repr(e)
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {first_line}") from None
 
 
 def load_model(
-    name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
     the stored precision; ``device`` to the CPU. The name ``gold`` gives the built-in
-    :class:`~fewstep.models.gold.GoldModel` (a directory called gold: pass ``./gold``)."""
+    :class:`~fewstep.models.gold.GoldModel` (a directory called gold: pass ``./gold``).
+
+    ``trust_remote_code``: run modelling or tokenizer code shipped in the directory, for an
+    architecture fewstep and transformers do not implement (never needed for LLaDA or Dream)."""
     if str(name_or_path) == "gold":
         from fewstep.models.gold import GoldModel
 
         return GoldModel()  # type: ignore[return-value]
+    if not isinstance(trust_remote_code, bool):
+        raise ModelLoadError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     path = resolve(name_or_path)
     config = _read_json(path / "config.json")
-    extra = _read_json(path / "fewstep.json") if (path / "fewstep.json").is_file() else {}
+    defaults = decode_defaults(path)
     dtype = _dtype(dtype)
     _check_device(device)
-    kind = config.get("model_type")
+    kind = str(config.get("model_type"))
     name = str(name_or_path)
     if kind == "llada":
-        return _load_llada(path, config, extra, name, device, dtype)
-    if str(kind).lower() == "dream":
-        return _load_remote_diffusion(path, config, extra, name, device, dtype, shifted=True)
-    return _load_causal(path, config, extra, name, device, dtype)
+        return _load_llada(path, config, defaults, name, device, dtype, trust_remote_code)
+    if kind.lower() == "dream":
+        return _load_dream(path, config, defaults, name, device, dtype, trust_remote_code)
+    if needs_remote_code(config) and not trust_remote_code:
+        raise ModelLoadError(
+            f"{path}: model type {kind!r} is the directory's own code (auto_map in config.json), which fewstep "
+            "does not run unless asked: pass trust_remote_code=True (--trust-remote-code) to run it"
+        )
+    if not transformers_knows(config) and not needs_remote_code(config):
+        raise ModelLoadError(
+            f"{path}: unknown architecture: model_type {config.get('model_type')!r} is not one fewstep implements "
+            "(llada, Dream) nor one this transformers knows, and the directory ships no code for it"
+        )
+    return _load_causal(path, config, defaults, name, device, dtype, trust_remote_code)
 
 
-def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
-    from fewstep.models.llada import LLaDAConfig, LLaDAModel
-
-    try:
-        cfg = LLaDAConfig.from_dict(config)
-        with torch.device("meta"), _no_weight_init():
-            module = LLaDAModel(cfg)
-    except (TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError) as e:
-        raise ModelLoadError(f"invalid LLaDA config in {path}: {e}") from None
-    state = _state_dict(path)
-    if cfg.weight_tying:
-        state.pop("model.transformer.ff_out.weight", None)
+def _checked_state(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``module`` (built on the meta device): the names and shapes must match exactly."""
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -186,8 +263,38 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
         module.load_state_dict(state, assign=True, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"weights in {path} do not match the config: {str(e).splitlines()[0]}") from None
-    module = module.to(device=device, dtype=dtype or torch.float32).eval()
-    tok = _tokenizer(path)
+
+
+def _build(path: Path, what: str, make):
+    """``make()`` on the meta device; a config error becomes one ModelLoadError line naming ``path``."""
+    try:
+        with torch.device("meta"), _no_weight_init():
+            return make()
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    except (TypeError, ValueError, AttributeError, RuntimeError, ZeroDivisionError, KeyError) as e:
+        raise ModelLoadError(f"invalid {what} config in {path}: {e}") from None
+
+
+def _native(path: Path, what: str, config_cls, model_cls, config: dict[str, Any], tied_head: str | None,
+            device, dtype) -> tuple[Any, torch.nn.Module]:
+    """fewstep's own module for ``config`` with the directory's weights (``tied_head``: the output
+    head's name when it is tied to the embeddings, dropped if a checkpoint stores it anyway)."""
+    cfg = _build(path, what, lambda: config_cls.from_dict(config))
+    module = _build(path, what, lambda: model_cls(cfg))
+    state = _state_dict(path)
+    if tied_head is not None:
+        state.pop(tied_head, None)
+    _checked_state(path, module, state)
+    return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+    from fewstep.models.llada import LLaDAConfig, LLaDAModel
+
+    tied = "model.transformer.ff_out.weight" if config.get("weight_tying", True) else None
+    cfg, module = _native(path, "LLaDA", LLaDAConfig, LLaDAModel, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code)
     stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
     return DiffusionModel(
         module=module,
@@ -197,54 +304,54 @@ def _load_llada(path, config, extra, name, device, dtype) -> DiffusionModel:
         pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
         max_length=cfg.max_sequence_length,
         stop_ids=stop,
-        decode_defaults=extra.get("decode_defaults", {}),
+        decode_defaults=defaults,
         mask_id=cfg.mask_token_id,
     )
 
 
-def _load_remote_diffusion(path, config, extra, name, device, dtype, shifted: bool) -> DiffusionModel:
-    """A diffusion LM shipped with its own modelling code (Dream): loaded through transformers'
-    remote-code path from the directory itself (no hub access). Dream predicts position i from the
-    logits at i - 1, so the adapter realigns them (``shifted_logits``)."""
-    from transformers import AutoModel
+def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+    """fewstep's own Dream (Qwen2 layers, bidirectional attention). Dream predicts position i from
+    the logits at i - 1, so the adapter realigns them (``shifted_logits``). Its tokenizer is remote
+    code: without the opt-in its files are read by transformers' Qwen2 tokenizer."""
+    from fewstep.models.dream import DreamConfig, DreamModel
 
-    if "auto_map" not in config:
-        raise ModelLoadError(
-            f"{path}: a {config.get('model_type')} model needs its modelling code (auto_map) in the directory"
-        )
-    try:
-        with _quiet_transformers():
-            module = AutoModel.from_pretrained(str(path), trust_remote_code=True, dtype=dtype or torch.bfloat16)
-    except Exception as e:  # remote code can raise anything
-        first_line = str(e).splitlines()[0] if str(e) else repr(e)
-        raise ModelLoadError(f"cannot load {path}: {first_line}") from None
-    tok = _tokenizer(path)
-    if tok.mask_token_id is None:
-        raise ModelLoadError(f"the tokenizer of {path} has no mask token")
+    tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
+    cfg, module = _native(path, "Dream", DreamConfig, DreamModel, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code, fallback="Qwen2Tokenizer")
+    mask = tok.mask_token_id if tok.mask_token_id is not None else cfg.mask_token_id
+    if mask is None:
+        raise ModelLoadError(f"{path}: neither the tokenizer nor config.json names a mask token")
+    eos = tok.eos_token_id if tok.eos_token_id is not None else cfg.eos_token_id
+    pad = next(i for i in (tok.pad_token_id, cfg.pad_token_id, eos) if i is not None)
+    stop = tuple(i for i in [tok.convert_tokens_to_ids("<|im_end|>")] if isinstance(i, int) and i != tok.unk_token_id
+                 and i != eos)
     return DiffusionModel(
-        module=module.to(device).eval(),
+        module=module,
         tokenizer=tok,
         name=name,
-        eos_id=tok.eos_token_id,
-        pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        max_length=int(config.get("max_position_embeddings", 2048)),
-        decode_defaults=extra.get("decode_defaults", {}),
-        mask_id=tok.mask_token_id,
-        shifted_logits=shifted,
+        eos_id=eos,
+        pad_id=pad,
+        max_length=cfg.max_position_embeddings,
+        stop_ids=stop,
+        decode_defaults=defaults,
+        mask_id=mask,
+        shifted_logits=True,
     )
 
 
-def _load_causal(path, config, extra, name, device, dtype) -> CausalModel:
+def _load_causal(path, config, defaults, name, device, dtype, trust_remote_code) -> CausalModel:
     from transformers import AutoModelForCausalLM
 
     try:
         with _quiet_transformers():
-            module = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32)
+            module = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+            )
     except Exception as e:  # unknown architecture, corrupt or missing weights
         first_line = str(e).splitlines()[0] if str(e) else repr(e)
         raise ModelLoadError(f"cannot load {path} as a causal LM: {first_line}") from None
     module = module.to(device).eval()
-    tok = _tokenizer(path)
+    tok = _tokenizer(path, trust_remote_code)
     eos = tok.eos_token_id if tok.eos_token_id is not None else config.get("eos_token_id")
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     return CausalModel(
@@ -254,5 +361,5 @@ def _load_causal(path, config, extra, name, device, dtype) -> CausalModel:
         eos_id=eos,
         pad_id=pad,
         max_length=int(config.get("max_position_embeddings", 2048)),
-        decode_defaults=extra.get("decode_defaults", {}),
+        decode_defaults=defaults,
     )

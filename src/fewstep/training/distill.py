@@ -9,7 +9,7 @@ teacher is frozen in eval mode. Everything a run needs is in its output director
 - ``metrics.jsonl``: one line per logged step (loss, kl, ce, lambda, lr, grad norm) and per
   validation (val_loss, val_kl, val_ce); ``loss.png``: the curves;
 - ``best/``: the student with the lowest validation loss, ``last/``: the student at the end, both in
-  the teacher's Hugging Face layout (its config, tokenizer and fewstep.json, new weights);
+  the teacher's Hugging Face layout (its config, tokenizer and generation_config.json, new weights);
 - ``run.json``: the outcome (steps done, early stop, best validation loss, process count and the
   weights' SHA-256, which every process checked it agrees on).
 
@@ -165,7 +165,7 @@ def plain_module(student: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_model(module: torch.nn.Module, teacher_dir: Path, out: Path, dtype: torch.dtype) -> None:
-    """The student in the teacher's layout: the teacher's files (config, tokenizer, fewstep.json,
+    """The student in the teacher's layout: the teacher's files (config, tokenizer, generation_config.json,
     modelling code) with the student's weights; written beside ``out`` and renamed into place."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -304,7 +304,7 @@ class Distiller:
         self.tok = self.teacher.tokenizer
         self.gen_length = cfg.gen_length or int(self.teacher.decode_defaults.get("gen_length", 0))
         if not self.gen_length:
-            raise ConfigError(f"teacher {cfg.teacher!r} has no default gen_length (fewstep.json): give --gen-length")
+            raise ConfigError(f"teacher {cfg.teacher!r} has no default gen_length (max_new_tokens): give --gen-length")
         self.ratios = dscd.MaskRatios(cfg.rs_min, cfg.rs_max, cfg.rt_scale_min, cfg.rt_scale_max,
                                       cfg.rt_min, cfg.rt_max)
         self.student = make_student(self.teacher.module, cfg)
@@ -592,7 +592,7 @@ def distill(cfg: DistillConfig, out_dir: str | os.PathLike, progress: bool = Tru
 
 
 def export(result: Path, dest: str | os.PathLike) -> None:
-    """Copy a result directory (already in the teacher's layout, fewstep.json included) to ``dest``."""
+    """Copy a result directory (already in the teacher's layout, generation_config.json included) to ``dest``."""
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)

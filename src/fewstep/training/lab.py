@@ -90,5 +90,6 @@ def save_dlm(model: LLaDAModel, tok: PreTrainedTokenizerFast, out: Path) -> None
 
 def save_ar(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    tok.padding_side = "left"  # batched generate() in transformers then answers as one prompt at a time
     model.save_pretrained(out)
     tok.save_pretrained(out)

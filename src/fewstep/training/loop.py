@@ -37,6 +37,7 @@ from fewstep.evaluation.results import (
     write_json,
     write_jsonl,
 )
+from fewstep.models.loading import write_decode_defaults
 from fewstep.training import data, lab, objectives
 from fewstep.training.config import TrainConfig
 
@@ -221,7 +222,7 @@ def check_export(out: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
-    """Copy a trained model to ``dest`` with its decode defaults (fewstep.json).
+    """Copy a trained model to ``dest`` with its decode defaults (generation_config.json).
 
     The copy is made complete beside ``dest`` and then swapped in: until then ``dest`` keeps the
     previous model."""
@@ -229,7 +230,7 @@ def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
     tmp = temp_dir_for(dest)
     try:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        (tmp / "fewstep.json").write_text(json.dumps({"decode_defaults": DECODE_DEFAULTS[cfg.kind]}, indent=2) + "\n")
+        write_decode_defaults(tmp, DECODE_DEFAULTS[cfg.kind])
         replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
