@@ -42,3 +42,11 @@ def covering_window(window: slice, att: torch.Tensor, block: int) -> slice:
     start = int(torch.where(before, idx, t).min())
     stop = int(torch.where(after, idx, -1).max()) + 1
     return slice(min(start, window.start), max(stop, window.stop))
+
+
+def block_causal_mask(position_ids: torch.Tensor, window: slice | None, block: int) -> torch.Tensor:
+    """position_ids [b, T] -> bool [b, 1, W, T]: a query (the window's positions, or all T) may
+    attend to a key whose attention block is its own or an earlier one."""
+    blk = position_ids // block  # [b, T]
+    q_blk = blk if window is None else blk[:, window]  # [b, W]
+    return blk[:, None, None, :] <= q_blk[:, None, :, None]

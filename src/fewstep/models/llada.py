@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.errors import ModelLoadError
+from fewstep.models.blockcausal import block_causal_mask
 from fewstep.models.kvcache import KVCache
 
 # The official LLaDA code's defaults (its OLMo-derived ModelConfig) for fields a config.json leaves out.
@@ -295,9 +296,7 @@ class LLaDAModel(nn.Module):
             t = w if attention_mask is None else attention_mask.shape[1]
             position_ids = torch.arange(t, device=x.device).expand(b, t)
         if self.config.attention_block_length > 0:  # block-causal: keys of the query's block or earlier
-            blk = position_ids // self.config.attention_block_length  # [B, T]
-            q_blk = blk if window is None else blk[:, window]  # [B, W]
-            causal = blk[:, None, None, :] <= q_blk[:, None, :, None]  # [B, 1, W, T]
+            causal = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
             key_mask = causal if key_mask is None else key_mask & causal
         if window is not None:
             if cache is None:
