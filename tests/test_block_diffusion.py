@@ -74,14 +74,46 @@ def test_window_forward_over_covering_attention_blocks_is_exact(bc_model):
 
 
 @pytest.mark.parametrize("strategy,settings", [("threshold", {"threshold": 0.7}), ("llada", {"steps": 12}),
+                                               ("block_threshold", {"threshold": 0.7, "editing_threshold": 0.5}),
                                                ("factor", {"factor": 1.0})])
 @pytest.mark.parametrize("cache", ["dual", "prefix"])
 def test_cached_block_diffusion_equals_uncached(bc_model, strategy, settings, cache):
     prompts = [bc_model.encode_prompt(p.question) for p in arith.test_set()[:12]]
     assert len({len(p) % bc_model.module.config.attention_block_length for p in prompts}) > 1
-    base = dict(strategy=strategy, gen_length=24, block_length=8, **settings)
+    block = 8 if bc_model.module.config.attention_block_length == 8 else 4
+    base = dict(strategy=strategy, gen_length=24, block_length=block, **settings)
     plain = fewstep.generate(bc_model, prompts, fewstep.DecodeConfig(**base))
     cached = fewstep.generate(bc_model, prompts, fewstep.DecodeConfig(cache=cache, **base))
     assert [(r.token_ids, r.nfe) for r in cached] == [(r.token_ids, r.nfe) for r in plain]
     alone = [fewstep.generate(bc_model, [p], fewstep.DecodeConfig(cache=cache, **base))[0] for p in prompts[:4]]
     assert [(r.token_ids, r.nfe) for r in alone] == [(r.token_ids, r.nfe) for r in plain[:4]]
+
+
+def test_token_editing_in_the_loop(bc_model):
+    prompts = [bc_model.encode_prompt(p.question) for p in arith.test_set()[:12]]
+    block = 8 if bc_model.module.config.attention_block_length == 8 else 4
+    base = dict(gen_length=24, block_length=block, threshold=0.7)
+    plain = fewstep.generate(bc_model, prompts, fewstep.DecodeConfig(strategy="threshold", **base))
+    # without editing, LLaDA 2's rule at minimal_topk 1 is Fast-dLLM's threshold (> instead of >=)
+    same = fewstep.generate(bc_model, prompts, fewstep.DecodeConfig(strategy="block_threshold", **base))
+    assert [(r.token_ids, r.nfe) for r in same] == [(r.token_ids, r.nfe) for r in plain]
+    cfg = fewstep.DecodeConfig(strategy="block_threshold", editing_threshold=0.3, max_edits=2, **base)
+    from fewstep.decoding.loop import decode
+
+    events = list(decode(bc_model, prompts, cfg))
+    edited = 0
+    for before, after in zip(events, events[1:]):
+        was = before.committed_at >= 0
+        edited += int((after.committed & was & (after.canvas != before.canvas)).sum())
+    assert edited > 0  # committed tokens were replaced
+    final = events[-1]
+    assert final.done and not (final.canvas == bc_model.mask_id).any()
+
+
+def test_decode_block_longer_than_the_attention_block_is_refused(bc_model):
+    from fewstep.errors import ConfigError
+
+    size = bc_model.module.config.attention_block_length
+    with pytest.raises(ConfigError, match=f"block-causal attention in blocks of {size}"):
+        fewstep.generate(bc_model, ["Mia has 7 pens ."], fewstep.DecodeConfig(gen_length=4 * size,
+                                                                              block_length=2 * size))

@@ -115,3 +115,37 @@ def test_policies_from_config():
 )
 def test_ended_rows(row, upto, expected):
     assert ended_rows(torch.tensor([row]), upto, eos_id=2).item() is expected
+
+
+def test_block_threshold_commits_above_threshold_with_a_minimum():
+    from fewstep.strategies import block_threshold as bt
+
+    conf = torch.tensor([[0.99, 0.95, 0.5, 0.97, INF], [0.2, 0.1, 0.3, INF, INF]], dtype=torch.float64)
+    # strictly above 0.95 (LLaDA 2's rule): 0.99 and 0.97, not 0.95
+    assert bt.select(conf, 0.95, 1).tolist() == [[True, False, False, True, False], [False, False, True, False, False]]
+    # the minimum: the two most confident, capped by the eligible positions
+    assert bt.select(conf, 0.95, 2)[1].tolist() == [True, False, True, False, False]
+    assert bt.select(conf, 0.95, 9).sum(1).tolist() == [4, 3]
+
+
+def test_block_threshold_token_editing_is_bounded():
+    from fewstep.strategies import block_threshold as bt
+
+    policy = bt.policy(bt.Params(threshold=0.9, editing_threshold=0.6, max_edits=1), DecodeConfig(block_length=3))
+    policy.start_block(torch.tensor([[True, True, True]]))
+    # position 0 committed earlier with token 4; the model now puts 0.7 on token 5 there; position 1 holds
+    # token 6 and the model agrees; position 2 is masked
+    probs = torch.tensor([[[0, 0, 0, 0, 0.3, 0.7, 0], [0, 0, 0, 0, 0, 0.1, 0.9], [0.5, 0.5, 0, 0, 0, 0, 0]]],
+                         dtype=torch.float64)
+    c = StepContext(torch.tensor([[INF, INF, 0.5]], dtype=torch.float64), torch.tensor([[5, 6, 0]]),
+                    torch.tensor([[False, False, True]]), 1, None, 2, probs, torch.tensor([[4, 6, 1]]), None)
+    d = policy.step(c)
+    assert d.edit.tolist() == [[True, False, False]] and d.commit.tolist() == [[False, False, True]]
+    c.tokens = torch.tensor([[5, 6, 1]])
+    c.candidates = torch.tensor([[4, 6, 0]])  # the model changes its mind again: no second edit (max_edits=1)
+    c.probs = probs[..., [0, 1, 2, 3, 5, 4, 6]]
+    assert not policy.step(c).edit.any()
+    # editing_threshold 1 (the default): no editing at all
+    off = bt.policy(bt.Params(threshold=0.9), DecodeConfig(block_length=3))
+    off.start_block(torch.tensor([[True, True, True]]))
+    assert getattr(off.step(c), "edit", None) is None

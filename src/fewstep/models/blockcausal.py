@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from fewstep.errors import ConfigError
+
 
 def attention_block_length(module: Any) -> int:
     """The model's attention block length (0: full bidirectional attention)."""
@@ -50,3 +52,13 @@ def block_causal_mask(position_ids: torch.Tensor, window: slice | None, block: i
     blk = position_ids // block  # [b, T]
     q_blk = blk if window is None else blk[:, window]  # [b, W]
     return blk[:, None, None, :] <= q_blk[:, None, :, None]
+
+
+def check_decode(model: Any, block_length: int) -> None:
+    """Refuse, in one line, a decode block longer than a block-causal model's attention block: its
+    later attention blocks would be predicted from earlier ones still masked, a context block
+    diffusion does not decode from (LLaDA 2 finishes each block before the next)."""
+    size = attention_block_length(getattr(model, "module", None))
+    if size and block_length > size:
+        raise ConfigError(f"{model.name} has block-causal attention in blocks of {size}: block_length must be at "
+                          f"most {size}, got {block_length}")

@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "factor_prefix": "fewstep.strategies.factor_prefix",
     "cad": "fewstep.strategies.cad",
     "eb": "fewstep.strategies.eb",
+    "block_threshold": "fewstep.strategies.block_threshold",
     "ar": "fewstep.strategies.ar",
 }
 
