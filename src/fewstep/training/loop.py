@@ -230,7 +230,10 @@ def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
     tmp = temp_dir_for(dest)
     try:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        write_decode_defaults(tmp, DECODE_DEFAULTS[cfg.kind])
+        defaults = dict(DECODE_DEFAULTS[cfg.kind])
+        if cfg.kind == "dlm" and cfg.attention_block_length:  # block diffusion: one attention block at a time
+            defaults["block_length"] = cfg.attention_block_length
+        write_decode_defaults(tmp, defaults)
         replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
