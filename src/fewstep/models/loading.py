@@ -313,13 +313,15 @@ def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code) 
 
 def _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
     """fewstep's own LLaDA 2.x (MoE, block-causal attention); the mask id from the tokenizer's mask
-    token (or ``mask_token_id`` in config.json)."""
+    token, else ``mask_token_id`` in config.json, else the token ``<|mask|>``."""
     from fewstep.models.llada2 import LLaDA2Config, LLaDA2Model
 
     tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
     cfg, module = _native(path, "LLaDA2", LLaDA2Config, LLaDA2Model, config, tied, device, dtype)
     tok = _tokenizer(path, trust_remote_code, fallback="PreTrainedTokenizerFast")
     mask_id = tok.mask_token_id if tok.mask_token_id is not None else config.get("mask_token_id")
+    if mask_id is None and "<|mask|>" in tok.get_vocab():  # LLaDA 2's mask token (156895 in its vocabulary)
+        mask_id = tok.convert_tokens_to_ids("<|mask|>")
     if mask_id is None:
         raise ModelLoadError(f"{path}: no mask token (neither the tokenizer's mask_token nor mask_token_id)")
     return DiffusionModel(module=module, tokenizer=tok, name=name, eos_id=cfg.eos_token_id,
