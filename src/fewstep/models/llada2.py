@@ -51,7 +51,9 @@ from torch import nn
 
 from fewstep.errors import ModelLoadError
 from fewstep.models.blockcausal import block_causal_mask
+from fewstep.models.dream import RMSNorm, rotary_tables, rotate
 from fewstep.models.kvcache import KVCache
+from fewstep.models.positions import key_mask_and_positions
 
 
 @dataclass(frozen=True)
@@ -116,17 +118,6 @@ class LLaDA2Config:
         return int(self.head_dim * self.partial_rotary_factor)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-
-
 class MLP(nn.Module):
     def __init__(self, d: int, hidden: int):
         super().__init__()
@@ -138,21 +129,10 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def rotary(position_ids: torch.Tensor, rope_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [B, 1, T, rope_dim] (angles in float32, cast to the activations' dtype)."""
-    inv_freq = theta ** (-torch.arange(0, rope_dim, 2, device=position_ids.device, dtype=torch.float32) / rope_dim)
-    angles = position_ids.float()[..., None] * inv_freq  # [B, T, rope_dim/2]
-    angles = torch.cat([angles, angles], dim=-1)[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first rope_dim dimensions of x [B, H, T, Dh] ("rotate half"); the rest pass."""
     r = cos.shape[-1]
-    rot, rest = x[..., :r], x[..., r:]
-    half = r // 2
-    turned = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
-    return torch.cat([rot * cos + turned * sin, rest], dim=-1)
+    return torch.cat([rotate(x[..., :r], cos, sin), x[..., r:]], dim=-1)
 
 
 class Gate(nn.Module):
@@ -289,20 +269,15 @@ class LLaDA2Model(nn.Module):
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
         b, w, _ = x.shape
-        t = w if attention_mask is None else attention_mask.shape[1]
-        if position_ids is None:
-            if attention_mask is None:
-                position_ids = torch.arange(t, device=x.device).expand(b, t)
-            else:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, False)
         mask = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
-        if attention_mask is not None:
-            mask = mask & attention_mask.bool()[:, None, None, :]
+        if key_mask is not None:
+            mask = mask & key_mask
         if window is not None:
             if cache is None:
                 raise ValueError("a window forward needs a cache")
             position_ids = position_ids[:, window]
-        rope = rotary(position_ids, self.config.rope_dim, self.config.rope_theta, x.dtype)
+        rope = rotary_tables(position_ids, self.config.rope_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, r]
         for i, layer in enumerate(self.model.layers):
             kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
             x = layer(x, rope, mask, kv)
