@@ -11,7 +11,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
-EXTRAS ?= dev,eval,lmeval
+EXTRAS ?= dev,eval,lmeval,serve
 PY := $(VENV)/bin/python
 FEWSTEP := $(VENV)/bin/fewstep
 

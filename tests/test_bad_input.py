@@ -71,7 +71,7 @@ CASES = [
     ("generate-no-prompt", ["generate", "--model", "{model}"], "prompt"),
     ("unknown-option", [*GEN, "--colour", "red"], "unrecognized"),
     ("no-subcommand", [], "required"),
-    ("unknown-subcommand", ["serve"], "invalid choice"),
+    ("unknown-subcommand", ["frobnicate"], "invalid choice"),
     # --- eval: sizes, paths, data, result directories
     ("eval-limit-0", with_(EVAL, "--limit", "0", drop=("--limit",)), "--limit"),
     ("eval-limit-negative", with_(EVAL, "--limit", "-3", drop=("--limit",)), "--limit"),

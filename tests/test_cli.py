@@ -27,6 +27,23 @@ def test_generate_prints_answer(capsys, random_dlm_dir):
     assert "nfe=24" in err
 
 
+def test_generate_threads(capsys, random_dlm_dir, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert run(capsys, "generate", "Mia has 7 pens .", "--model", str(random_dlm_dir))[0] == 0
+        assert torch.get_num_threads() == 1  # a small model on CPU: one thread
+        assert run(capsys, "generate", "Mia has 7 pens .", "--model", str(random_dlm_dir), "--threads", "2")[0] == 0
+        assert torch.get_num_threads() == 2
+        code, _, err = run(capsys, "generate", "Mia has 7 pens .", "--threads", "0")
+        assert code == 2 and "must be >= 1" in err and len(err.strip().splitlines()) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

@@ -311,12 +311,12 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
     strategy = chosen or strategy or ("ar" if model.kind == "causal" else "llada")
     cfg = DecodeConfig(strategy=strategy)
     if default_gen_length is not None:
-        cfg = _with_gen_length(cfg, default_gen_length)
+        cfg = with_gen_length(cfg, default_gen_length)
     cfg = override(cfg, applicable(cfg, dict(model.decode_defaults)))
     return override(cfg, settings)
 
 
-def _with_gen_length(cfg: DecodeConfig, gen_length: int) -> DecodeConfig:
+def with_gen_length(cfg: DecodeConfig, gen_length: int) -> DecodeConfig:
     """``cfg`` with a new generation length; block length and llada's steps follow when they
     equalled the old generation length (one block, one token per step)."""
     values: dict[str, Any] = {"gen_length": gen_length}

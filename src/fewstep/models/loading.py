@@ -253,6 +253,25 @@ def load_model(
     return _load_causal(path, config, defaults, name, device, dtype, trust_remote_code)
 
 
+def load_lab_model(
+    name: str, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> DiffusionModel | None:
+    """A bundled LLaDA lab model (``tiny-dlm``) as :func:`load_model` loads it, but with the tokenizer
+    loaded without transformers (:mod:`fewstep.models.lab_tokenizer`: half a second less start-up);
+    None when ``name`` is not a bundled LLaDA model."""
+    if name not in BUNDLED:
+        return None
+    path = resolve(name)
+    config = _read_json(path / "config.json")
+    if config.get("model_type") != "llada":
+        return None
+    from fewstep.models.lab_tokenizer import LabTokenizer
+
+    dtype = _dtype(dtype)
+    _check_device(device)
+    return _load_llada(path, config, decode_defaults(path), name, device, dtype, False, tokenizer=LabTokenizer)
+
+
 def _checked_state(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load ``state`` into ``module`` (built on the meta device): the names and shapes must match exactly."""
     expected = set(module.state_dict())
@@ -291,12 +310,12 @@ def _native(path: Path, what: str, config_cls, model_cls, config: dict[str, Any]
     return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
 
 
-def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, tokenizer=None) -> DiffusionModel:
     from fewstep.models.llada import LLaDAConfig, LLaDAModel
 
     tied = "model.transformer.ff_out.weight" if config.get("weight_tying", True) else None
     cfg, module = _native(path, "LLaDA", LLaDAConfig, LLaDAModel, config, tied, device, dtype)
-    tok = _tokenizer(path, trust_remote_code)
+    tok = tokenizer(path) if tokenizer is not None else _tokenizer(path, trust_remote_code)
     stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
     return DiffusionModel(
         module=module,

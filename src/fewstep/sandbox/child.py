@@ -1,21 +1,18 @@
-"""The program the sandbox's interpreter runs first: install the audit hook, execute ``main.py``,
-then the tests, then deliver the verdict.
+"""The program the sandbox's interpreter runs first: install the audit hook, execute ``main.py``, then
+answer the tester's requests.
 
-It runs inside the jail, in a fresh interpreter started with ``-s -S`` (standard library only) and
-the run's working directory as its current directory; :mod:`fewstep.sandbox.jail` passes this file's
-text with ``-c``, so it imports nothing of fewstep. Arguments: ``PAYLOAD_FD VERDICT_FD`` when there
-are tests. The payload (JSON: the test code and the run's nonce) is read and its descriptor closed
-before the program runs; the nonce then lives only in a local variable of :func:`main`, and is
-written to the verdict pipe after the last line of the tests.
+It runs inside the program's jail, in a fresh interpreter started with ``-s -S`` (standard library only)
+and the run's working directory as its current directory; :mod:`fewstep.sandbox.jail` runs it from its
+text after :mod:`fewstep.sandbox.wire` (``encode``, ``decode``, ``read_message``, ``write_message``),
+so it imports nothing of fewstep. Arguments: ``REQUESTS_FD REPLIES_FD`` when there are tests. The tests
+are not here: they run in another jail (:mod:`fewstep.sandbox.tester`), which calls the program's
+functions through these two pipes and alone decides the verdict. Everything in this process, this file
+included, is the program's to change: nothing here is trusted.
 
-The audit hook is defence in depth: it refuses process creation, signals, sockets other than local
-pairs, ctypes, raised resource limits, writes, renames and deletes outside the working directory, and
-some of the introspection a program would need to reach the nonce or skip the tests (the harness's
-frames through ``sys._getframe``, tracing and profiling, the garbage collector's object lists,
-``/proc/*/mem``). It is not a boundary: a program written against this harness can still reach the
-harness's state from inside the interpreter (e.g. by walking ``f_back`` from its own frame) and
-forge its own verdict. What it cannot do is touch anything outside its jail: other problems'
-verdicts, the evaluator, the result files or the host (see docs/security.md).
+The audit hook is defence in depth for the jail: it refuses process creation, signals, sockets other
+than local pairs, ctypes, raised resource limits, writes, renames and deletes outside the working
+directory, tracing, the garbage collector's object lists and ``/proc/*/mem``. It is not a boundary
+and no guarantee depends on it (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -29,6 +26,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: every import slows 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
+
+    from fewstep.sandbox.wire import decode, encode, read_message, write_message
 
 PROGRAM = "main.py"
 _ROOT = os.path.realpath(os.getcwd())
@@ -135,35 +134,111 @@ def install_guard() -> None:
     sys.addaudithook(_guard)
 
 
-def _read_payload(fd: int) -> tuple[str, str]:
-    """The test code and the nonce (``NONCE\\nTESTS``), read from (and then closing) the payload descriptor."""
-    chunks = []
-    while chunk := os.read(fd, 1 << 16):
-        chunks.append(chunk)
-    os.close(fd)
-    nonce, _, tests = b"".join(chunks).decode("utf-8").partition("\n")
-    return tests, nonce
+class _Objects:
+    """The program's objects the tester holds handles to (results that are not plain data)."""
+
+    def __init__(self) -> None:
+        self.table: list[Any] = []
+
+    def handle(self, x: Any) -> dict[str, int]:
+        self.table.append(x)
+        return {"h": len(self.table) - 1}
+
+    def get(self, n: int) -> Any:
+        return self.table[n]
+
+
+def _plain_object(namespace: dict[str, Any]) -> Callable[[str, dict], Any]:
+    """Rebuild a plain object of the tests (e.g. a tree node) as an instance of the program's class of
+    that name, or of a new class with that name."""
+
+    def make(name: str, attrs: dict) -> Any:
+        found = namespace.get(name)
+        cls: Any = found if isinstance(found, type) else type(name, (), {})
+        try:
+            x = cls.__new__(cls)
+        except TypeError:
+            x = object.__new__(cls)
+        x.__dict__.update(attrs)
+        return x
+
+    return make
+
+
+_OPERATIONS: dict[str, Callable[..., Any]] = {
+    "call": lambda o, *a, **k: o(*a, **k),
+    "getattr": lambda o, name: getattr(o, name),
+    "setattr": lambda o, name, value: setattr(o, name, value),
+    "iter": iter, "next": next, "len": len, "repr": repr, "str": str,
+    "getitem": lambda o, key: o[key],
+    "contains": lambda o, item: item in o,
+}
+
+
+def _answer(request: Any, objects: _Objects, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Carry out one request of the tester; the reply ({"r": value} or {"e"|"x": [type, message]})."""
+    if request.get("op") == "globals":
+        found: dict[str, Any] = {}
+        for name in request["names"]:
+            if name in namespace:
+                x = namespace[name]
+                module = type(x) is type(sys) and getattr(x, "__name__", None)
+                if isinstance(module, str):
+                    found[name] = {"m": module}
+                else:
+                    found[name] = objects.handle(x) if callable(x) else _encode_or_handle(x, objects)
+        return {"r": found}
+    try:
+        make = _plain_object(namespace)
+        target = objects.get(request["h"])
+        args = decode(request["args"], objects.get, make)
+        kwargs = decode(request["kwargs"], objects.get, make)
+        result = _OPERATIONS[request["op"]](target, *args, **kwargs)
+        return {"r": encode(result, objects.handle)}
+    except Exception as e:
+        return {"e": [type(e).__name__, str(e)[:2000]]}
+    except BaseException as e:
+        return {"x": [type(e).__name__, str(e)[:2000]]}
+
+
+def _encode_or_handle(x: Any, objects: _Objects) -> Any:
+    try:
+        return encode(x, objects.handle)
+    except (ValueError, RecursionError):
+        return objects.handle(x)
+
+
+def serve(namespace: dict[str, Any], requests: int, replies: int) -> None:
+    """Answer the tester's requests until it closes the channel."""
+    objects = _Objects()
+    while True:
+        try:
+            request = read_message(requests)
+        except EOFError:
+            return
+        write_message(replies, _answer(request, objects, namespace))
 
 
 def main(argv: list[str]) -> None:
-    """Execute ``main.py`` of the working directory as ``__main__``, then the tests; then the verdict."""
-    tests, nonce, verdict_fd = None, "", -1
-    if len(argv) == 2:
-        tests, nonce = _read_payload(int(argv[0]))
-        verdict_fd = int(argv[1])
+    """Execute ``main.py`` of the working directory as ``__main__``; with ``REQUESTS REPLIES`` descriptors,
+    then answer the tester's requests on them, and leave. ``--no-guard`` (tests of the sandbox only):
+    without the audit hook."""
+    guard = "--no-guard" not in argv
+    argv = [a for a in argv if a != "--no-guard"]
     os.chdir(_ROOT)
     path = os.path.join(_ROOT, PROGRAM)
     with open(path, encoding="utf-8") as file:
         code = compile(file.read(), path, "exec")
-    checks = compile(tests, "<tests>", "exec") if tests is not None else None
     sys.argv = [path]
     namespace = {"__name__": "__main__", "__file__": path, "__builtins__": builtins}
-    install_guard()
+    if guard:
+        install_guard()
     exec(code, namespace)
-    if checks is not None:
-        exec(checks, namespace)
+    if len(argv) == 2:
+        serve(namespace, int(argv[0]), int(argv[1]))
         sys.stdout.flush()
-        os.write(verdict_fd, nonce.encode("ascii"))
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

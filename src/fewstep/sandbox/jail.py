@@ -12,7 +12,11 @@ A program never runs in the evaluator's process. Each run gets (threat model: do
   files; as root, per-run cgroups capping the number of tasks (``pids``) and all the memory the run
   charges (heap, memfds, tmpfs files); otherwise ``RLIMIT_NPROC`` at the user's count plus a margin;
 * :mod:`fewstep.sandbox.child` as the first program inside: an audit hook (defence in depth), then the
-  program, then the tests, then the verdict (see :func:`run_tests`).
+  program, then (with tests) answers to the tester's calls.
+
+With tests, a second jail of the same kind runs :mod:`fewstep.sandbox.tester`, which executes the
+tests against the program's functions through two pipes and alone writes the verdict (see
+:func:`run_tests`); the two jails share nothing else.
 
 Where no jail can be made, :func:`run_program` raises :class:`~fewstep.errors.SandboxUnavailableError`
 unless the user opted out (``--unsafe-exec``, ``FEWSTEP_UNSAFE_EXEC=1``): the run then happens in a
@@ -86,10 +90,14 @@ class Isolation:
     cgroup_base: str | None = None  # where per-run pids cgroups are made, when process_limit is "cgroup"
 
 
-@functools.lru_cache(maxsize=1)
-def _child_source() -> str:
-    """The text of :mod:`fewstep.sandbox.child`, run with ``-c`` so the child imports nothing of fewstep."""
-    return Path(__file__).with_name("child.py").read_text(encoding="utf-8")
+@functools.lru_cache(maxsize=2)
+def _script(name: str) -> str:
+    """A ``-c`` script running :mod:`fewstep.sandbox.wire` and then ``name`` (``child.py`` or ``tester.py``)
+    as ``__main__``, from their text: the jailed interpreters import nothing of fewstep."""
+    here = Path(__file__).parent
+    wire = (here / "wire.py").read_text(encoding="utf-8")
+    main = (here / name).read_text(encoding="utf-8")
+    return f"exec(compile({wire!r}, 'wire.py', 'exec'))\nexec(compile({main!r}, {name!r}, 'exec'))\n"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -358,28 +366,54 @@ def jail_mode() -> str:
 
 @dataclass
 class _Channels:
-    """The files a run is given: the program, the tests and nonce (read once, then closed), the verdict."""
+    """The descriptors of one run. Program side: the program text (kernel mode: copied into the jail by
+    bwrap), then requests in and replies out. Tester side: the tests and the nonce (read once, then
+    closed), requests out, replies in, and the verdict out; the evaluator keeps ``verdict_read``."""
 
-    program: int  # read end: the program text (kernel mode: copied into the jail by bwrap)
-    payload: int | None  # read end: "NONCE\nTESTS"; None for a plain program
-    verdict_read: int | None
-    verdict_write: int | None
+    program: int
+    payload: int | None = None
+    requests: tuple[int, int] | None = None  # (read end: program, write end: tester)
+    replies: tuple[int, int] | None = None  # (read end: tester, write end: program)
+    verdict: tuple[int, int] | None = None  # (read end: evaluator, write end: tester)
 
-    def passed_down(self) -> tuple[int, ...]:
-        return tuple(fd for fd in (self.program, self.payload, self.verdict_write) if fd is not None)
+    def program_side(self) -> tuple[int, ...]:
+        """The descriptors the program's jail gets besides the program text: requests in, replies out."""
+        return (self.requests[0], self.replies[1]) if self.requests and self.replies else ()
+
+    def tester_side(self) -> tuple[int, ...]:
+        """The tester's arguments, in order: payload, verdict out, requests out, replies in."""
+        assert self.payload is not None and self.requests and self.replies and self.verdict
+        return self.payload, self.verdict[1], self.requests[1], self.replies[0]
+
+    def close_passed(self) -> None:
+        """Close the evaluator's copies of everything the children got (all but the verdict's read end)."""
+        kept = self.verdict[0] if self.verdict else None
+        for fd in self._all():
+            if fd != kept:
+                _close(fd)
+        self.program, self.payload, self.requests, self.replies = -1, None, None, None
+        self.verdict = (kept, -1) if kept is not None else None
 
     def close(self) -> None:
-        for fd in (self.program, self.payload, self.verdict_read, self.verdict_write):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        for fd in self._all():
+            _close(fd)
+
+    def _all(self) -> list[int]:
+        pairs = [p for p in (self.requests, self.replies, self.verdict) if p]
+        fds = (self.program, self.payload, *(fd for p in pairs for fd in p))
+        return [fd for fd in fds if fd is not None and fd >= 0]
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def _file_fd(data: bytes) -> int:
     """A read-only descriptor of an unlinked temporary file holding ``data`` (pipes could fill up)."""
-    fd, path = tempfile.mkstemp(prefix="fewstep-sandbox-")
+    fd, path = tempfile.mkstemp(prefix="fewstep-channel-")  # unlinked at once
     try:
         os.unlink(path)
         os.write(fd, data)
@@ -390,32 +424,29 @@ def _file_fd(data: bytes) -> int:
     return fd
 
 
-def _channels(code: str, tests: str | None, nonce: str) -> _Channels:
-    program = _file_fd(code.encode("utf-8"))
-    if tests is None:
-        return _Channels(program, None, None, None)
-    payload = _file_fd(f"{nonce}\n{tests}".encode())
-    verdict_read, verdict_write = os.pipe()
-    os.set_blocking(verdict_read, False)
-    return _Channels(program, payload, verdict_read, verdict_write)
+def _channels(code: str, tests: str | None, nonce: str, shadowing: tuple[str, ...]) -> _Channels:
+    channels = _Channels(_file_fd(code.encode("utf-8")))
+    if tests is not None:
+        channels.payload = _file_fd(f"{nonce}\n{' '.join(shadowing)}\n{tests}".encode())
+        channels.requests, channels.replies, channels.verdict = os.pipe(), os.pipe(), os.pipe()
+        os.set_blocking(channels.verdict[0], False)
+    return channels
 
 
-def _start(workdir: str | None, limits: _Limits, guard: bool, channels: _Channels) -> subprocess.Popen:
-    """Start the interpreter in its own session, with the limits applied before exec: in the kernel
-    jail when ``workdir`` is None, else in ``workdir`` (``--unsafe-exec``).
-
-    With ``guard`` it runs :mod:`fewstep.sandbox.child`, which then executes the program (and the
-    tests); without, the program file directly.
-    """
-    fds = [str(fd) for fd in (channels.payload, channels.verdict_write) if fd is not None]
-    entry = ["-c", _child_source(), *fds] if guard else [PROGRAM_FILE]
+def _start(workdir: str | None, limits: _Limits, entry: list[str], fds: tuple[int, ...],
+           program: int | None) -> subprocess.Popen:
+    """Start ``python entry`` in its own session, with the limits applied before exec and the descriptors
+    ``fds`` kept open: in a fresh kernel jail when ``workdir`` is None (``program``, if given, copied to
+    its ``main.py``), else in ``workdir`` (``--unsafe-exec``; ``program`` written there)."""
     if workdir is None:
         env = _child_env(kernel.SANDBOX_DIR)
-        command = kernel.command([*_PYTHON_FLAGS, *entry], channels.program, kernel.DISK_BYTES, env)
+        disk = kernel.DISK_BYTES if program is not None else 1 << 20
+        command = kernel.command([*_PYTHON_FLAGS, *entry], program, disk, env)
         cwd = None
     else:
-        with open(os.path.join(workdir, PROGRAM_FILE), "wb") as f:
-            f.write(os.read(channels.program, 1 << 30))
+        if program is not None:
+            with open(os.path.join(workdir, PROGRAM_FILE), "wb") as f:
+                f.write(os.read(program, 1 << 30))
         env = _child_env(workdir)
         command = [*isolation().command_prefix, sys.executable, *_PYTHON_FLAGS, *entry]
         cwd = workdir
@@ -427,7 +458,7 @@ def _start(workdir: str | None, limits: _Limits, guard: bool, channels: _Channel
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         close_fds=True,
-        pass_fds=channels.passed_down(),
+        pass_fds=(*fds, *([program] if program is not None and workdir is None else [])),
         start_new_session=True,
         preexec_fn=functools.partial(_apply_limits, limits),
     )
@@ -479,41 +510,45 @@ def _exit_fd(pid: int) -> int | None:
         return None
 
 
-def _watch(proc: subprocess.Popen, tails: dict[int, _Tail], deadline: float, max_total: int) -> tuple[bool, bool]:
-    """Read output until the child has exited and closed its pipes, the deadline, or too much output.
+def _watch(
+    procs: list[subprocess.Popen], tails: dict[int, _Tail], deadline: float, max_total: int
+) -> tuple[bool, bool]:
+    """Read output until the children have exited and closed their pipes, the deadline, or too much output.
 
-    Returns (timed_out, over_output_limit). The child is not reaped here.
+    The first child leads: once it has exited the others get a short grace (the program's side, which
+    only answers the tester, leaves when the tester closes the channel). Returns (timed_out,
+    over_output_limit); timed_out means the leader had not exited. The children are not reaped here.
     """
     streams = set(tails)
-    exit_fd = _exit_fd(proc.pid)
-    exited = False
+    exit_fds = {fd: proc for proc in procs if (fd := _exit_fd(proc.pid)) is not None}
+    running = set(procs)
+    leader = procs[0]
     with selectors.DefaultSelector() as sel:
-        for fd in streams:
+        for fd in (*streams, *exit_fds):
             sel.register(fd, selectors.EVENT_READ)
-        if exit_fd is not None:
-            sel.register(exit_fd, selectors.EVENT_READ)
         try:
-            while not (exited and not streams):
+            while running or streams:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return not exited, False
-                wait = remaining if exit_fd is not None else min(remaining, 0.01)
+                    return leader in running, False
+                wait = remaining if len(exit_fds) == len(procs) else min(remaining, 0.01)
                 for key, _ in sel.select(wait):
-                    if key.fd == exit_fd:
-                        exited = True
-                        sel.unregister(exit_fd)
-                        deadline = min(deadline, time.monotonic() + _KILL_GRACE_S)
+                    if key.fd in exit_fds:
+                        running.discard(exit_fds[key.fd])
+                        sel.unregister(key.fd)
                     elif not _read_into(key.fd, tails[key.fd]):
                         streams.discard(key.fd)
                         sel.unregister(key.fd)
-                if exit_fd is None and not exited and _has_exited(proc.pid):
-                    exited = True
+                for proc in [p for p in running if p.pid not in {q.pid for q in exit_fds.values()}]:
+                    if _has_exited(proc.pid):
+                        running.discard(proc)
+                if leader not in running:
                     deadline = min(deadline, time.monotonic() + _KILL_GRACE_S)
                 if sum(t.total for t in tails.values()) > max_total:
                     return False, True
         finally:
-            if exit_fd is not None:
-                os.close(exit_fd)
+            for fd in exit_fds:
+                os.close(fd)
     return False, False
 
 
@@ -590,18 +625,16 @@ def run_program(
     *,
     guard: bool = True,
     tests: str | None = None,
+    shadowing: tuple[str, ...] = (),
 ) -> SandboxResult:
     """Run Python program text in a fresh jail and report how it ended.
 
     ``passed`` is true when the program exited with status 0 before ``timeout_s`` (wall clock) and
     within ``cpu_s`` CPU seconds (default: the timeout rounded down, plus two), ``memory_mb`` of memory,
     and ``max_output_bytes`` of output (stdout and stderr together; more kills the run). With ``tests``,
-    the test code runs after the program in the same namespace, and the run passes only if the
-    verdict channel then carries the run's nonce (see :func:`run_tests`). ``guard=False`` leaves out
-    the in-process guard (and cannot take tests), so that the kernel-level limits can be tested alone.
+    the verdict is the tests' instead (see :func:`run_tests`). ``guard=False`` leaves out the in-process
+    guard, so that the kernel-level limits and the verdict can be tested without it.
     """
-    if tests is not None and not guard:
-        raise ValueError("tests need the guard (the child program delivers the verdict)")
     mode = jail_mode()
     started = time.monotonic()
     cpu_limit = max(1, cpu_s if cpu_s is not None else int(timeout_s) + 2)
@@ -609,7 +642,8 @@ def run_program(
     nonce = secrets.token_hex(16)
     workdir = tempfile.mkdtemp(prefix="fewstep-sandbox-") if mode == "unsafe" else None
     cgroups = _make_cgroups(MAX_PROCESSES, memory_bytes + kernel.DISK_BYTES)
-    channels = _channels(code, tests, nonce)
+    channels = _channels(code, tests, nonce, shadowing)
+    procs: list[subprocess.Popen] = []
     try:
         limits = _Limits(
             memory_bytes=memory_bytes,
@@ -618,20 +652,33 @@ def run_program(
             cgroup_procs=tuple(os.path.join(c, "cgroup.procs") for c in cgroups),
         )
         try:
-            proc = _start(workdir, limits, guard, channels)
+            if tests is not None:
+                tester_limits = dataclasses.replace(limits, cgroup_procs=())
+                tester = channels.tester_side()
+                entry = ["-c", _script("tester.py"), *map(str, tester)]
+                procs.append(_start(workdir, tester_limits, entry, tester, None))
+            fds = channels.program_side()
+            if tests is None and not guard:
+                entry = [PROGRAM_FILE]
+            else:
+                entry = ["-c", _script("child.py"), *map(str, fds), *([] if guard else ["--no-guard"])]
+            procs.append(_start(workdir, limits, entry, fds, channels.program))
         except (OSError, subprocess.SubprocessError) as e:
+            for proc in procs:
+                _kill_group(proc.pid)
+                proc.wait()
+                _close_pipes(proc)
             return SandboxResult(False, "error", None, "", f"sandbox could not start: {e}", time.monotonic() - started)
-        for fd in (channels.program, channels.payload, channels.verdict_write):
-            if fd is not None:
-                os.close(fd)
-        channels.program, channels.payload, channels.verdict_write = -1, None, None
-        result = _supervise(proc, cgroups, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started,
+        channels.close_passed()
+        result = _supervise(procs, cgroups, time.monotonic() + timeout_s, limits.cpu_s, max_output_bytes, started,
                             signal_exits=mode == "kernel")
-        if tests is None or not result.passed:
+        if tests is None:
             return result
-        if _read_verdict(channels.verdict_read) != nonce:
-            return dataclasses.replace(result, passed=False, status="failed",
-                                       stderr=result.stderr + "\ntests did not run to the end")
+        assert channels.verdict is not None
+        if _read_verdict(channels.verdict[0]) == nonce:
+            return dataclasses.replace(result, passed=True, status="passed")
+        if result.status == "passed" or (result.status == "killed" and not result.output_truncated):
+            return dataclasses.replace(result, passed=False, status="failed")  # the program left or was stopped
         return result
     finally:
         channels.close()
@@ -641,8 +688,14 @@ def run_program(
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _close_pipes(proc: subprocess.Popen) -> None:
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 def _read_verdict(fd: int | None) -> str:
-    """What the run wrote on its verdict pipe (everything it wrote: a nonce plus anything else is not the nonce)."""
+    """What the tester wrote on its verdict pipe (everything it wrote: a nonce plus anything else is not the nonce)."""
     if fd is None:
         return ""
     data = b""
@@ -658,29 +711,38 @@ def _read_verdict(fd: int | None) -> str:
 
 
 def _supervise(
-    proc: subprocess.Popen, cgroups: list[str], deadline: float, cpu_s: int, max_output_bytes: int, started: float,
-    signal_exits: bool = False,
+    procs: list[subprocess.Popen], cgroups: list[str], deadline: float, cpu_s: int, max_output_bytes: int,
+    started: float, signal_exits: bool = False,
 ) -> SandboxResult:
-    """Watch a started child to the end, kill everything it left behind, and build the result.
+    """Watch the started children to the end, kill everything they left behind, and build the result.
 
-    ``signal_exits``: the child is bwrap, which reports a program killed by signal N as exit status 128 + N."""
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = _Tail(max_output_bytes), _Tail(max_output_bytes)
-    tails = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    The last child is the program: the result's return code and status are its (the tester's verdict,
+    when there is one, is applied by :func:`run_program`); stdout is the program's, stderr the
+    program's followed by the tester's. ``signal_exits``: the children are bwrap, which reports a
+    program killed by signal N as exit status 128 + N."""
+    tails: dict[int, _Tail] = {}
+    streams: list[tuple[_Tail, _Tail]] = []  # per child: (stdout, stderr)
+    for proc in procs:
+        assert proc.stdout is not None and proc.stderr is not None
+        streams.append((_Tail(max_output_bytes), _Tail(max_output_bytes)))
+        tails[proc.stdout.fileno()], tails[proc.stderr.fileno()] = streams[-1]
     try:
-        timed_out, over_output = _watch(proc, tails, deadline, max_output_bytes)
+        timed_out, over_output = _watch(procs, tails, deadline, max_output_bytes)
     finally:
-        _kill_group(proc.pid)
+        for proc in procs:
+            _kill_group(proc.pid)
         out_of_memory = _memory_exhausted(cgroups)
         for cgroup in cgroups:
             _empty_cgroup(cgroup)
         _drain(tails, _KILL_GRACE_S)
-        returncode, cpu_used = _reap(proc)
-        proc.stdout.close()
-        proc.stderr.close()
+        reaped = [_reap(proc) for proc in procs]
+        for proc in procs:
+            _close_pipes(proc)
+    returncode, cpu_used = reaped[-1]
     if signal_exits and 128 < returncode < 128 + signal.NSIG:
         returncode = -(returncode - 128)
-    stderr = err.text()
+    out = streams[-1][0]
+    stderr = "".join(err.text() for _, err in reversed(streams))
     status = _status(returncode, timed_out, over_output, cpu_used >= cpu_s - 0.01, stderr)
     if status in ("failed", "killed") and out_of_memory:
         status = "memory"
@@ -691,16 +753,21 @@ def _supervise(
         stdout=out.text(),
         stderr=stderr,
         wall_s=time.monotonic() - started,
-        output_truncated=out.truncated or err.truncated or over_output,
+        output_truncated=any(t.truncated for t in tails.values()) or over_output,
     )
 
 
-def run_tests(program: str, test_code: str, timeout_s: float = 10, memory_mb: int = 1024) -> SandboxResult:
-    """Run a program, then its test code in the same namespace, in one fresh jail of its own.
+def run_tests(program: str, test_code: str, timeout_s: float = 10, memory_mb: int = 1024,
+              shadowing: tuple[str, ...] = ()) -> SandboxResult:
+    """Run a program in a fresh jail of its own and its test code in another; the tests decide the verdict.
 
-    The verdict does not come from anything the program can print or read: the test code and a fresh
-    random nonce reach the child on a descriptor that it reads and closes before the program runs
-    (they are in no file of the jail); after the last line of the tests the child writes the nonce on
-    a pipe, and the run passes only if it exited with status 0 and that pipe holds exactly the nonce.
+    The tests never run in the program's process: :mod:`fewstep.sandbox.tester` executes them in a
+    separate jail (its own PID, mount, network and IPC namespaces) where the program's functions are
+    stand-ins that send their arguments to the program's process and get plain data back over two
+    pipes (:mod:`fewstep.sandbox.wire`). The run passes only if the tester ran the tests to the end with
+    the program's side answering throughout, and then wrote the run's fresh random nonce on a pipe
+    whose read end only the evaluator holds; the program never sees the tests, the nonce or that pipe.
+    A program's function named like a built-in (``abs``) replaces it in the tests only when the name is
+    in ``shadowing`` (the function under test may be called ``sum``).
     """
-    return run_program(program, timeout_s=timeout_s, memory_mb=memory_mb, tests=test_code)
+    return run_program(program, timeout_s=timeout_s, memory_mb=memory_mb, tests=test_code, shadowing=shadowing)

@@ -61,9 +61,9 @@ def _filesystem() -> list[str]:
     return args
 
 
-def command(python_args: list[str], program_fd: int, disk_bytes: int, env: dict[str, str]) -> list[str]:
+def command(python_args: list[str], program_fd: int | None, disk_bytes: int, env: dict[str, str]) -> list[str]:
     """The command line that runs ``python python_args`` in a fresh jail, with the file open at
-    ``program_fd`` copied to ``/sandbox/main.py`` and ``/sandbox`` limited to ``disk_bytes``."""
+    ``program_fd`` (if any) copied to ``/sandbox/main.py`` and ``/sandbox`` limited to ``disk_bytes``."""
     exe = bwrap()
     assert exe is not None
     settings = [a for k, v in env.items() for a in ("--setenv", k, v)]
@@ -71,7 +71,8 @@ def command(python_args: list[str], program_fd: int, disk_bytes: int, env: dict[
         exe, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534", "--hostname", "sandbox",
         "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv", *settings,
         *_filesystem(), "--proc", "/proc", "--dev", "/dev",
-        "--size", str(disk_bytes), "--tmpfs", SANDBOX_DIR, "--file", str(program_fd), f"{SANDBOX_DIR}/main.py",
+        "--size", str(disk_bytes), "--tmpfs", SANDBOX_DIR,
+        *(["--file", str(program_fd), f"{SANDBOX_DIR}/main.py"] if program_fd is not None else []),
         "--chdir", SANDBOX_DIR, interpreter(), *python_args,
     ]
 

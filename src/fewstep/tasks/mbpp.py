@@ -9,6 +9,8 @@ the setup code and the asserts.
 
 from __future__ import annotations
 
+import builtins
+import re
 from typing import Any
 
 from fewstep.sandbox.jail import run_tests
@@ -86,6 +88,12 @@ def checks_for(row: dict[str, Any]) -> str:
     return "\n".join([setup, *row["test_list"]])
 
 
+def builtins_defined(code: str) -> tuple[str, ...]:
+    """Names of built-ins that the code defines as top-level functions (the tests may call such a
+    function of the program, e.g. a problem's ``sum``; any other built-in stays the real one)."""
+    return tuple(n for n in re.findall(r"^def\s+(\w+)", code, re.MULTILINE) if hasattr(builtins, n))
+
+
 def split_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The test split (task_id 11-510) when the rows contain it, else all rows."""
     split = [r for r in rows if r["task_id"] in TEST_IDS]
@@ -115,5 +123,6 @@ class MBPPTask:
     def score(self, example: Example, output: str) -> Score:
         """pass@1: the extracted code passes the problem's asserts in the sandbox."""
         program = extract_code(output)
-        result = run_tests(program, example.reference["tests"], timeout_s=self.timeout_s)
+        shadowing = builtins_defined(extract_code(example.gold_output))
+        result = run_tests(program, example.reference["tests"], timeout_s=self.timeout_s, shadowing=shadowing)
         return Score(result.passed, program, result.summary())
