@@ -9,7 +9,7 @@ import torch
 
 from fewstep.config import DecodeConfig
 from fewstep.decoding.loop import ended_rows
-from fewstep.strategies import cad, factor, make_policy, scorers, threshold
+from fewstep.strategies import cad, factor, factor_prefix, make_policy, scorers, threshold
 from fewstep.strategies.base import StepContext
 
 INF = float("-inf")
@@ -40,13 +40,32 @@ def test_threshold_commits_all_above_and_at_least_one():
 
 
 def test_factor_rule():
-    # n-th (1-based) confidence must be >= 1 - f/(n+1); f = 1: 0.5, 0.667, 0.75, 0.8
-    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)  # sorted: 0.9, 0.76, 0.7 (< 0.75) stop
+    # Fast-dLLM: the n-th (1-based) sorted confidence must be >= 1 - f/(n+1) (f = 1: 0.667, 0.75, 0.8),
+    # the first always passes; k = first failure (0-based); k == N - 1 (or no failure) commits all N
+    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)  # sorted: 0.9, 0.76, 0.7 (< 0.75) k=2
     assert factor.select(conf, 1.0).tolist() == [[True, False, True, False]]
+    low = torch.tensor([[0.3, 0.2, INF]], dtype=torch.float64)  # N=2, the second fails: k = N - 1 -> both
+    assert factor.select(low, 1.0).tolist() == [[True, True, False]]
+    last_fails = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # 0.99, 0.99 ok, 0.4 (< 0.75) is last
+    assert factor.select(last_fails, 1.0).tolist() == [[True, True, True]]
+    all_pass = torch.tensor([[0.97, 0.99, 0.98, INF]], dtype=torch.float64)
+    assert factor.select(all_pass, 1.0).tolist() == [[True, True, True, False]]
+    one = torch.tensor([[INF, 0.01, INF], [INF, INF, INF]], dtype=torch.float64)  # a single candidate; none
+    assert factor.select(one, 1.0).tolist() == [[False, True, False], [False, False, False]]
+    neg = torch.tensor([[-3.0, -2.5, INF]], dtype=torch.float64)  # scores below -1 (negative entropy): k=0 -> 1
+    assert factor.select(neg, 1.0).tolist() == [[False, True, False]]
+    # a larger factor lowers every bound: 0.7 passes 1 - 2/4 = 0.5, then 0.1 fails and is last -> all four
+    assert factor.select(conf, 2.0).tolist() == [[True, True, True, True]]
+
+
+def test_factor_prefix_rule():
+    # the variant: exactly the longest all-passing sorted prefix, at least one
+    conf = torch.tensor([[0.9, 0.7, 0.76, 0.1]], dtype=torch.float64)
+    assert factor_prefix.select(conf, 1.0).tolist() == [[True, False, True, False]]
     low = torch.tensor([[0.3, 0.2, INF]], dtype=torch.float64)  # none pass: still the top one
-    assert factor.select(low, 1.0).tolist() == [[True, False, False]]
-    prefix_only = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # sorted 0.99, 0.99 (ok), 0.4 (<0.75)
-    assert factor.select(prefix_only, 1.0).tolist() == [[False, True, True]]
+    assert factor_prefix.select(low, 1.0).tolist() == [[True, False, False]]
+    prefix_only = torch.tensor([[0.4, 0.99, 0.99]], dtype=torch.float64)  # 0.4 (< 0.75) stays masked
+    assert factor_prefix.select(prefix_only, 1.0).tolist() == [[False, True, True]]
 
 
 def test_cad_k_rule():
@@ -96,3 +115,37 @@ def test_policies_from_config():
 )
 def test_ended_rows(row, upto, expected):
     assert ended_rows(torch.tensor([row]), upto, eos_id=2).item() is expected
+
+
+def test_block_threshold_commits_above_threshold_with_a_minimum():
+    from fewstep.strategies import block_threshold as bt
+
+    conf = torch.tensor([[0.99, 0.95, 0.5, 0.97, INF], [0.2, 0.1, 0.3, INF, INF]], dtype=torch.float64)
+    # strictly above 0.95 (LLaDA 2's rule): 0.99 and 0.97, not 0.95
+    assert bt.select(conf, 0.95, 1).tolist() == [[True, False, False, True, False], [False, False, True, False, False]]
+    # the minimum: the two most confident, capped by the eligible positions
+    assert bt.select(conf, 0.95, 2)[1].tolist() == [True, False, True, False, False]
+    assert bt.select(conf, 0.95, 9).sum(1).tolist() == [4, 3]
+
+
+def test_block_threshold_token_editing_is_bounded():
+    from fewstep.strategies import block_threshold as bt
+
+    policy = bt.policy(bt.Params(threshold=0.9, editing_threshold=0.6, max_edits=1), DecodeConfig(block_length=3))
+    policy.start_block(torch.tensor([[True, True, True]]))
+    # position 0 committed earlier with token 4; the model now puts 0.7 on token 5 there; position 1 holds
+    # token 6 and the model agrees; position 2 is masked
+    probs = torch.tensor([[[0, 0, 0, 0, 0.3, 0.7, 0], [0, 0, 0, 0, 0, 0.1, 0.9], [0.5, 0.5, 0, 0, 0, 0, 0]]],
+                         dtype=torch.float64)
+    c = StepContext(torch.tensor([[INF, INF, 0.5]], dtype=torch.float64), torch.tensor([[5, 6, 0]]),
+                    torch.tensor([[False, False, True]]), 1, None, 2, probs, torch.tensor([[4, 6, 1]]), None)
+    d = policy.step(c)
+    assert d.edit.tolist() == [[True, False, False]] and d.commit.tolist() == [[False, False, True]]
+    c.tokens = torch.tensor([[5, 6, 1]])
+    c.candidates = torch.tensor([[4, 6, 0]])  # the model changes its mind again: no second edit (max_edits=1)
+    c.probs = probs[..., [0, 1, 2, 3, 5, 4, 6]]
+    assert not policy.step(c).edit.any()
+    # editing_threshold 1 (the default): no editing at all
+    off = bt.policy(bt.Params(threshold=0.9), DecodeConfig(block_length=3))
+    off.start_block(torch.tensor([[True, True, True]]))
+    assert getattr(off.step(c), "edit", None) is None

@@ -22,6 +22,7 @@ import torch
 
 from fewstep.decoding.scoring import window_logits
 from fewstep.errors import ConfigError
+from fewstep.models.blockcausal import attention_block_length, covering_window
 from fewstep.models.kvcache import KVCache
 
 
@@ -32,6 +33,7 @@ class StepCache:
         if not getattr(model, "supports_cache", False):
             raise ConfigError(f"cache={mode}: {model.name} does not support a key/value cache (use cache=none)")
         self.mode, self.every = mode, refresh_every
+        self.attention_block = attention_block_length(model.module)  # block-causal models: > 0
         self.kv = KVCache(rows=batch * (2 if guided else 1))
         self.fresh_at = torch.full((batch,), -1, dtype=torch.long, device=device)  # [B] -1: not in this block
 
@@ -51,7 +53,10 @@ class StepCache:
             due |= step - self.fresh_at[rows] >= self.every
         self.fresh_at[rows[due]] = step
         out: torch.Tensor | None = None
-        for part, cwin in ((due, None), (~due, self.window(block, x.shape[1]))):
+        window = self.window(block, x.shape[1])
+        if self.attention_block and bool((~due).any()):  # block-causal: whole attention blocks, exact
+            window = covering_window(window, att, self.attention_block)
+        for part, cwin in ((due, None), (~due, window)):
             if not part.any():
                 continue
             idx = None if bool(part.all()) else part.nonzero().squeeze(1)

@@ -43,6 +43,7 @@ from fewstep.decoding.revise import revise, token_probability, verify_prefix
 from fewstep.decoding.scoring import LAST, candidates_and_confidence, window_logits
 from fewstep.errors import ConfigError, PromptTooLongError
 from fewstep.models.adapter import DiffusionModel
+from fewstep.models.blockcausal import check_decode
 from fewstep.strategies import make_policy
 from fewstep.strategies.base import StepContext
 
@@ -159,6 +160,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     if getattr(model, "mask_id", -1) < 0:
         raise ConfigError(f"{model.name} is not a masked diffusion model")
     check_prompts(model, prompts, cfg.gen_length)
+    check_decode(model, cfg.block_length)  # block-causal models: decode blocks within an attention block
     dev = model.device
     ids, att, p = left_pad(prompts, model.pad_id, cfg.gen_length)
     ids, att = ids.to(dev), att.to(dev)
@@ -275,6 +277,11 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                                   (blk_state == PROVISIONAL) & active if revising else None)
                 decision = policy.step(ctx)
                 commit = decision.commit & todo
+                edit = getattr(decision, "edit", None)  # token editing (block_threshold): committed positions
+                if edit is not None:  # take this step's candidate; recorded as commits of this step
+                    edit = edit & active & (blk_state == COMMITTED)
+                    blk_tokens.copy_(torch.where(edit, cand, blk_tokens))
+                    commit = commit | edit
                 if decision.revoke is not None:
                     extra = decision.revoke & ~commit & active & (blk_state != MASKED)
                     _apply(blk_tokens, blk_state, blk_at, None, None, extra, mask_id, step)

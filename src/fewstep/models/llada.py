@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.errors import ModelLoadError
+from fewstep.models.blockcausal import block_causal_mask
 from fewstep.models.kvcache import KVCache
 
 # The official LLaDA code's defaults (its OLMo-derived ModelConfig) for fields a config.json leaves out.
@@ -65,6 +66,10 @@ class LLaDAConfig:
     activation_type: str = "silu"
     input_emb_norm: bool = False  # embeddings times sqrt(d_model)
     scale_logits: bool = False  # logits times 1 / sqrt(d_model)
+    # block-causal attention (block diffusion): 0 is LLaDA's full bidirectional attention; N > 0 cuts
+    # the sequence into blocks of N positions counted from its first real token (position ids from
+    # the attention mask), attention bidirectional inside a block and causal across blocks
+    attention_block_length: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LLaDAConfig:
@@ -112,6 +117,9 @@ def _check_contract(d: dict[str, Any]) -> None:
             raise _refuse(name, d[name], "must be true or false")
     if d["bias_for_layer_norm"] is not None and not isinstance(d["bias_for_layer_norm"], bool):
         raise _refuse("bias_for_layer_norm", d["bias_for_layer_norm"], "must be true, false or null")
+    block = d.get("attention_block_length", 0)
+    if isinstance(block, bool) or not isinstance(block, int) or block < 0:
+        raise _refuse("attention_block_length", block, "0 (full attention) or a block length > 0")
     if not isinstance(d["n_heads"], int) or d["n_heads"] < 1 or d["d_model"] % d["n_heads"]:
         raise _refuse("n_heads", d["n_heads"], f"must divide d_model={d['d_model']}")
 
@@ -287,6 +295,9 @@ class LLaDAModel(nn.Module):
         if position_ids is None:
             t = w if attention_mask is None else attention_mask.shape[1]
             position_ids = torch.arange(t, device=x.device).expand(b, t)
+        if self.config.attention_block_length > 0:  # block-causal: keys of the query's block or earlier
+            causal = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
+            key_mask = causal if key_mask is None else key_mask & causal
         if window is not None:
             if cache is None:
                 raise ValueError("a window forward needs a cache")

@@ -238,6 +238,8 @@ def load_model(
         return _load_llada(path, config, defaults, name, device, dtype, trust_remote_code)
     if kind.lower() == "dream":
         return _load_dream(path, config, defaults, name, device, dtype, trust_remote_code)
+    if kind == "llada2_moe":
+        return _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code)
     if needs_remote_code(config) and not trust_remote_code:
         raise ModelLoadError(
             f"{path}: model type {kind!r} is the directory's own code (auto_map in config.json), which fewstep "
@@ -326,6 +328,24 @@ def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, 
         decode_defaults=defaults,
         mask_id=cfg.mask_token_id,
     )
+
+
+def _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+    """fewstep's own LLaDA 2.x (MoE, block-causal attention); the mask id from the tokenizer's mask
+    token, else ``mask_token_id`` in config.json, else the token ``<|mask|>``."""
+    from fewstep.models.llada2 import LLaDA2Config, LLaDA2Model
+
+    tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
+    cfg, module = _native(path, "LLaDA2", LLaDA2Config, LLaDA2Model, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code, fallback="PreTrainedTokenizerFast")
+    mask_id = tok.mask_token_id if tok.mask_token_id is not None else config.get("mask_token_id")
+    if mask_id is None and "<|mask|>" in tok.get_vocab():  # LLaDA 2's mask token (156895 in its vocabulary)
+        mask_id = tok.convert_tokens_to_ids("<|mask|>")
+    if mask_id is None:
+        raise ModelLoadError(f"{path}: no mask token (neither the tokenizer's mask_token nor mask_token_id)")
+    return DiffusionModel(module=module, tokenizer=tok, name=name, eos_id=cfg.eos_token_id,
+                          pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
+                          max_length=cfg.max_position_embeddings, decode_defaults=defaults, mask_id=int(mask_id))
 
 
 def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:

@@ -22,8 +22,10 @@ REGISTRY: dict[str, str] = {
     "llada": "fewstep.strategies.llada",
     "threshold": "fewstep.strategies.threshold",
     "factor": "fewstep.strategies.factor",
+    "factor_prefix": "fewstep.strategies.factor_prefix",
     "cad": "fewstep.strategies.cad",
     "eb": "fewstep.strategies.eb",
+    "block_threshold": "fewstep.strategies.block_threshold",
     "ar": "fewstep.strategies.ar",
 }
 

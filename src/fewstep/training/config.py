@@ -30,6 +30,7 @@ class TrainConfig:
     autocast_bf16: bool = True
     threads: int = 0  # 0: leave torch's default
     init_from: str = ""  # a model directory (Hugging Face layout) to start from instead of random weights
+    attention_block_length: int = 0  # dlm: 0 full attention; N > 0 block-causal attention in blocks of N
 
     def __post_init__(self) -> None:
         if self.kind not in ("dlm", "ar"):
@@ -53,6 +54,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
+        if self.attention_block_length < 0:
+            raise ConfigError(f"attention_block_length must be >= 0, got {self.attention_block_length}")
         if self.warmup < 0 or self.threads < 0:
             raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
         if not 0 <= self.seed < 2**63:

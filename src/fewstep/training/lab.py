@@ -23,9 +23,10 @@ CHARS = string.ascii_letters + string.digits + " .?+-=/#:x"
 
 
 def new_dlm(
-    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512
+    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512, attention_block_length: int = 0
 ) -> tuple[LLaDAModel, PreTrainedTokenizerFast]:
-    """A freshly initialised LLaDA-architecture model over the arith word-level vocabulary."""
+    """A freshly initialised LLaDA-architecture model over the arith word-level vocabulary
+    (``attention_block_length`` > 0: block-causal attention, see LLaDAConfig)."""
     tok = tokenizers.word_level(arith.vocabulary())
     cfg = LLaDAConfig(
         d_model=d_model,
@@ -39,6 +40,7 @@ def new_dlm(
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         max_sequence_length=max_len,
+        attention_block_length=attention_block_length,
     )
     model = LLaDAModel(cfg)
     _init(model)

@@ -55,9 +55,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def _new_model(cfg: TrainConfig):
-    make = lab.new_dlm if cfg.kind == "dlm" else lab.new_ar
     torch.manual_seed(cfg.seed)
-    return make(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
+    if cfg.kind == "dlm":
+        return lab.new_dlm(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden,
+                           attention_block_length=cfg.attention_block_length)
+    return lab.new_ar(cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden)
 
 
 def _load_weights(cfg: TrainConfig, model) -> None:
@@ -228,7 +230,10 @@ def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
     tmp = temp_dir_for(dest)
     try:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        write_decode_defaults(tmp, DECODE_DEFAULTS[cfg.kind])
+        defaults = dict(DECODE_DEFAULTS[cfg.kind])
+        if cfg.kind == "dlm" and cfg.attention_block_length:  # block diffusion: one attention block at a time
+            defaults["block_length"] = cfg.attention_block_length
+        write_decode_defaults(tmp, defaults)
         replace_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
