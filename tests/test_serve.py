@@ -628,3 +628,16 @@ def test_a_batch_waits_while_requests_keep_coming(model):
     b.submit(old)  # every row within max_wait of the previous, but the oldest is past the cap: taken at once
     t0 = time.monotonic()
     assert b._take() == old and time.monotonic() - t0 < 0.5
+
+
+def test_streamed_text_waits_when_committed_tokens_can_change():
+    from fewstep.config import DecodeConfig
+    from fewstep.serve.requests import committed_is_final
+
+    assert committed_is_final(DecodeConfig(strategy="threshold"))
+    assert committed_is_final(DecodeConfig(strategy="block_threshold"))  # no editing
+    assert not committed_is_final(DecodeConfig(strategy="block_threshold", editing_threshold=0.9))
+    assert not committed_is_final(DecodeConfig(strategy="block_threshold", editing_threshold=0.9, max_edits=1,
+                                               revise_threshold=0.5))
+    assert committed_is_final(DecodeConfig(strategy="block_threshold", editing_threshold=0.9, max_edits=0))
+    assert not committed_is_final(DecodeConfig(revise_threshold=0.5))

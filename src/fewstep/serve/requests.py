@@ -96,11 +96,13 @@ def batch_key(cfg: DecodeConfig, unique: int) -> Hashable:
 
 
 def committed_is_final(cfg: DecodeConfig) -> bool:
-    """Whether a committed token can never be revoked in this configuration: no warm start (its
-    revise stage), no bounded revision, and a strategy that does not declare ``REVOKES``."""
+    """Whether a committed token can never be revoked or replaced in this configuration: no warm
+    start (its revise stage), no bounded revision, and a strategy whose ``revokes(params)`` (where
+    it declares one) is false for these parameters."""
     from fewstep.strategies import strategy_module
 
-    revokes = bool(getattr(strategy_module(cfg.strategy), "REVOKES", False))
+    declared = getattr(strategy_module(cfg.strategy), "revokes", None)
+    revokes = bool(declared(cfg.params)) if callable(declared) else False
     return not cfg.drafter and cfg.revise_threshold == 0 and not revokes
 
 

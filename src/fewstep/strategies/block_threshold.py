@@ -37,6 +37,12 @@ class Params:
         validate("block_threshold", self)
 
 
+def revokes(params: Params) -> bool:
+    """Whether a committed token can still change (token editing is on): consumers that stream
+    committed text (``fewstep serve``) then wait for the end."""
+    return params.editing_threshold < 1 and params.max_edits > 0
+
+
 def policy(params: Params, cfg) -> BlockThreshold:
     return BlockThreshold(params, cfg.block_length)
 
