@@ -23,6 +23,7 @@ from torch import nn
 from fewstep.errors import ModelLoadError
 from fewstep.models.blockcausal import block_causal_mask
 from fewstep.models.kvcache import KVCache
+from fewstep.models.positions import key_mask_and_positions
 
 # The official LLaDA code's defaults (its OLMo-derived ModelConfig) for fields a config.json leaves out.
 OFFICIAL_DEFAULTS: dict[str, Any] = {
@@ -286,15 +287,8 @@ class LLaDAModel(nn.Module):
         if self.config.input_emb_norm:
             x = x * self.config.d_model**0.5
         b, w, _ = x.shape
-        key_mask = None
-        if attention_mask is not None:
-            am = attention_mask.bool()
-            key_mask = am[:, None, None, :]  # [B, 1, 1, T]
-            if position_ids is None:
-                position_ids = (am.long().cumsum(-1) - 1).clamp(min=0)
-        if position_ids is None:
-            t = w if attention_mask is None else attention_mask.shape[1]
-            position_ids = torch.arange(t, device=x.device).expand(b, t)
+        # key mask [B, 1, 1, T] and positions [B, T] of the whole sequence
+        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, True)
         if self.config.attention_block_length > 0:  # block-causal: keys of the query's block or earlier
             causal = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
             key_mask = causal if key_mask is None else key_mask & causal
