@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from fewstep.config import check_settings
 from fewstep.errors import ConfigError, FewstepError
 
 
@@ -61,25 +61,6 @@ def _int64(text: str) -> int:
     if not -(2**63) <= value < 2**63:
         raise argparse.ArgumentTypeError(f"does not fit in 64 bits: {text}")
     return value
-
-
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
-
-
-def check_settings(texts: Sequence[str]) -> None:
-    """Refuse ``key=value`` settings (``--set``, bench specs) whose value is a number that is NaN,
-    infinite or beyond 64-bit integers: no decode setting is meaningful there."""
-    for text in texts:
-        for part in re.split(r"[;:,]", text):
-            key, sep, value = part.partition("=")
-            value = value.strip()
-            if not sep or not _NUMBER.fullmatch(value):
-                continue
-            if re.fullmatch(r"[+-]?\d+", value):
-                if not -(2**63) <= int(value) < 2**63:
-                    raise ConfigError(f"{key.strip()}={value}: does not fit in 64 bits")
-            elif not math.isfinite(float(value)):
-                raise ConfigError(f"{key.strip()}={value}: must be a finite number")
 
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm") -> None:

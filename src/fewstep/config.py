@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -338,3 +340,22 @@ def same_settings(old: dict[str, Any], cfg: DecodeConfig) -> bool:
     defaults = {f.name: f.default for f in loop_fields()}
     defaults.update({f.name: f.default for f in fields(type(cfg.params))})
     return all(old.get(k, defaults[k]) == v for k, v in cfg.to_dict().items())
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
+def check_settings(texts: Sequence[str]) -> None:
+    """Refuse ``key=value`` settings (``--set``, bench specs) whose value is a number that is NaN,
+    infinite or beyond 64-bit integers: no decode setting is meaningful there."""
+    for text in texts:
+        for part in re.split(r"[;:,]", text):
+            key, sep, value = part.partition("=")
+            value = value.strip()
+            if not sep or not _NUMBER.fullmatch(value):
+                continue
+            if re.fullmatch(r"[+-]?\d+", value):
+                if not -(2**63) <= int(value) < 2**63:
+                    raise ConfigError(f"{key.strip()}={value}: does not fit in 64 bits")
+            elif not math.isfinite(float(value)):
+                raise ConfigError(f"{key.strip()}={value}: must be a finite number")

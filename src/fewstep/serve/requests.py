@@ -1,7 +1,7 @@
 """A request's decode configuration and prompt token ids.
 
 The configuration goes through the CLI's own path: the request's ``settings`` become ``key=value``
-strings, checked by :func:`fewstep.cli.check_settings` (NaN, infinities, integers beyond 64 bits)
+strings, checked by :func:`fewstep.config.check_settings` (NaN, infinities, integers beyond 64 bits)
 and applied by :func:`fewstep.config.override` (unknown keys, a parameter of another strategy,
 out-of-range values) on top of the server's configuration (:func:`fewstep.config.resolve_config`
 of ``--strategy`` / ``--set``), so a request is refused with exactly the message ``fewstep
@@ -15,8 +15,15 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fewstep.cli import check_settings
-from fewstep.config import DecodeConfig, override, resolve_config, setting_names, split_assignment, with_gen_length
+from fewstep.config import (
+    DecodeConfig,
+    check_settings,
+    override,
+    resolve_config,
+    setting_names,
+    split_assignment,
+    with_gen_length,
+)
 from fewstep.errors import FewstepError
 from fewstep.serve.schemas import APIError, ChatRequest, CompletionRequest
 
