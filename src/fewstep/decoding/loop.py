@@ -277,9 +277,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                                   (blk_state == PROVISIONAL) & active if revising else None)
                 decision = policy.step(ctx)
                 commit = decision.commit & todo
-                edit = getattr(decision, "edit", None)  # token editing (block_threshold): committed positions
-                if edit is not None:  # take this step's candidate; recorded as commits of this step
-                    edit = edit & active & (blk_state == COMMITTED)
+                if decision.edit is not None:  # token editing (block_threshold): committed positions take
+                    edit = decision.edit & active & (blk_state == COMMITTED)  # this step's candidate
                     blk_tokens.copy_(torch.where(edit, cand, blk_tokens))
                     commit = commit | edit
                 if decision.revoke is not None:

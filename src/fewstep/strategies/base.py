@@ -44,6 +44,7 @@ class StepContext:
 class Decision:
     commit: torch.Tensor  # [B, L] bool
     revoke: torch.Tensor | None = None  # [B, L] bool (None: nothing)
+    edit: torch.Tensor | None = None  # [B, L] bool: committed positions that take this step's candidate
 
 
 class CommitPolicy(Protocol):

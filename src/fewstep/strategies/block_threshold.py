@@ -47,11 +47,6 @@ def policy(params: Params, cfg) -> BlockThreshold:
     return BlockThreshold(params, cfg.block_length)
 
 
-@dataclass
-class EditDecision(Decision):
-    edit: torch.Tensor | None = None  # [B, L] committed positions that take this step's candidate
-
-
 def select(confidence: torch.Tensor, threshold: float, minimal_topk: int) -> torch.Tensor:
     """confidence [B, L] (-inf: ineligible) -> commit mask [B, L]."""
     above = (confidence > threshold).sum(1)  # [B]
@@ -85,4 +80,4 @@ class BlockThreshold(AdaptivePolicy):
         committed = ~pending & took & (self.edited < p.max_edits)
         edit = edits(ctx.probs, ctx.candidates, ctx.tokens, committed, p.editing_threshold)
         self.edited += edit
-        return EditDecision(commit, edit=edit)
+        return Decision(commit, edit=edit)
