@@ -117,3 +117,11 @@ def test_decode_block_longer_than_the_attention_block_is_refused(bc_model):
     with pytest.raises(ConfigError, match=f"block-causal attention in blocks of {size}"):
         fewstep.generate(bc_model, ["Mia has 7 pens ."], fewstep.DecodeConfig(gen_length=4 * size,
                                                                               block_length=2 * size))
+
+
+def test_block_causal_models_default_to_the_exact_cache(bc_model, random_dlm_dir):
+    from fewstep.config import resolve_config
+
+    assert resolve_config(bc_model, "block_threshold", []).cache == "dual"
+    assert resolve_config(bc_model, "llada", ["cache=none"]).cache == "none"  # still an override
+    assert resolve_config(fewstep.load_model(random_dlm_dir), "llada", []).cache == "none"  # full attention

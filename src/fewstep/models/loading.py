@@ -310,6 +310,14 @@ def _native(path: Path, what: str, config_cls, model_cls, config: dict[str, Any]
     return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
 
 
+def _exact_cache_default(module: torch.nn.Module, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A block-causal model decodes with ``cache=dual`` unless told otherwise: there the cache is
+    exact (a finished block never attends to a later one), so it only saves time."""
+    from fewstep.models.blockcausal import attention_block_length
+
+    return {"cache": "dual", **defaults} if attention_block_length(module) > 0 else defaults
+
+
 def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, tokenizer=None) -> DiffusionModel:
     from fewstep.models.llada import LLaDAConfig, LLaDAModel
 
@@ -325,7 +333,7 @@ def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, 
         pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
         max_length=cfg.max_sequence_length,
         stop_ids=stop,
-        decode_defaults=defaults,
+        decode_defaults=_exact_cache_default(module, defaults),
         mask_id=cfg.mask_token_id,
     )
 
@@ -345,7 +353,8 @@ def _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code)
         raise ModelLoadError(f"{path}: no mask token (neither the tokenizer's mask_token nor mask_token_id)")
     return DiffusionModel(module=module, tokenizer=tok, name=name, eos_id=cfg.eos_token_id,
                           pad_id=cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id,
-                          max_length=cfg.max_position_embeddings, decode_defaults=defaults, mask_id=int(mask_id))
+                          max_length=cfg.max_position_embeddings,
+                          decode_defaults=_exact_cache_default(module, defaults), mask_id=int(mask_id))
 
 
 def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
