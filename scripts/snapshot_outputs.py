@@ -24,6 +24,11 @@ SETTINGS = [
     "strategy=threshold,threshold=0.7,block_length=8,early_stop=true",
     "strategy=llada,steps=12,remasking=entropy,eos_confidence=last,eos_logit_penalty=1.0",
     "strategy=llada,steps=6,cfg_scale=0.5",
+    "strategy=factor_prefix,factor=1.0",
+    "strategy=eb",
+    "strategy=block_threshold",
+    "strategy=threshold,threshold=0.9,block_length=8,cache=dual",
+    "strategy=llada,steps=12,block_length=8,cache=prefix,cache_refresh=2",
 ]
 
 
