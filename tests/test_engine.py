@@ -16,7 +16,7 @@ from fewstep.decoding import canvas
 from fewstep.decoding.loop import decode
 from fewstep.decoding.scoring import LAST, candidates_and_confidence
 from fewstep.strategies import REGISTRY, describe
-from fewstep.strategies.base import Decision
+from fewstep.strategies.base import Decision, Policy
 from test_loop import EOS, MASK, scripted_model
 
 
@@ -48,18 +48,11 @@ def test_candidates_and_confidence_on_hand_made_logits():
     assert cand.tolist() == [[2, 3]] and conf[0, 0].item() == LAST and conf[0, 1].item() > LAST
 
 
-class Reviser:
+class Reviser(Policy):
     """A hand-made policy: commits the first eligible position, revokes every committed one at
     step 1, and otherwise commits nothing; its budget is 4 steps."""
 
-    def start_block(self, eligible):
-        pass
-
-    def max_steps(self):
-        return 4
-
-    def rows_needing_forward(self, step):
-        return None
+    budget = 4
 
     def step(self, ctx):
         commit = torch.zeros_like(ctx.eligible)
@@ -75,12 +68,13 @@ def test_revoke_and_the_loops_termination_bound(monkeypatch):
     monkeypatch.setattr(loop, "make_policy", lambda cfg: Reviser())
     model = scripted_model(gen_length=4, answer_len=2)
     events = list(decode(model, [[3]], DecodeConfig(strategy="threshold", gen_length=4, block_length=4)))
-    assert [int(e.committed.sum()) for e in events] == [1, 0, 0, 4]
+    assert [int(e.committed.sum()) for e in events] == [1, 0, 4]
     assert events[1].revoked[0].tolist() == [True, False, False, False]  # the committed one, not masks
     assert events[1].canvas[0].tolist() == [MASK] * 4 and events[1].committed_at[0, 0].item() == -1
-    # the policy never completes the block: the loop does at its last allowed step
+    # the policy never completes the block: at step 2 it changes nothing, so the loop completes the
+    # block there (a further forward would see the same canvas) instead of waiting for step 3
     last = events[-1]
-    assert last.done and last.canvas[0].tolist() == [10, 11, EOS, EOS] and last.nfe.item() == 4
+    assert last.done and last.canvas[0].tolist() == [10, 11, EOS, EOS] and last.nfe.item() == 3
     assert (last.state == canvas.COMMITTED).all()
 
 

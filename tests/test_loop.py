@@ -70,18 +70,19 @@ def test_threshold_saves_forwards_on_confident_model():
     assert llada_nfe == 16 and thr.nfe.item() == 4  # one forward per block
 
 
-def test_cad_eos_guard_never_leaves_masks():
-    """The corner case: every candidate of the block is EOS while progress is below the guard.
-    CAD can commit nothing until its step budget ends, then commits the rest of the block."""
+def test_cad_eos_guard_never_leaves_masks_nor_wastes_forwards():
+    """The corner case: every candidate of the block is EOS while progress is below the guard, so
+    CAD's k is 0. The canvas would not change before the block's last step, so the loop completes
+    the block at once: one forward per block, not the whole budget (main spent 3 per block)."""
     model = scripted_model(gen_length=16, answer_len=0, p=0.99)  # the model only ever wants EOS
     cfg = fewstep.DecodeConfig(strategy="cad", gen_length=16, block_length=4, eos_min_progress=0.9,
                                max_steps_per_block=3)
     events = final(model, [[3]], cfg)
     ev = events[-1]
     assert not (ev.canvas == MASK).any() and (ev.canvas == EOS).all()
-    assert ev.nfe.item() == 4 * 3  # stalled for its whole budget in every block, then forced
+    assert ev.nfe.item() == 4  # no forward that commits nothing
     committed_per_step = [int(e.committed.sum()) for e in events]
-    assert committed_per_step == [0, 0, 4] * 4
+    assert committed_per_step == [4] * 4
 
 
 def test_early_stop_fills_eos_without_forwards():

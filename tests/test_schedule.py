@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fewstep.decoding.schedule import num_transfer_tokens
+from fewstep.strategies.llada import num_transfer_tokens
 from fewstep.strategies.llada import topk_mask
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fewstep.errors import ConfigError
+from fewstep.settings import param, validate
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
@@ -33,86 +34,57 @@ CACHE = ("none", "prefix", "dual")
 
 @dataclass(frozen=True, init=False)
 class DecodeConfig:
-    """How to decode.
+    """How to decode: the loop's settings, each declared once below with its default, range and
+    meaning (``fewstep list settings`` prints them; docs/settings.md is generated from them), plus
+    ``params``, the active strategy's parameters (``fewstep list strategies``).
 
-    strategy: the commit policy (``fewstep list strategies``): ``llada`` (fixed linear schedule of
-        ``steps``), ``threshold``, ``factor`` (Fast-dLLM), ``cad`` (CD4LM), ``eb`` (entropy-bounded);
-        ``ar``: greedy autoregressive decoding of a causal model (the drafter ``tiny-ar``).
-    gen_length: tokens in the generation region (for ``ar``: the most new tokens).
-    block_length: semi-autoregressive block size; ``gen_length`` must be a multiple of it.
-    temperature: 0 is greedy; > 0 adds Gumbel noise (in float64) to the logits.
-    remasking: the confidence score: ``low_confidence`` (probability of the candidate),
-        ``margin`` (top1 - top2), ``entropy`` (negative entropy) or ``random``.
-    cfg_scale: classifier-free guidance scale s (0 disables it; each step then costs 2 forwards).
-    seed: seeds every random choice of the decode (noise, random remasking).
-    early_stop: once a completed block leaves the generation ending in EOS from its first EOS
-        on, fill every later block with EOS without further forwards (see decoding.loop).
-    eos_logit_penalty: subtracted from the EOS logit before choosing candidates (0: off).
-    eos_confidence: ``keep``, or ``last``: EOS candidates get a confidence below every other
-        candidate (-1e30, still finite), so they are committed after every other candidate
-        (LLaDA's appendix B.4 advice for long answers).
-    drafter: warm starts (:mod:`fewstep.drafting`): a causal LM (bundled name or directory) that
-        answers first; empty: none.
-    init: how the drafter's answer starts the canvas: ``mask`` (no warm start), ``inject`` (draft
-        tokens as provisional tokens), ``interpolate`` (input embedding (1 - alpha) * E[mask] +
-        alpha * E[draft] at a masked position until it is committed).
-    rho: each draft position is kept with probability rho (injection dropout 1 - rho), seeded per
-        prompt, so a prompt's canvas does not depend on its batch.
-    alpha, alpha_decay: interpolation weight, multiplied by (1 - alpha_decay) at every step.
-    draft_min_confidence: calibrated injection: keep only draft tokens whose drafter probability
-        is at least this (0: off).
-    drafter_max_tokens: the drafter's token budget (0: its model directory's gen_length, else gen_length).
-    remask_threshold: prior skepticism: a provisional token goes back to mask when the diffusion
-        model's probability for it falls below this after a forward (0: never).
-    confirm_threshold: a provisional token is committed once that probability reaches this (1:
-        only when nothing else is left to decode in its block).
-    revise_threshold, max_revisions: bounded revision: a committed token goes back to mask when
-        the model's probability for it falls below revise_threshold (0: off), at most
-        max_revisions times per position.
-    verify_groups: how provisional tokens are judged. 1: from the model's output at the visible
-        token (the paper's skepticism). k > 1: at step s the provisional positions i with
-        i % k == s % k are fed to the model as masks and judged by its prediction there, the rest
-        stay visible as context; every draft token is judged within k forwards. Rationale: a masked
-        diffusion model is trained to predict masked positions only, so its output at a visible
-        token is not a calibrated probability of that token; its prediction at a masked one is.
-    verify_prefix: judge a block's draft as a whole once all of it has been judged: confirm the
-        longest prefix whose tokens reach remask_threshold, revoke the rest (chained errors are
-        repaired, not locked in; :mod:`fewstep.decoding.revise`).
-    cache: the key/value cache (Fast-dLLM's approximate cache; models that support one):
-        ``none`` (every step runs the whole sequence), ``prefix`` (a step runs the active block and
-        everything after it; the prompt and the finished blocks come from the cache), ``dual``
-        (a step runs the active block only; the positions after it come from the cache too).
-    cache_refresh: within a block, rerun the whole sequence and refresh the cache every this many
-        steps (0: only at the block's first step, as Fast-dLLM; 1: every step, which is exactly
-        the uncached decode).
-    params: the active strategy's parameters (e.g. ``threshold``; ``steps`` for llada).
+    Rationale for two of them. ``verify_groups`` > 1: a masked diffusion model is trained to predict
+    masked positions only, so its output at a visible token is not a calibrated probability of
+    that token; its prediction at a masked one is. ``verify_prefix``: a drafter writes left to
+    right, so its tokens after an error were conditioned on it; revoking the whole suffix repairs
+    chained errors instead of locking them in (:mod:`fewstep.decoding.revise`).
     """
 
-    strategy: str = "llada"
-    gen_length: int = 24
-    block_length: int = 24
-    temperature: float = 0.0
-    remasking: str = "low_confidence"
-    cfg_scale: float = 0.0
-    seed: int = 0
-    early_stop: bool = False
-    eos_logit_penalty: float = 0.0
-    eos_confidence: str = "keep"
-    drafter: str = ""
-    init: str = "mask"
-    rho: float = 1.0
-    alpha: float = 0.5
-    alpha_decay: float = 0.0
-    draft_min_confidence: float = 0.0
-    drafter_max_tokens: int = 0
-    remask_threshold: float = 0.0
-    confirm_threshold: float = 1.0
-    revise_threshold: float = 0.0
-    max_revisions: int = 1
-    verify_groups: int = 1
-    verify_prefix: bool = False
-    cache: str = "none"
-    cache_refresh: int = 0
+    strategy: str = param("llada", "the commit policy (fewstep list strategies); ar: greedy decoding of a causal model")
+    gen_length: int = param(24, "tokens in the generation region (ar: the most new tokens)", lo=1)
+    block_length: int = param(24, "semi-autoregressive block size; gen_length must be a multiple of it", lo=1)
+    temperature: float = param(0.0, "0: greedy; > 0 adds Gumbel noise (float64) to the logits", lo=0)
+    remasking: str = param("low_confidence", "the confidence score: probability of the candidate, random, top1 - top2 "
+                                             "margin, or negative entropy", choices=REMASKING)
+    cfg_scale: float = param(0.0, "classifier-free guidance scale (0: off; > 0: each step costs 2 forwards)", lo=0)
+    seed: int = param(0, "seeds every random choice of the decode (noise, random remasking, injection dropout)",
+                      lo=0, hi=2**63 - 1)
+    early_stop: bool = param(False, "once the decided generation ends in EOS, fill the later blocks with EOS "
+                                    "without forwards")
+    eos_logit_penalty: float = param(0.0, "subtracted from the EOS logit before choosing candidates", lo=0)
+    eos_confidence: str = param("keep", "last: EOS candidates are committed after every other candidate",
+                                choices=EOS_CONFIDENCE)
+    drafter: str = param("", "warm start: a causal LM (bundled name or directory) that answers first; empty: none")
+    init: str = param("mask", "how the draft starts the canvas: mask (no warm start), inject (provisional tokens), "
+                              "interpolate (input embeddings mixed toward the draft)", choices=INIT)
+    rho: float = param(1.0, "each draft position is kept with probability rho (seeded per prompt)", lo=0, hi=1)
+    alpha: float = param(0.5, "interpolate: weight of the draft token's embedding", lo=0, hi=1)
+    alpha_decay: float = param(0.0, "interpolate: alpha is multiplied by (1 - alpha_decay) at each step of the block",
+                               lo=0, hi=1)
+    draft_min_confidence: float = param(0.0, "keep only draft tokens whose drafter probability reaches this (0: all)",
+                                        lo=0, hi=1)
+    drafter_max_tokens: int = param(0, "the drafter's token budget (0: its directory's gen_length, else gen_length)",
+                                    lo=0)
+    remask_threshold: float = param(0.0, "prior skepticism: a draft token goes back to mask when the model's "
+                                         "probability for it is below this (0: never)", lo=0, hi=1)
+    confirm_threshold: float = param(1.0, "a draft token is committed once that probability reaches this (1: when "
+                                          "nothing else is left in its block)", lo=0, hi=1)
+    revise_threshold: float = param(0.0, "bounded revision: a committed token goes back to mask below this "
+                                         "probability (0: off)", lo=0, hi=1)
+    max_revisions: int = param(1, "bounded revision: revocations per position at most", lo=0)
+    verify_groups: int = param(1, "k > 1: at step s the draft positions i with i % k == s % k are fed masked and "
+                                  "judged there; at most the strategy's steps per block", lo=1)
+    verify_prefix: bool = param(False, "judge a block's draft as a whole: confirm the longest prefix that reaches "
+                                       "remask_threshold, revoke the rest")
+    cache: str = param("none", "key/value cache: none, prefix (prompt and finished blocks cached), dual (the "
+                               "positions after the block too)", choices=CACHE)
+    cache_refresh: int = param(0, "rerun the whole sequence every this many steps of a block (0: at its first step "
+                                  "only; 1: every step, exactly the uncached decode)", lo=0)
     params: Any = None
 
     def __init__(self, **kw: Any) -> None:
@@ -131,8 +103,9 @@ class DecodeConfig:
         except TypeError as e:  # a dataclass rejects an argument: already named above; keep the line short
             raise ConfigError(f"{self.strategy}: {e}") from None
         object.__setattr__(self, "params", params)
-        if self.strategy != "ar" and hasattr(module, "check"):
+        if hasattr(module, "check"):
             module.check(params, self)
+        _check_budget(self)
 
     def __getattr__(self, name: str) -> Any:
         """A parameter of the active strategy, read as ``cfg.threshold``."""
@@ -172,7 +145,16 @@ def loop_fields() -> list[dataclasses.Field]:
 def _strategy(name: str):
     from fewstep.strategies import strategy_module
 
+    if not isinstance(name, str):
+        raise ConfigError(f"strategy must be a name, got {name!r}")
     return strategy_module(name)
+
+
+def model_kind(strategy: str) -> str:
+    """``"diffusion"`` or ``"causal"``: the kind of model a strategy decodes."""
+    from fewstep.strategies import model_kind as kind
+
+    return kind(strategy)
 
 
 def setting_names(strategy: str) -> list[str]:
@@ -190,58 +172,28 @@ def _not_a_param(strategy: str, key: str) -> str:
 
 
 def _check_loop(cfg: DecodeConfig) -> None:
-    for f in loop_fields():
-        value, kind = getattr(cfg, f.name), str(f.type)
-        if (isinstance(value, bool) and kind != "bool") or not isinstance(value, _TYPES[kind]):
-            raise ConfigError(f"{f.name} must be of type {kind}, got {value!r}")
-    if not isinstance(cfg.strategy, str):
-        raise ConfigError(f"strategy must be a name, got {cfg.strategy!r}")
-    if cfg.gen_length < 1:
-        raise ConfigError(f"gen_length must be >= 1, got {cfg.gen_length}")
-    if cfg.strategy == "ar":
-        return
-    if cfg.block_length < 1:
-        raise ConfigError(f"block_length must be >= 1, got {cfg.block_length}")
-    if cfg.gen_length % cfg.block_length:
+    """The declared types and ranges, then the rules that relate two settings."""
+    validate(None, cfg)
+    if model_kind(cfg.strategy) == "diffusion" and cfg.gen_length % cfg.block_length:
         raise ConfigError(f"gen_length ({cfg.gen_length}) must be a multiple of block_length ({cfg.block_length})")
-    _in_range("temperature", cfg.temperature, 0, None)
-    _in_range("cfg_scale", cfg.cfg_scale, 0, None)
-    _in_range("eos_logit_penalty", cfg.eos_logit_penalty, 0, None)
-    if cfg.remasking not in REMASKING:
-        raise ConfigError(f"remasking must be one of {', '.join(REMASKING)}, got {cfg.remasking!r}")
-    if cfg.eos_confidence not in EOS_CONFIDENCE:
-        raise ConfigError(f"eos_confidence must be one of {', '.join(EOS_CONFIDENCE)}, got {cfg.eos_confidence!r}")
-    if not 0 <= cfg.seed < 2**63:
-        raise ConfigError(f"seed must be in [0, 2**63), got {cfg.seed}")
-    if cfg.init not in INIT:
-        raise ConfigError(f"init must be one of {', '.join(INIT)}, got {cfg.init!r}")
     if cfg.init != "mask" and not cfg.drafter:
         raise ConfigError(f"init={cfg.init} needs a drafter (--drafter NAME_OR_PATH or --set drafter=...)")
-    for name in ("rho", "alpha", "alpha_decay", "draft_min_confidence", "remask_threshold", "confirm_threshold",
-                 "revise_threshold"):
-        _in_range(name, getattr(cfg, name), 0, 1)
-    if cfg.drafter_max_tokens < 0 or cfg.max_revisions < 0:
-        raise ConfigError("drafter_max_tokens and max_revisions must be >= 0")
-    if cfg.verify_groups < 1:
-        raise ConfigError(f"verify_groups must be >= 1, got {cfg.verify_groups}")
-    if cfg.cache not in CACHE:
-        raise ConfigError(f"cache must be one of {', '.join(CACHE)}, got {cfg.cache!r}")
-    if cfg.cache_refresh < 0:
-        raise ConfigError(f"cache_refresh must be >= 0, got {cfg.cache_refresh}")
     if cfg.remask_threshold > cfg.confirm_threshold:
         raise ConfigError(f"remask_threshold ({cfg.remask_threshold}) must not exceed confirm_threshold "
                           f"({cfg.confirm_threshold})")
 
 
-def _in_range(name: str, value: float, lo: float, hi: float | None, open_low: bool = False) -> None:
-    bad = not math.isfinite(value) or (value <= lo if open_low else value < lo)
-    if bad or (hi is not None and value > hi):
-        low = f"({lo}" if open_low else f"[{lo}"
-        high = f"{hi}]" if hi is not None else "inf)"
-        raise ConfigError(f"{name} must be in {low}, {high}, got {value}")
+def _check_budget(cfg: DecodeConfig) -> None:
+    """Every draft token must be judged before its block completes: with ``verify_groups`` = k a
+    block needs at least k steps."""
+    if cfg.verify_groups == 1 or model_kind(cfg.strategy) != "diffusion":
+        return
+    from fewstep.strategies import make_policy
 
-
-_TYPES: dict[str, Any] = {"int": int, "float": (int, float), "str": str, "bool": bool, "Any": object}
+    budget = make_policy(cfg).max_steps()
+    if cfg.verify_groups > budget:
+        raise ConfigError(f"verify_groups ({cfg.verify_groups}) exceeds {cfg.strategy}'s {budget} steps per block: "
+                          f"some draft tokens would be returned unjudged")
 
 
 def _field_kind(strategy: str, name: str) -> str:
@@ -310,7 +262,11 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
     directory's decode defaults (those that concern the strategy), then ``--set`` overrides."""
     settings = list(settings)
     chosen = next((split_assignment(s)[1] for s in settings if split_assignment(s)[0] == "strategy"), None)
-    strategy = chosen or strategy or ("ar" if model.kind == "causal" else "llada")
+    if not (chosen or strategy):
+        from fewstep.strategies import default_strategy
+
+        strategy = default_strategy(model.kind)
+    strategy = chosen or strategy
     cfg = DecodeConfig(strategy=strategy)
     if default_gen_length is not None:
         cfg = with_gen_length(cfg, default_gen_length)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from fewstep.decoding.canvas import COMMITTED, PROVISIONAL
+from fewstep.decoding.canvas import COMMITTED, MASKED, PROVISIONAL
 
 
 def token_probability(probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -52,3 +52,83 @@ def verify_prefix(score: torch.Tensor, state: torch.Tensor, ready: torch.Tensor,
     failed = provisional & (score < threshold)
     after_failure = failed.long().cumsum(1) > 0  # [B, L] at or after the first failure
     return provisional & ~after_failure, provisional & after_failure
+
+
+class ReviseStage:
+    """The revise stage of the loop, built only when a decode has draft tokens or bounded revision
+    (as :class:`fewstep.decoding.cache.StepCache` is built only with a cache). It keeps, per
+    position, whether the model has judged its draft token, the probability it gave it, and how
+    often a committed token was revoked; and per row the counts results report.
+
+    Per step: :meth:`model_input` (which draft tokens are judged, fed masked with ``verify_groups``
+    > 1), :meth:`judge` (confirm and revoke from the step's probabilities, at every step including
+    the block's last, so no draft token is returned unjudged), :meth:`settle` (a block with nothing
+    left to decode keeps its judged draft tokens). Shapes: B rows, G generation, L block length.
+    """
+
+    def __init__(self, cfg, state: torch.Tensor, mask_id: int):
+        b, g = state.shape
+        dev = state.device
+        self.cfg, self.mask_id = cfg, mask_id
+        self.counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": torch.zeros(b, dtype=torch.long,
+                                                                                          device=dev),
+                       "revoked": torch.zeros(b, dtype=torch.long, device=dev)}
+        self.revisions = torch.zeros((b, g), dtype=torch.long, device=dev)  # revocations of committed tokens
+        self.checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # draft tokens the model has judged
+        self.score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged
+        self.groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
+        self.was_provisional: torch.Tensor | None = None  # [B, L] at the start of the step
+
+    @classmethod
+    def build(cls, cfg, state: torch.Tensor, mask_id: int) -> ReviseStage | None:
+        if bool((state == PROVISIONAL).any()) or cfg.revise_threshold > 0:
+            return cls(cfg, state, mask_id)
+        return None
+
+    def unjudged(self, blk) -> torch.Tensor:
+        """[B, L] draft tokens of the block the model has not judged yet."""
+        return (blk.state == PROVISIONAL) & ~self.checked[:, blk.lo:blk.hi]
+
+    def model_input(self, ids: torch.Tensor, blk, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the model's input ids [B, T] and the draft tokens judged at step ``s`` of the block [B, L]."""
+        self.was_provisional = blk.state == PROVISIONAL
+        judged = self.was_provisional
+        if self.cfg.verify_groups == 1:
+            return ids, judged
+        judged = judged & (self.groups[blk.lo:blk.hi] == s % self.cfg.verify_groups)
+        x = ids.clone()
+        x[:, blk.window].masked_fill_(judged, self.mask_id)
+        return x, judged
+
+    def judge(self, blk, probs: torch.Tensor, judged: torch.Tensor, rows: torch.Tensor, step: int) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """Confirm and revoke from ``probs`` [B, L, V] in the rows that took the forward (``rows``
+        [B]), in place. -> revoked [B, L], and [B] the rows where the stage changed anything."""
+        cfg, lo, hi, active = self.cfg, blk.lo, blk.hi, rows[:, None]
+        tok_p = token_probability(probs, blk.tokens)
+        new = judged & active & ~self.checked[:, lo:hi]
+        self.checked[:, lo:hi] |= judged & active
+        if cfg.verify_prefix:
+            score = self.score[:, lo:hi]
+            score.copy_(torch.where(judged & active, tok_p, score))
+            ready = ~self.unjudged(blk).any(1) & rows
+            confirm, revoke = verify_prefix(score, blk.state, ready, cfg.remask_threshold)
+        else:
+            confirm, revoke = revise(tok_p, blk.state, self.revisions[:, lo:hi], cfg)
+            own = active & (judged | (blk.state != PROVISIONAL))  # a draft token is judged in its group's step
+            confirm, revoke = confirm & own, revoke & own
+        self.revisions[:, lo:hi] += revoke & (blk.state == COMMITTED)
+        blk.apply(confirm, None, revoke, self.mask_id, step)
+        self.counts["revoked"] += revoke.sum(1)
+        return revoke, (new | confirm | revoke).any(1)
+
+    def settle(self, blk, rows: torch.Tensor, step: int) -> torch.Tensor:
+        """Rows with nothing left to decode or judge in the block keep their draft tokens (they
+        become committed). -> [B, L] the positions committed so."""
+        prov = blk.state == PROVISIONAL
+        pending = (blk.state == MASKED) | (prov & ~self.checked[:, blk.lo:blk.hi])  # [B, L]
+        keep = prov & ~pending.any(1, keepdim=True) & rows[:, None]
+        blk.apply(keep, None, None, self.mask_id, step)
+        assert self.was_provisional is not None
+        self.counts["confirmed"] += (self.was_provisional & (blk.state == COMMITTED)).sum(1)
+        return keep

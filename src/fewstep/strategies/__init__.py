@@ -5,8 +5,9 @@
   ``cad``, ``eb``; plus ``ar`` (greedy decoding of causal models, no policy).
 
 Each strategy module declares ``SUMMARY``, ``Params`` (a frozen dataclass of its parameters that
-validates itself), ``policy(params, cfg)`` and optionally ``check(params, cfg)`` for rules that
-involve the loop's settings. :data:`REGISTRY` maps a strategy's name to its module; adding a
+validates itself), ``policy(params, cfg)`` (a :class:`fewstep.strategies.base.CommitPolicy`),
+optionally ``check(params, cfg)`` for rules that involve the loop's settings, and optionally
+``MODEL_KIND`` (default ``"diffusion"``; ``ar`` decodes ``"causal"`` models). :data:`REGISTRY` maps a strategy's name to its module; adding a
 strategy is one file and one line here. Importing this package loads no torch.
 """
 
@@ -36,18 +37,28 @@ def strategy_module(name: str) -> ModuleType:
     return importlib.import_module(REGISTRY[name])
 
 
+def model_kind(name: str) -> str:
+    """The kind of model strategy ``name`` decodes: ``"diffusion"`` or ``"causal"``."""
+    return str(getattr(strategy_module(name), "MODEL_KIND", "diffusion"))
+
+
+def default_strategy(kind: str) -> str:
+    """The strategy a model of ``kind`` decodes with when none is named."""
+    return next(name for name in REGISTRY if model_kind(name) == kind)
+
+
 def make_policy(cfg: Any) -> Any:
     """The commit policy of ``cfg.strategy`` with ``cfg``'s parameters."""
     module = strategy_module(cfg.strategy)
     if module.policy is None:
-        raise ConfigError(f"strategy {cfg.strategy!r} is not a diffusion commit policy")
+        raise ConfigError(f"strategy {cfg.strategy!r} decodes {model_kind(cfg.strategy)} models: it has no commit policy")
     return module.policy(cfg.params, cfg)
 
 
 def describe() -> list[dict[str, Any]]:
     """Every strategy with its summary and parameters (name, type, default, range, help), read from
     the same declarations that validation uses."""
-    from fewstep.strategies.base import describe_params
+    from fewstep.settings import describe as describe_params
 
     out = []
     for name in REGISTRY:

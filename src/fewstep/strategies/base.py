@@ -10,20 +10,25 @@ scheduler, whose ``transfer_index`` / ``editing_transfer_index`` play the same t
 - revoke sends a provisional or committed position back to mask.
 
 The loop enforces termination, not the policy: at the block's last allowed step (``max_steps()``)
-every undecided position of the block is committed and revocations are ignored.
+every undecided position of the block is committed (after the revise stage has judged the draft
+tokens there), and a row whose step commits, revokes and judges nothing completes its block at
+once (its next forward would see the same canvas).
 
 Every tensor is block-local: B rows, L = block length, V vocabulary.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
-from fewstep.errors import ConfigError
+from fewstep.settings import describe as describe_params
+from fewstep.settings import param, validate
+
+__all__ = ["AdaptivePolicy", "CommitPolicy", "Decision", "Policy", "StepContext", "at_least_one", "describe_params",
+           "param", "topk_mask", "validate"]
 
 
 @dataclass
@@ -48,17 +53,41 @@ class Decision:
 
 
 class CommitPolicy(Protocol):
+    """Everything the loop and the server ask of a policy."""
+
+    uses_progress: bool  # the loop fills StepContext.progress (a reduction per step) only for policies that read it
+    revokes: bool  # whether a committed token can still change (revoked or edited): streamed text then waits
+
     def start_block(self, eligible: torch.Tensor) -> None:
         """eligible [B, L]: the masked positions of the block that starts now."""
 
     def max_steps(self) -> int:
         """Steps after which the loop completes the block."""
 
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
-        """[B] bool of rows that commit anything at this step (None: every row with work)."""
+    def rows_needing_forward(self, step: int, masked: torch.Tensor) -> torch.Tensor | None:
+        """[B] bool of rows that commit anything at this step, given the block's masked positions
+        ``masked`` [B, L] now (None: every row with a masked position)."""
 
     def step(self, ctx: StepContext) -> Decision:
         """What to commit and revoke at this step."""
+
+
+class Policy:
+    """The defaults of :class:`CommitPolicy`: no per-block state, every row with masks takes a
+    forward, nothing committed is ever revoked."""
+
+    uses_progress = False
+    revokes = False
+    budget: int
+
+    def start_block(self, eligible: torch.Tensor) -> None:
+        pass
+
+    def max_steps(self) -> int:
+        return self.budget
+
+    def rows_needing_forward(self, step: int, masked: torch.Tensor) -> torch.Tensor | None:
+        return None
 
 
 def at_least_one(confidence: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
@@ -77,77 +106,7 @@ def topk_mask(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return (ranks < k[:, None]) & torch.isfinite(confidence)
 
 
-class AdaptivePolicy:
-    """Shared defaults of the policies that decide from confidences alone (threshold, factor, cad,
-    eb): no per-block state, every row with masks takes a forward, and a budget of ``max_steps()``
-    steps per block (at least one commit per step makes ``block_length`` always enough)."""
-
-    budget: int
-    uses_progress = False  # the loop computes StepContext.progress only for policies that read it
-
-    def start_block(self, eligible: torch.Tensor) -> None:
-        pass
-
-    def max_steps(self) -> int:
-        return self.budget
-
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
-        return None
-
-
-def check_range(strategy: str, name: str, value: float, lo: float | None, hi: float | None,
-                open_low: bool = False) -> None:
-    """Raise ConfigError naming the strategy unless ``value`` is a finite number in the range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{strategy}: {name} must be of type float, got {value!r}")
-    bad = not math.isfinite(value) or (lo is not None and (value <= lo if open_low else value < lo))
-    if bad or (hi is not None and value > hi):
-        low = "(-inf" if lo is None else (f"({lo}" if open_low else f"[{lo}")
-        high = f"{hi}]" if hi is not None else "inf)"
-        raise ConfigError(f"{strategy}: {name} must be in {low}, {high}, got {value}")
-
-
-def check_int(strategy: str, name: str, value: int, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{strategy}: {name} must be of type int, got {value!r}")
-    if value < lo:
-        raise ConfigError(f"{strategy}: {name} must be >= {lo}, got {value}")
-
-
-def param(default, help: str, lo: float | None = None, hi: float | None = None, open_low: bool = False,
-          choices: tuple[str, ...] = ()):
-    """A strategy parameter: its default, help text and allowed range, declared once; validation
-    (:func:`validate`) and ``fewstep list strategies`` both read this declaration."""
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "open_low": open_low,
-                                            "choices": choices})
-
-
-def validate(strategy: str, params) -> None:
-    """Check every field of a parameter dataclass against its declaration (type, range, choices)."""
-    for f in fields(params):
-        value, m, kind = getattr(params, f.name), f.metadata, str(f.type)
-        if kind == "int":
-            check_int(strategy, f.name, value, int(m["lo"]) if m.get("lo") is not None else -(2**63))
-            if m.get("hi") is not None and value > m["hi"]:
-                raise ConfigError(f"{strategy}: {f.name} must be <= {m['hi']}, got {value}")
-        elif kind == "float":
-            check_range(strategy, f.name, value, m.get("lo"), m.get("hi"), m.get("open_low", False))
-        elif kind == "bool" and not isinstance(value, bool):
-            raise ConfigError(f"{strategy}: {f.name} must be true or false, got {value!r}")
-        elif kind == "str" and m.get("choices") and value not in m["choices"]:
-            raise ConfigError(f"{strategy}: {f.name} must be one of {', '.join(m['choices'])}, got {value!r}")
-
-
-def describe_params(params_cls) -> list[dict]:
-    """[{name, type, default, range, help}] for ``fewstep list strategies``."""
-    out = []
-    for f in fields(params_cls):
-        m = f.metadata
-        if m.get("choices"):
-            rng = " | ".join(m["choices"])
-        else:
-            lo, hi = m.get("lo"), m.get("hi")
-            low = "(-inf" if lo is None else (f"({lo}" if m.get("open_low") else f"[{lo}")
-            rng = f"{low}, {'inf)' if hi is None else f'{hi}]'}"
-        out.append({"name": f.name, "type": str(f.type), "default": f.default, "range": rng, "help": m.get("help", "")})
-    return out
+class AdaptivePolicy(Policy):
+    """The policies that decide from confidences alone (threshold, factor, cad, eb): a budget of
+    ``max_steps()`` steps per block (at least one commit per step makes ``block_length`` always
+    enough)."""

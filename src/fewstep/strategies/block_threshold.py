@@ -37,12 +37,6 @@ class Params:
         validate("block_threshold", self)
 
 
-def revokes(params: Params) -> bool:
-    """Whether a committed token can still change (token editing is on): consumers that stream
-    committed text (``fewstep serve``) then wait for the end."""
-    return params.editing_threshold < 1 and params.max_edits > 0
-
-
 def policy(params: Params, cfg) -> BlockThreshold:
     return BlockThreshold(params, cfg.block_length)
 
@@ -63,6 +57,7 @@ def edits(probs: torch.Tensor, candidates: torch.Tensor, tokens: torch.Tensor, c
 class BlockThreshold(AdaptivePolicy):
     def __init__(self, params: Params, block_length: int):
         self.params, self.budget = params, block_length
+        self.revokes = params.editing_threshold < 1 and params.max_edits > 0  # token editing changes committed text
         self.edited: torch.Tensor | None = None  # [B, L] edits so far in the block
 
     def start_block(self, eligible: torch.Tensor) -> None:

@@ -4,8 +4,10 @@ At each step, among the eligible positions of the block:
 ``k = max(#{confidence >= tau among the top max_tokens}, min_tokens)``, capped by the number of
 eligible positions, and the top k are committed. EOS guard: while the committed fraction of the
 whole generation is below ``eos_min_progress``, positions whose candidate is EOS are not eligible.
-At the block's last allowed step (``max_steps_per_block``) every masked position left in the
-block is committed, EOS-guarded ones included, so CAD never returns a mask token.
+At the block's last allowed step (``max_steps_per_block``) the loop commits every masked position
+left in the block, EOS-guarded ones included, so CAD never returns a mask token. When the guard
+leaves a row nothing to commit, the row's canvas would not change before that last step, so the
+loop completes the block at once instead of spending forwards that commit nothing.
 """
 
 from __future__ import annotations
@@ -57,8 +59,6 @@ class CAD(AdaptivePolicy):
         self.eos_min_progress = eos_min_progress
 
     def step(self, ctx: StepContext) -> Decision:
-        if ctx.step >= self.budget - 1:
-            return Decision(ctx.eligible.clone())  # the last allowed step: commit the rest of the block
         assert ctx.progress is not None
         guarded = (ctx.candidates == ctx.eos_id) & (ctx.progress < self.eos_min_progress)[:, None]
         conf = ctx.confidence.masked_fill(guarded, float("-inf"))

@@ -1,7 +1,14 @@
 """``llada`` (LLaDA's reference decoding): a fixed number of commits per step, from the linear
-schedule of :func:`fewstep.decoding.schedule.num_transfer_tokens`, taking the top-k eligible
-positions by confidence. The schedule counts the positions still masked when a block starts, so a
-block that starts partly filled (a warm start) gets a shorter schedule."""
+schedule of :func:`num_transfer_tokens`, taking the top-k eligible positions by confidence.
+
+The schedule spreads the positions still masked when a block starts over the block's steps. A
+block that starts partly filled (a warm start) gets a shorter schedule; when positions come back
+to mask (a draft token revoked), what is masked now is spread anew over the steps that remain, so
+revoked positions are decoded at the strategy's own pace, not all at the block's last step.
+Without revocations the plan is never changed: exactly LLaDA's ``get_num_transfer_tokens``.
+
+Shapes: B rows, L block length, S steps per block.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fewstep.decoding.schedule import num_transfer_tokens
 from fewstep.errors import ConfigError
-from fewstep.strategies.base import Decision, StepContext, param, topk_mask, validate
+from fewstep.strategies.base import Decision, Policy, StepContext, param, topk_mask, validate
 
 SUMMARY = "LLaDA's reference decoding: a fixed linear schedule of commits per step, top-k by confidence"
 
@@ -35,29 +41,44 @@ def policy(params: Params, cfg) -> FixedSchedule:
     return FixedSchedule(params.steps // (cfg.gen_length // cfg.block_length))
 
 
-class FixedSchedule:
+def num_transfer_tokens(mask_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """LLaDA's linear schedule: each row's mask count divided evenly over ``steps``, the remainder
+    going one each to the earliest steps. mask_count [B] -> [B, steps], rows summing to mask_count."""
+    base = mask_count // steps  # [B]
+    rem = mask_count % steps  # [B]
+    extra = torch.arange(steps, device=mask_count.device)[None, :] < rem[:, None]  # [B, steps]
+    return base[:, None] + extra.long()
+
+
+def respread(schedule: torch.Tensor, masked: torch.Tensor, step: int) -> torch.Tensor:
+    """schedule [B, S], masked [B] (positions masked now) -> the schedule with steps ``step``..S-1
+    of each row that has more masks than it plans to commit spread anew over those steps (never
+    planning fewer commits at a step than before)."""
+    rest = schedule[:, step:]  # [B, S - step]
+    behind = masked > rest.sum(1)  # [B]
+    if not behind.any():
+        return schedule
+    out = schedule.clone()
+    spread = torch.maximum(rest, num_transfer_tokens(masked, rest.shape[1]))
+    out[:, step:] = torch.where(behind[:, None], spread, rest)
+    return out
+
+
+class FixedSchedule(Policy):
     """Commits ``schedule[b, s]`` positions at step s of the block."""
 
-    uses_progress = False
-
     def __init__(self, steps_per_block: int):
-        self.steps_per_block = steps_per_block
-        self.schedule: torch.Tensor | None = None
+        self.budget = steps_per_block
+        self.schedule: torch.Tensor | None = None  # [B, S]
 
     def start_block(self, eligible: torch.Tensor) -> None:
-        self.schedule = num_transfer_tokens(eligible.sum(1), self.steps_per_block)  # [B, S]
+        self.schedule = num_transfer_tokens(eligible.sum(1), self.budget)
 
-    def max_steps(self) -> int:
-        return self.steps_per_block
-
-    def rows_needing_forward(self, step: int) -> torch.Tensor | None:
+    def rows_needing_forward(self, step: int, masked: torch.Tensor) -> torch.Tensor | None:
         assert self.schedule is not None
+        self.schedule = respread(self.schedule, masked.sum(1), step)
         return self.schedule[:, step] > 0
 
     def step(self, ctx: StepContext) -> Decision:
         assert self.schedule is not None
-        left = ctx.eligible.sum(1)  # [B]
-        if (left > self.schedule[:, ctx.step:].sum(1)).any():  # revocations added masks: spread them anew
-            rest = self.steps_per_block - ctx.step
-            self.schedule[:, ctx.step:] = torch.maximum(self.schedule[:, ctx.step:], num_transfer_tokens(left, rest))
         return Decision(topk_mask(ctx.confidence, self.schedule[:, ctx.step]))
