@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from fewstep.strategies.llada import num_transfer_tokens
-from fewstep.strategies.llada import topk_mask
+from fewstep.strategies.llada import num_transfer_tokens, topk_mask
 
 
 @pytest.mark.parametrize("count,steps", [(8, 8), (8, 3), (32, 5), (7, 7), (3, 8), (0, 4), (24, 24)])

@@ -7,7 +7,8 @@
 Each strategy module declares ``SUMMARY``, ``Params`` (a frozen dataclass of its parameters that
 validates itself), ``policy(params, cfg)`` (a :class:`fewstep.strategies.base.CommitPolicy`),
 optionally ``check(params, cfg)`` for rules that involve the loop's settings, and optionally
-``MODEL_KIND`` (default ``"diffusion"``; ``ar`` decodes ``"causal"`` models). :data:`REGISTRY` maps a strategy's name to its module; adding a
+``MODEL_KIND`` (default ``"diffusion"``; ``ar`` decodes ``"causal"`` models).
+:data:`REGISTRY` maps a strategy's name to its module; adding a
 strategy is one file and one line here. Importing this package loads no torch.
 """
 
@@ -51,7 +52,8 @@ def make_policy(cfg: Any) -> Any:
     """The commit policy of ``cfg.strategy`` with ``cfg``'s parameters."""
     module = strategy_module(cfg.strategy)
     if module.policy is None:
-        raise ConfigError(f"strategy {cfg.strategy!r} decodes {model_kind(cfg.strategy)} models: it has no commit policy")
+        raise ConfigError(f"strategy {cfg.strategy!r} decodes {model_kind(cfg.strategy)} models: "
+                          f"it has no commit policy")
     return module.policy(cfg.params, cfg)
 
 
