@@ -159,34 +159,52 @@ def decode(v: Any, handle: Callable[[int], Any], obj: Callable[[str, dict], Any]
         raise ProtocolError(f"not a wire value: {type(v).__name__}")
     ((tag, x),) = v.items()
     try:
-        if tag == "i":
-            return int(_text(x), 16)
-        if tag == "f":
-            return float(_text(x))
-        if tag == "c":
-            re, im = x
-            return complex(float(_text(re)), float(_text(im)))
-        if tag in ("b", "ba"):
-            return (bytes if tag == "b" else bytearray).fromhex(_text(x))
-        if tag == "h" and type(x) is int:
-            return handle(x)
-        if tag == "o" and obj is not None:
-            name, attrs = x
-            return obj(_text(name), decode(attrs, handle, obj, d))
-        items = [decode(y, handle, obj, d) for y in _items(x)]
-        if tag == "t":
-            return tuple(items)
-        if tag == "s":
-            return set(items)
-        if tag == "fs":
-            return frozenset(items)
-        if tag == "d" and all(type(p) is list and len(p) == 2 for p in items):
-            return {k: val for k, val in items}
+        return _decode_tagged(tag, x, handle, obj, d)
     except ProtocolError:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as e:
         raise ProtocolError(f"bad {tag!r} value: {e}") from None
+
+
+def _decode_tagged(tag: str, x: Any, handle: Callable[[int], Any], obj: Callable[[str, dict], Any] | None,
+                   depth: int) -> Any:
+    """The value of a one-key object ``{tag: x}`` whose contents sit at ``depth``."""
+    scalar = _DECODE_SCALAR.get(tag)
+    if scalar is not None:
+        return scalar(x)
+    if tag == "h" and type(x) is int:
+        return handle(x)
+    if tag == "o" and obj is not None:
+        name, attrs = x
+        return obj(_text(name), decode(attrs, handle, obj, depth))
+    return _decode_container(tag, [decode(y, handle, obj, depth) for y in _items(x)])
+
+
+def _decode_container(tag: str, items: list) -> Any:
+    """The tuple, set, frozenset or dict (from key-value pairs) that decoded ``items`` tagged ``tag`` stand for."""
+    if tag == "t":
+        return tuple(items)
+    if tag == "s":
+        return set(items)
+    if tag == "fs":
+        return frozenset(items)
+    if tag == "d" and all(type(p) is list and len(p) == 2 for p in items):
+        return {k: val for k, val in items}
     raise ProtocolError(f"unknown tag {tag!r}")
+
+
+def _decode_complex(x: Any) -> complex:
+    re, im = x
+    return complex(float(_text(re)), float(_text(im)))
+
+
+_DECODE_SCALAR: dict[str, Callable[[Any], Any]] = {  # tags of values that hold no other wire values
+    "i": lambda x: int(_text(x), 16),
+    "f": lambda x: float(_text(x)),
+    "c": _decode_complex,
+    "b": lambda x: bytes.fromhex(_text(x)),
+    "ba": lambda x: bytearray.fromhex(_text(x)),
+}
 
 
 def _text(x: Any) -> str:
