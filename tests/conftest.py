@@ -49,3 +49,11 @@ def bundled(name: str) -> Path:
     if not (path / "config.json").is_file():
         pytest.skip(f"bundled model {name} is not in this checkout (train it with `make lab-models`)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dlm():
+    """The bundled tiny-dlm, loaded once per session (skips when the checkout has not got it)."""
+    import fewstep
+
+    return fewstep.load_model(bundled("tiny-dlm"))

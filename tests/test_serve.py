@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import uvicorn
@@ -36,10 +36,9 @@ LIMITS = Limits(max_tokens=64, max_prompt_tokens=600, max_body_bytes=16384, max_
 
 
 @pytest.fixture(scope="module")
-def model():
-    from conftest import bundled
-
-    return fewstep.load_model(bundled("tiny-dlm"))
+def model(tiny_dlm):
+    """The bundled tiny-dlm (conftest's ``tiny_dlm``, loaded once per session)."""
+    return tiny_dlm
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +53,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, setting ``ready`` once it listens or has given up starting."""
+
+    def __init__(self, config: uvicorn.Config):
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.ready.set()
+
+    def run(self, sockets=None) -> None:
+        try:
+            super().run(sockets)
+        finally:
+            self.ready.set()
+
+
 @pytest.fixture(scope="module")
 def live(model):
     """A real uvicorn server on a free loopback port, in a thread of this process."""
     app = create_app(model, ServerConfig(limits=LIMITS), max_batch_size=16, max_wait_ms=100)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
+    server = _Uvicorn(uvicorn.Config(app, host="127.0.0.1", port=_free_port(), log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
+    assert server.ready.wait(120) and server.started, "the server did not start"
     port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}", app
     server.should_exit = True
@@ -480,36 +496,76 @@ def test_importing_fewstep_loads_no_server():
     assert out.stdout.split() == ["False", "False"]
 
 
+class _Log:
+    """A subprocess's stderr, read on a thread as it comes."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._cv = threading.Condition()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            with self._cv:
+                self.lines.append(line)
+                self._cv.notify_all()
+        with self._cv:
+            self._ended = True
+            self._cv.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        """Whether a line containing ``text`` arrives (False: the stream ended or ``timeout`` passed first)."""
+        def seen() -> bool:
+            return any(text in line for line in self.lines)
+
+        with self._cv:
+            self._cv.wait_for(lambda: self._ended or seen(), timeout)
+            return seen()
+
+    def text(self) -> str:
+        """All of it (once the process has ended)."""
+        self._thread.join(30)
+        return "".join(self.lines)
+
+
+def _sse_events(resp):
+    """The data of each server-sent event of a streamed answer, as it arrives."""
+    for line in iter(resp.readline, b""):
+        if line.startswith(b"data: "):
+            yield line.removeprefix(b"data: ").strip().decode()
+
+
 @pytest.mark.slow
 def test_sigterm_lets_requests_in_flight_finish(model):
-    """`fewstep serve` in a subprocess: SIGTERM during a request; the request still gets its answer."""
+    """`fewstep serve` in a subprocess: SIGTERM while a (streamed) request decodes; the request
+    still gets its whole answer, then the server exits."""
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "fewstep.cli", "serve", "--port", str(port), "--log-level",
-                             "warning", "--max-tokens", "160"], env=env, stderr=subprocess.PIPE, text=True)
+                             "info", "--max-tokens", "160"], env=env, stderr=subprocess.PIPE, text=True)
+    log = _Log(proc.stderr)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, "fewstep serve did not start"
-                time.sleep(0.2)
+        assert log.wait_for("Uvicorn running on", timeout=120), "fewstep serve did not start:\n" + log.text()
         body = {"model": "tiny-dlm", "prompt": "Q: " + QUESTIONS[0] + " A:", "max_tokens": 160,
-                "settings": {"steps": 160}}
-        with ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(_post, base, "/v1/completions", body)
-            time.sleep(1.0)
-            assert not pending.done()
-            proc.send_signal(signal.SIGTERM)
-            status, out = pending.result(timeout=120)
-        assert status == 200 and out["usage"]["nfe"] == 160
+                "settings": {"steps": 160}, "stream": True, "canvas": True, "stream_options": {"include_usage": True}}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        events = _sse_events(resp)
+        first = json.loads(next(events))  # a step of the decode: the request is in flight
+        assert None in first["fewstep"]["tokens"]
+        proc.send_signal(signal.SIGTERM)
+        rest = list(events)
+        conn.close()
+        assert rest[-1] == "[DONE]"
+        last = [json.loads(e) for e in rest[:-1]]
+        assert last[-1]["usage"]["nfe"] == 160 and last[-2]["fewstep"]["done"]
         assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it handled
-        assert "Traceback" not in proc.stderr.read()
+        assert "Traceback" not in log.text()
         with pytest.raises(OSError):
             _post(base, "/v1/completions", body, timeout=5)
     finally:
@@ -602,32 +658,45 @@ def test_warm_start_request_equals_generate_and_streams_provisional_tokens(clien
     assert [d for d in deltas if d] == [ref.text]
 
 
-def test_a_batch_waits_while_requests_keep_coming(model):
-    """A batch closes when no row has joined for max_wait, or its oldest row has waited 10 x max_wait."""
-    from fewstep.serve.batcher import WAIT_CAP, Batcher
+def test_a_batch_waits_while_requests_keep_coming(model, monkeypatch):
+    """A batch closes when no row has joined for max_wait, or its oldest row has waited 10 x max_wait.
+
+    On a fake clock: time passes only while the engine waits on its condition, and requests
+    arrive then, at their scheduled times (all binary fractions: the arithmetic is exact)."""
+    from fewstep.serve import batcher
 
     cfg = resolve_config(model, None, [])
-    b = Batcher(model, max_batch_size=16, max_wait_s=1.0)
+    now = [100.0]
+    monkeypatch.setattr(batcher, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    b = batcher.Batcher(model, max_batch_size=16, max_wait_s=1.0)
     jobs: list[Job] = []
+    arrivals = [100.75, 101.5]  # when the next requests arrive
+    waits: list[float] = []  # how long the engine chose to wait, each time it did
 
     def arrive() -> None:  # a request arrives: its Job is made and queued
-        jobs.append(Job([3], None, cfg, "k", lambda x: None))
+        jobs.append(Job([3], None, cfg, "k", lambda x: None, enqueued=now[0]))
         b.submit(jobs[-1:])
 
+    def wait(timeout: float | None = None) -> bool:  # the engine sleeps until woken or timed out
+        assert timeout is not None, "the engine waits without a timeout while a row is queued"
+        waits.append(timeout)
+        if arrivals and arrivals[0] <= now[0] + timeout:
+            now[0] = arrivals.pop(0)
+            arrive()  # (the condition's lock is re-entrant: submit notifies it)
+        else:
+            now[0] += timeout
+        return True
+
+    monkeypatch.setattr(b._cv, "wait", wait)
     arrive()
-    timers = [threading.Timer(0.6 * i, arrive) for i in (1, 2)]
-    for t in timers:
-        t.start()
-    assert b._take() == jobs and len(jobs) == 3  # each came within max_wait of the last (the third after 1.2 s)
-    for t in timers:
-        t.join()
-    now = time.monotonic()
-    start = now - (WAIT_CAP + 1.4) * 1.0
-    old = [Job([3], None, cfg, "k", lambda x: None, enqueued=start + i * 0.95) for i in range(13)]
-    assert now - old[-1].enqueued < 0.5  # the newest has just come: not quiet yet
+    assert b._take() == jobs and len(jobs) == 3  # each came within max_wait of the last, the third 1.5 s after the 1st
+    assert waits == [1.0, 1.0, 1.0] and now[0] == 102.5  # every arrival restarted the wait; closed max_wait after
+    span = (batcher.WAIT_CAP + 0.5) * b.max_wait_s
+    old = [Job([3], None, cfg, "k", lambda x: None, enqueued=now[0] - span + span * i / 12) for i in range(13)]
+    assert old[-1].enqueued == now[0]  # the newest has just come: not quiet yet
     b.submit(old)  # every row within max_wait of the previous, but the oldest is past the cap: taken at once
-    t0 = time.monotonic()
-    assert b._take() == old and time.monotonic() - t0 < 0.5
+    waits.clear()
+    assert b._take() == old and waits == []
 
 
 def test_streamed_text_waits_when_committed_tokens_can_change():

@@ -7,6 +7,9 @@
   decoded together through :func:`fewstep.decoding.loop.decode`, each row reported on its own;
 - :mod:`~fewstep.serve.stream`: append-only text deltas from the canvas (settled prefix, stop strings);
 - :mod:`~fewstep.serve.metrics`: Prometheus metrics;
+- :mod:`~fewstep.serve.state`: the application's state (model, configuration, engine, metrics);
+- :mod:`~fewstep.serve.routes`: the endpoints, as module-level routes;
+- :mod:`~fewstep.serve.replies`: answers in OpenAI's format (JSON, server-sent event chunks);
 - :mod:`~fewstep.serve.app`: the FastAPI application factory (:func:`create_app`);
 - :mod:`~fewstep.serve.server`: uvicorn with graceful shutdown (``fewstep serve``).
 
