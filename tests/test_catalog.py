@@ -87,3 +87,16 @@ def test_lm_eval_subcommand_passes_arguments_through(capsys):
     pytest.importorskip("lm_eval")
     assert main(["lm-eval", "--help"]) == 0
     assert "--model_args" in capsys.readouterr().out
+
+
+def test_list_models_names_every_native_architecture(capsys, tmp_path):
+    from fewstep.models.registry import ARCHITECTURES
+
+    assert main(["list", "models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {a.model_type for a in ARCHITECTURES} <= set(rows) and rows["llada2_moe"]["kind"] == "architecture"
+    assert rows["llada2_moe"]["attention"] == "block-causal"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada2_moe"}))
+    assert catalog.describe_model_dir(tmp_path)["kind"] == "diffusion"
+    assert main(["list", "models"]) == 0
+    assert any(line.split()[:2] == ["llada2_moe", "architecture"] for line in capsys.readouterr().out.splitlines())

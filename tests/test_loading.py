@@ -165,3 +165,31 @@ def test_training_export_writes_generation_config(tmp_path, random_ar_dir):
     gen = json.loads((exported / "generation_config.json").read_text())
     assert gen["max_new_tokens"] == 80 and gen["eos_token_id"] == 2  # merged into transformers' own file
     assert fewstep.load_model(exported).decode_defaults == {"gen_length": 80}
+
+
+def test_the_architecture_registry_matches_each_config_class():
+    """Each entry's model_type and architectures are what its config class writes, its classes and
+    builder import, and a config.json of its model_type (any case) is native."""
+    from dataclasses import MISSING, fields
+
+    from fewstep.models import registry
+
+    assert registry.model_types() == ("llada", "Dream", "llada2_moe")
+    for arch in registry.ARCHITECTURES:
+        cls = registry.target(arch.config)
+        written = cls(**{f.name: 1 for f in fields(cls) if f.default is MISSING}).to_dict()
+        assert (written["model_type"], tuple(written["architectures"])) == (arch.model_type, arch.architectures)
+        assert callable(registry.target(arch.module)) and callable(registry.target(arch.builder))
+        for spelling in (arch.model_type, arch.model_type.upper()):
+            assert registry.find(spelling) is arch and registry.native({"model_type": spelling})
+    assert [a.model_type for a in registry.ARCHITECTURES if a.block_causal] == ["llada2_moe"]
+    assert registry.find("llama") is None and not registry.native({})
+
+
+def test_a_native_directory_loads_through_its_registry_builder(random_dlm_dir, monkeypatch):
+    import fewstep.models.loading as loading
+
+    calls = []
+    monkeypatch.setattr(loading, "load_llada", lambda path, config, *args: calls.append((path, config)) or "built")
+    assert fewstep.load_model(random_dlm_dir) == "built"
+    assert calls[0][0] == random_dlm_dir and calls[0][1]["model_type"] == "llada"
