@@ -133,6 +133,25 @@ def test_loading_needs_no_training_code():
     assert [(f, m) for f, m in sorted(imported) if m.startswith("fewstep.training")] == []
 
 
+def test_models_import_nothing_above_them():
+    """``fewstep.models`` is the lowest layer: no module of it imports (lazily or not) the decoding
+    loop, drafting, the strategies, evaluation or the tasks; the gold model lives in evaluation."""
+    above = ("fewstep.decoding", "fewstep.drafting", "fewstep.strategies", "fewstep.evaluation", "fewstep.tasks")
+    models = Path(fewstep.__file__).parent / "models"
+    imported = set()
+    for path in models.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert [(f, m) for f, m in sorted(imported) if m.startswith(above)] == []
+    assert type(fewstep.load_model("gold")).__module__ == "fewstep.evaluation.gold"
+    from fewstep.models.gold import GoldModel  # the old name still resolves
+
+    assert GoldModel.__module__ == "fewstep.evaluation.gold"
+
+
 def test_decode_defaults_live_in_generation_config(tmp_path, random_dlm_dir):
     from fewstep.models.loading import write_decode_defaults
 

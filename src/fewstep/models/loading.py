@@ -209,7 +209,7 @@ def _tokenizer(path: Path, trust_remote_code: bool = False, fallback: str | None
 
 # Built-in models that are no directory: the class, imported when asked for. The gold model answers
 # task examples with their reference solutions, so it lives with evaluation, above this layer.
-BUILT_IN = {"gold": "fewstep.models.gold:GoldModel"}
+BUILT_IN = {"gold": "fewstep.evaluation.gold:GoldModel"}
 
 
 def load_model(
