@@ -27,9 +27,7 @@ def test_list_tasks_is_the_registry(capsys):
     assert out.splitlines()[0].split() == ["task", "gen_length", "what", "it", "is"] and "math500" in out
 
 
-def test_list_models_reads_the_bundled_directories(capsys):
-    from conftest import bundled
-
+def test_list_models_reads_the_bundled_directories(capsys, bundled):
     bundled("tiny-dlm")
     assert main(["list", "models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
@@ -40,12 +38,9 @@ def test_list_models_reads_the_bundled_directories(capsys):
         assert rows["tiny-ar"]["kind"] == "causal" and rows["tiny-ar"]["parameters"] == 764_544
 
 
-def test_parameter_count_from_the_header_matches_the_loaded_model():
-    from conftest import bundled
-    from fewstep.models.loading import load_model
-
+def test_parameter_count_from_the_header_matches_the_loaded_model(bundled, tiny_dlm):
     path = bundled("tiny-dlm")
-    model = load_model(str(path))
+    model = tiny_dlm
     stored = {k for k in model.module.state_dict()}
     assert catalog.safetensors_parameters(path / "model.safetensors") == sum(
         model.module.state_dict()[k].numel() for k in stored)

@@ -166,9 +166,7 @@ def test_decode_defaults_live_in_generation_config(tmp_path, random_dlm_dir):
 
 
 @pytest.mark.parametrize("name,gen_length", [("tiny-dlm", 24), ("tiny-dlm-cd", 24), ("tiny-ar", 80)])
-def test_bundled_models_keep_their_defaults_in_generation_config(name, gen_length):
-    from conftest import bundled
-
+def test_bundled_models_keep_their_defaults_in_generation_config(name, gen_length, bundled):
     path = bundled(name)
     assert not (path / "fewstep.json").exists() and (path / "generation_config.json").is_file()
     assert fewstep.load_model(name).decode_defaults["gen_length"] == gen_length
