@@ -51,9 +51,39 @@ def bundled(name: str) -> Path:
     return path
 
 
+# --- fixtures: the helpers above, and the bundled models each loaded once per session -------------------
+# Loaded models are shared by every test of the session: use them to decode, never to change them.
+
+
+@pytest.fixture(scope="session", name="bundled")
+def bundled_fixture():
+    """``bundled(name)``: a bundled model's directory (the test is skipped when it is not installed)."""
+    return bundled
+
+
+@pytest.fixture(scope="session", name="make_random_dlm")
+def make_random_dlm_fixture():
+    """``make_random_dlm(path, ...)``: writes a random LLaDA-architecture model directory at ``path``."""
+    return make_random_dlm
+
+
+def _load_bundled(name: str):
+    import fewstep
+
+    return fewstep.load_model(bundled(name))
+
+
 @pytest.fixture(scope="session")
 def tiny_dlm():
     """The bundled tiny-dlm, loaded once per session (skips when the checkout has not got it)."""
-    import fewstep
+    return _load_bundled("tiny-dlm")
 
-    return fewstep.load_model(bundled("tiny-dlm"))
+
+@pytest.fixture(scope="session")
+def tiny_ar():
+    return _load_bundled("tiny-ar")
+
+
+@pytest.fixture(scope="session")
+def tiny_dlm_cd():
+    return _load_bundled("tiny-dlm-cd")

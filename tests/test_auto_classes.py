@@ -27,9 +27,7 @@ def _prompt_ids(model) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", ["tiny-dlm", "random-dlm", "random-dream"])
-def test_auto_model_logits_are_fewsteps(auto, name, request, tmp_path):
-    from conftest import bundled
-
+def test_auto_model_logits_are_fewsteps(auto, name, request, tmp_path, bundled):
     if name == "tiny-dlm":
         path = bundled("tiny-dlm")
     elif name == "random-dlm":
@@ -63,9 +61,7 @@ def test_a_model_saved_through_transformers_loads_in_fewstep(auto, random_dlm_di
         torch.testing.assert_close(reloaded.module(input_ids=ids).logits, module(input_ids=ids).logits, atol=0, rtol=0)
 
 
-def test_tiny_ar_batched_generate_equals_one_by_one(auto):
-    from conftest import bundled
-
+def test_tiny_ar_batched_generate_equals_one_by_one(auto, bundled):
     path = bundled("tiny-ar")
     tok = auto.AutoTokenizer.from_pretrained(path)
     model = auto.AutoModelForCausalLM.from_pretrained(path).eval()

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
-from conftest import bundled
 from fewstep.evaluation.bench import BenchRequest, run_bench
 from fewstep.evaluation.stats import PairedTable, mcnemar_exact, newcombe_paired
 
 
 @pytest.mark.slow
-def test_bench_reports_newcombe_interval_and_mcnemar(tmp_path):
+def test_bench_reports_newcombe_interval_and_mcnemar(tmp_path, bundled):
     model = bundled("tiny-dlm")
     req = BenchRequest(task="arith", model=str(model), strategies=("llada", "llada:steps=4"), out=str(tmp_path),
                        limit=40, batch_size=20, repeats=1)

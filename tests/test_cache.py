@@ -118,10 +118,8 @@ def test_block_start_refresh_differs_from_uncached_and_is_batch_invariant(random
 
 
 @pytest.mark.slow
-def test_bundled_model_with_the_cache_keeps_its_accuracy():
-    from conftest import bundled
-
-    model = fewstep.load_model(bundled("tiny-dlm"))
+def test_bundled_model_with_the_cache_keeps_its_accuracy(tiny_dlm):
+    model = tiny_dlm
     task = arith.ArithTask()
     examples = task.examples()[:40]
     cfg = DecodeConfig(strategy="llada", steps=24, gen_length=24, block_length=8, cache="dual")

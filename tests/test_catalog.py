@@ -27,9 +27,7 @@ def test_list_tasks_is_the_registry(capsys):
     assert out.splitlines()[0].split() == ["task", "gen_length", "what", "it", "is"] and "math500" in out
 
 
-def test_list_models_reads_the_bundled_directories(capsys):
-    from conftest import bundled
-
+def test_list_models_reads_the_bundled_directories(capsys, bundled):
     bundled("tiny-dlm")
     assert main(["list", "models", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
@@ -40,12 +38,9 @@ def test_list_models_reads_the_bundled_directories(capsys):
         assert rows["tiny-ar"]["kind"] == "causal" and rows["tiny-ar"]["parameters"] == 764_544
 
 
-def test_parameter_count_from_the_header_matches_the_loaded_model():
-    from conftest import bundled
-    from fewstep.models.loading import load_model
-
+def test_parameter_count_from_the_header_matches_the_loaded_model(bundled, tiny_dlm):
     path = bundled("tiny-dlm")
-    model = load_model(str(path))
+    model = tiny_dlm
     stored = {k for k in model.module.state_dict()}
     assert catalog.safetensors_parameters(path / "model.safetensors") == sum(
         model.module.state_dict()[k].numel() for k in stored)
@@ -87,3 +82,16 @@ def test_lm_eval_subcommand_passes_arguments_through(capsys):
     pytest.importorskip("lm_eval")
     assert main(["lm-eval", "--help"]) == 0
     assert "--model_args" in capsys.readouterr().out
+
+
+def test_list_models_names_every_native_architecture(capsys, tmp_path):
+    from fewstep.models.registry import ARCHITECTURES
+
+    assert main(["list", "models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {a.model_type for a in ARCHITECTURES} <= set(rows) and rows["llada2_moe"]["kind"] == "architecture"
+    assert rows["llada2_moe"]["attention"] == "block-causal"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llada2_moe"}))
+    assert catalog.describe_model_dir(tmp_path)["kind"] == "diffusion"
+    assert main(["list", "models"]) == 0
+    assert any(line.split()[:2] == ["llada2_moe", "architecture"] for line in capsys.readouterr().out.splitlines())

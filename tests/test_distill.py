@@ -262,13 +262,11 @@ def test_two_processes_under_torchrun(tmp_path, random_dlm_dir):
     assert first[0] == pytest.approx(first[1], rel=1e-3)
 
 
-def test_bundled_student_loads_and_the_bundle_stays_small():
-    from conftest import ASSETS, bundled
-
+def test_bundled_student_loads_and_the_bundle_stays_small(bundled, tiny_dlm_cd, tiny_dlm):
     path = bundled("tiny-dlm-cd")
-    student, teacher = fewstep.load_model("tiny-dlm-cd"), fewstep.load_model("tiny-dlm")
+    student, teacher = tiny_dlm_cd, tiny_dlm
     assert student.kind == "diffusion" and student.decode_defaults == teacher.decode_defaults
     a, b = load_file(path / "model.safetensors"), load_file(bundled("tiny-dlm") / "model.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
-    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())  # the assets folder
     assert total < 30_000_000, f"bundled models take {total / 1e6:.1f} MB"

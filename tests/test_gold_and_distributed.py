@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_random_dlm
 from fewstep.cli import main
 from fewstep.errors import ConfigError, TaskError
 
@@ -154,7 +153,7 @@ def test_bad_process_count(capsys, random_dlm_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def long_context_dlm(tmp_path_factory) -> Path:
+def long_context_dlm(tmp_path_factory, make_random_dlm) -> Path:
     """A random model like ``random_dlm_dir`` but with a 512-token context, for GSM8K-length prompts."""
     return make_random_dlm(tmp_path_factory.mktemp("models") / "random-dlm-512", max_len=512)
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import bundled
-
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'fewstep[lmeval]')")
 
 N_PROBLEMS = 8
@@ -100,10 +98,9 @@ def test_importing_fewstep_does_not_import_lm_eval():
 
 
 @pytest.mark.slow
-def test_shell_command_equals_fewstep_eval(task_dir, tmp_path):
+def test_shell_command_equals_fewstep_eval(task_dir, tmp_path, tiny_dlm):
     """``fewstep lm-eval`` (lm-eval's own entry point) on the local YAML tasks: the generations equal
     ``fewstep eval``'s on the same problems, and the loglikelihoods equal fewstep's estimator."""
-    bundled("tiny-dlm")
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "fewstep.cli", "lm-eval", "--model", "fewstep",
@@ -130,9 +127,8 @@ def test_shell_command_equals_fewstep_eval(task_dir, tmp_path):
 
     # loglikelihood: every value equals fewstep's estimator on the same tokens
     from fewstep.integrations.lm_eval import mc_loglikelihood, scored_region
-    from fewstep.models.loading import load_model
 
-    model = load_model("tiny-dlm")
+    model = tiny_dlm
     mc = _samples(out, "fewstep_arith_mc")
     right = 0
     for s in mc:
@@ -167,7 +163,7 @@ def _requests(kind: str, args: list[tuple]) -> list:
 
 
 @pytest.mark.slow
-def test_fewshot_turns_and_system_instruction_reach_the_model(offline, task_dir):
+def test_fewshot_turns_and_system_instruction_reach_the_model(offline, task_dir, bundled):
     """The lab template renders only the last user message: lm-eval's few-shot turns and system
     instruction are folded into it rather than dropped."""
     import lm_eval

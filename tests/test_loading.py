@@ -133,6 +133,25 @@ def test_loading_needs_no_training_code():
     assert [(f, m) for f, m in sorted(imported) if m.startswith("fewstep.training")] == []
 
 
+def test_models_import_nothing_above_them():
+    """``fewstep.models`` is the lowest layer: no module of it imports (lazily or not) the decoding
+    loop, drafting, the strategies, evaluation or the tasks; the gold model lives in evaluation."""
+    above = ("fewstep.decoding", "fewstep.drafting", "fewstep.strategies", "fewstep.evaluation", "fewstep.tasks")
+    models = Path(fewstep.__file__).parent / "models"
+    imported = set()
+    for path in models.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert [(f, m) for f, m in sorted(imported) if m.startswith(above)] == []
+    assert type(fewstep.load_model("gold")).__module__ == "fewstep.evaluation.gold"
+    from fewstep.models.gold import GoldModel  # the old name still resolves
+
+    assert GoldModel.__module__ == "fewstep.evaluation.gold"
+
+
 def test_decode_defaults_live_in_generation_config(tmp_path, random_dlm_dir):
     from fewstep.models.loading import write_decode_defaults
 
@@ -147,9 +166,7 @@ def test_decode_defaults_live_in_generation_config(tmp_path, random_dlm_dir):
 
 
 @pytest.mark.parametrize("name,gen_length", [("tiny-dlm", 24), ("tiny-dlm-cd", 24), ("tiny-ar", 80)])
-def test_bundled_models_keep_their_defaults_in_generation_config(name, gen_length):
-    from conftest import bundled
-
+def test_bundled_models_keep_their_defaults_in_generation_config(name, gen_length, bundled):
     path = bundled(name)
     assert not (path / "fewstep.json").exists() and (path / "generation_config.json").is_file()
     assert fewstep.load_model(name).decode_defaults["gen_length"] == gen_length
@@ -165,3 +182,31 @@ def test_training_export_writes_generation_config(tmp_path, random_ar_dir):
     gen = json.loads((exported / "generation_config.json").read_text())
     assert gen["max_new_tokens"] == 80 and gen["eos_token_id"] == 2  # merged into transformers' own file
     assert fewstep.load_model(exported).decode_defaults == {"gen_length": 80}
+
+
+def test_the_architecture_registry_matches_each_config_class():
+    """Each entry's model_type and architectures are what its config class writes, its classes and
+    builder import, and a config.json of its model_type (any case) is native."""
+    from dataclasses import MISSING, fields
+
+    from fewstep.models import registry
+
+    assert registry.model_types() == ("llada", "Dream", "llada2_moe")
+    for arch in registry.ARCHITECTURES:
+        cls = registry.target(arch.config)
+        written = cls(**{f.name: 1 for f in fields(cls) if f.default is MISSING}).to_dict()
+        assert (written["model_type"], tuple(written["architectures"])) == (arch.model_type, arch.architectures)
+        assert callable(registry.target(arch.module)) and callable(registry.target(arch.builder))
+        for spelling in (arch.model_type, arch.model_type.upper()):
+            assert registry.find(spelling) is arch and registry.native({"model_type": spelling})
+    assert [a.model_type for a in registry.ARCHITECTURES if a.block_causal] == ["llada2_moe"]
+    assert registry.find("llama") is None and not registry.native({})
+
+
+def test_a_native_directory_loads_through_its_registry_builder(random_dlm_dir, monkeypatch):
+    import fewstep.models.loading as loading
+
+    calls = []
+    monkeypatch.setattr(loading, "load_llada", lambda path, config, *args: calls.append((path, config)) or "built")
+    assert fewstep.load_model(random_dlm_dir) == "built"
+    assert calls[0][0] == random_dlm_dir and calls[0][1]["model_type"] == "llada"

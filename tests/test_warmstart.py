@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import fewstep
-from conftest import bundled
 from fewstep import ConfigError
 from fewstep.decoding import canvas
 from fewstep.decoding.loop import decode
@@ -20,10 +19,8 @@ from test_loop import EOS, MASK, scripted_model
 
 
 @pytest.fixture(scope="module")
-def tokenizers():
-    dlm = fewstep.load_model(bundled("tiny-dlm"))
-    ar = fewstep.load_model(bundled("tiny-ar"))
-    return ar.tokenizer, dlm.tokenizer, dlm.eos_id
+def tokenizers(tiny_dlm, tiny_ar):
+    return tiny_ar.tokenizer, tiny_dlm.tokenizer, tiny_dlm.eos_id
 
 
 def make_draft(ar_tok, text: str, probs=None, ended=True) -> Draft:
@@ -133,8 +130,8 @@ def test_interpolation_mixes_embeddings_until_committed():
     torch.testing.assert_close(seen[1][0, 1 + done_first], table[int(events[0].canvas[0, done_first])])
 
 
-def test_rho_zero_is_exactly_no_warm_start():
-    model = fewstep.load_model(bundled("tiny-dlm"))
+def test_rho_zero_is_exactly_no_warm_start(tiny_dlm):
+    model = tiny_dlm
     qs = [p.question for p in arith.test_set()[:6]]
     for strategy, extra in (("llada", {"steps": 12}), ("threshold", {})):
         base = fewstep.generate(model, qs, fewstep.DecodeConfig(strategy=strategy, **extra))
@@ -147,8 +144,8 @@ def test_rho_zero_is_exactly_no_warm_start():
 @pytest.mark.parametrize("spec", [dict(init="inject"), dict(init="inject", rho=0.6, remask_threshold=0.5,
                                                                  verify_groups=2, verify_prefix=True),
                                   dict(init="interpolate", alpha=0.5)])
-def test_batch_invariance_with_a_drafter(spec):
-    model = fewstep.load_model(bundled("tiny-dlm"))
+def test_batch_invariance_with_a_drafter(spec, tiny_dlm):
+    model = tiny_dlm
     qs = [p.question for p in arith.test_set()[:8]]
     cfg = fewstep.DecodeConfig(strategy="threshold", drafter="tiny-ar", **spec)
     alone = [fewstep.generate(model, [q], cfg)[0] for q in qs]

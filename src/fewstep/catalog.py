@@ -1,8 +1,8 @@
-"""What ``fewstep list`` prints: the tasks, the bundled models and the decoding strategies.
+"""What ``fewstep list`` prints: the tasks, the models and architectures, and the decoding strategies.
 
 Each listing is built from the declarations the rest of the package runs on (the task registry, the
-bundled model directories, the strategy registry), so it cannot drift from them. Rows are plain dicts;
-:func:`table` lays them out.
+bundled model directories, the architecture registry, the strategy registry), so it cannot drift from
+them. Rows are plain dicts; :func:`table` lays them out.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.errors import FewstepError
-
-DIFFUSION_TYPES = ("llada", "dream")
+from fewstep.models import registry
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
@@ -69,7 +68,7 @@ def describe_model_dir(path: Path) -> dict[str, Any]:
     has_template = (path / "chat_template.jinja").is_file() or (
         tok_cfg.is_file() and bool(json.loads(tok_cfg.read_text()).get("chat_template")))
     return {
-        "kind": "diffusion" if model_type.lower() in DIFFUSION_TYPES else "causal",
+        "kind": "diffusion" if registry.find(model_type) is not None else "causal",
         "model_type": model_type,
         "parameters": sum(safetensors_parameters(w) for w in weights),
         "context": config.get("max_sequence_length", config.get("max_position_embeddings", "?")),
@@ -78,7 +77,8 @@ def describe_model_dir(path: Path) -> dict[str, Any]:
 
 
 def model_rows() -> list[dict[str, Any]]:
-    """The bundled models (installed or not) and the built-in ``gold`` model."""
+    """The bundled models (installed or not), the built-in ``gold`` model, and the architectures
+    fewstep implements (:mod:`fewstep.models.registry`: a directory of one loads with fewstep's code)."""
     from fewstep.models.loading import ASSETS, BUNDLED
 
     rows: list[dict[str, Any]] = []
@@ -90,14 +90,21 @@ def model_rows() -> list[dict[str, Any]]:
             rows.append({"name": name, "installed": False, "path": str(path)})
     rows.append({"name": "gold", "installed": True, "kind": "reference", "path": "(built in)",
                  "summary": "answers every problem with its reference solution (checks a task's pipeline)"})
-    return rows
+    return rows + architecture_rows()
+
+
+def architecture_rows() -> list[dict[str, Any]]:
+    """One row per architecture in the registry, named by its config.json ``model_type``."""
+    return [{"name": a.model_type, "installed": True, "kind": "architecture", "path": "(any directory)",
+             "model_type": a.model_type, "architecture": a.name, "attention": a.attention,
+             "summary": f"fewstep's {a.name}; attention: {a.attention}"} for a in registry.ARCHITECTURES]
 
 
 def format_models(rows: list[dict[str, Any]]) -> str:
     def line(r: dict[str, Any]) -> tuple[Any, ...]:
         if not r["installed"]:
             return (r["name"], "-", "-", "-", "-", "not installed")
-        if r["kind"] == "reference":
+        if r["kind"] in ("reference", "architecture"):
             return (r["name"], r["kind"], "-", "-", "-", r["summary"])
         params = f"{r['parameters'] / 1e6:.2f}M"
         return (r["name"], f"{r['kind']} ({r['model_type']})", params, r["context"],

@@ -206,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_fields(d, DistillConfig)
     _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
 
-    ls = sub.add_parser("list", help="list the tasks, bundled models or decoding strategies (with their parameters)")
+    ls = sub.add_parser("list", help="list the tasks, the models (bundled ones and the architectures fewstep "
+                        "implements) or the decoding strategies (with their parameters)")
     ls.add_argument("what", choices=("tasks", "models", "strategies"))
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
 

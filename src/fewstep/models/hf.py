@@ -1,9 +1,10 @@
 """transformers' Auto classes for fewstep's architectures: after :func:`register_auto_classes`,
-``AutoConfig``, ``AutoModel`` / ``AutoModelForMaskedLM`` and ``AutoTokenizer`` open a LLaDA or
-Dream directory (fewstep's lab models, fewstep-saved models, the published checkpoints) with
-fewstep's own implementation, without remote code. The models are thin ``PreTrainedModel``
-wrappers over the same modules and parameter names, so their logits are fewstep's
-(``logits[:, i]`` as the architecture computes them: Dream's are unshifted, as in its own code).
+``AutoConfig``, ``AutoModel`` / ``AutoModelForMaskedLM`` and ``AutoTokenizer`` open a directory of
+each architecture in :mod:`fewstep.models.registry` that has a wrapper here (LLaDA and Dream; not
+yet LLaDA2): fewstep's lab models, fewstep-saved models, the published checkpoints, with fewstep's
+own implementation, without remote code. The models are thin ``PreTrainedModel`` wrappers over the
+same modules and parameter names, so their logits are fewstep's (``logits[:, i]`` as the
+architecture computes them: Dream's are unshifted, as in its own code).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from transformers import (
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
-    Qwen2Tokenizer,
 )
 from transformers.modeling_outputs import MaskedLMOutput
 
 from fewstep.models import dream, llada
+from fewstep.models.registry import ARCHITECTURES, target
 
 
 class LLaDAHFConfig(PretrainedConfig):
@@ -106,13 +107,23 @@ _REGISTERED = False
 
 
 def register_auto_classes() -> None:
-    """Register fewstep's config and model classes with transformers' Auto classes (idempotent)."""
+    """Register the transformers wrapper of each architecture in :mod:`fewstep.models.registry` that
+    has one with transformers' Auto classes, and the tokenizer class of those whose tokenizer files
+    name remote code (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
-    for config_cls, model_cls in ((LLaDAHFConfig, LLaDAForMaskedLM), (DreamHFConfig, DreamForMaskedLM)):
+    import transformers
+
+    for arch in ARCHITECTURES:
+        if arch.hf_model is None:
+            continue
+        model_cls = target(arch.hf_model)
+        config_cls = model_cls.config_class
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         AutoModel.register(config_cls, model_cls, exist_ok=True)
         AutoModelForMaskedLM.register(config_cls, model_cls, exist_ok=True)
-    AutoTokenizer.register(DreamHFConfig, tokenizer_class=Qwen2Tokenizer, exist_ok=True)
+        if arch.tokenizer_fallback is not None:
+            tokenizer_cls = getattr(transformers, arch.tokenizer_fallback)
+            AutoTokenizer.register(config_cls, tokenizer_class=tokenizer_cls, exist_ok=True)
     _REGISTERED = True

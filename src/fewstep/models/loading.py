@@ -1,10 +1,11 @@
 """``fewstep.load_model``: bundled lab models by name, or a directory in Hugging Face layout.
 
-Directories are recognised by config.json: ``model_type: llada`` loads fewstep's own LLaDA
-implementation (real LLaDA checkpoints and ``tiny-dlm`` alike, sharded safetensors included),
-``model_type: Dream`` fewstep's own Dream implementation; any causal LM that transformers knows
-loads as a :class:`CausalModel`. None of these runs code from the directory. A directory whose
-architecture exists only as its own code (``auto_map``) loads only with ``trust_remote_code=True``.
+Directories are recognised by config.json's ``model_type``: an architecture fewstep implements
+(:mod:`fewstep.models.registry`: ``llada``, ``Dream``, ``llada2_moe``) loads with fewstep's own code,
+through its registry entry's builder here (real checkpoints and ``tiny-dlm`` alike, sharded
+safetensors included); any causal LM that transformers knows loads as a :class:`CausalModel`. None
+of these runs code from the directory. A directory whose architecture exists only as its own code
+(``auto_map``) loads only with ``trust_remote_code=True``.
 
 Decode defaults come from ``generation_config.json`` (the fewstep keys in it: ``gen_length``,
 ``steps``, ...); directories written before that hold them in ``fewstep.json``
@@ -23,6 +24,7 @@ import torch
 
 from fewstep.errors import ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
+from fewstep.models.registry import ARCHITECTURES, find, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd")
@@ -173,10 +175,6 @@ def needs_remote_code(config: dict[str, Any]) -> bool:
     return not native(config) and not transformers_knows(config) and bool(config.get("auto_map"))
 
 
-def native(config: dict[str, Any]) -> bool:
-    return str(config.get("model_type")).lower() in ("llada", "dream")
-
-
 def transformers_knows(config: dict[str, Any]) -> bool:
     from transformers import CONFIG_MAPPING
 
@@ -209,6 +207,11 @@ def _tokenizer(path: Path, trust_remote_code: bool = False, fallback: str | None
         raise ModelLoadError(f"cannot load the tokenizer of {path}: {first_line}") from None
 
 
+# Built-in models that are no directory: the class, imported when asked for. The gold model answers
+# task examples with their reference solutions, so it lives with evaluation, above this layer.
+BUILT_IN = {"gold": "fewstep.evaluation.gold:GoldModel"}
+
+
 def load_model(
     name_or_path: str | Path,
     device: str | torch.device = "cpu",
@@ -217,14 +220,13 @@ def load_model(
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
     the stored precision; ``device`` to the CPU. The name ``gold`` gives the built-in
-    :class:`~fewstep.models.gold.GoldModel` (a directory called gold: pass ``./gold``).
+    :class:`~fewstep.evaluation.gold.GoldModel` (a directory called gold: pass ``./gold``).
 
     ``trust_remote_code``: run modelling or tokenizer code shipped in the directory, for an
-    architecture fewstep and transformers do not implement (never needed for LLaDA or Dream)."""
-    if str(name_or_path) == "gold":
-        from fewstep.models.gold import GoldModel
-
-        return GoldModel()  # type: ignore[return-value]
+    architecture fewstep and transformers do not implement (never needed for fewstep's own
+    architectures, :mod:`fewstep.models.registry`)."""
+    if str(name_or_path) in BUILT_IN:
+        return target(BUILT_IN[str(name_or_path)])()
     if not isinstance(trust_remote_code, bool):
         raise ModelLoadError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     path = resolve(name_or_path)
@@ -232,25 +234,27 @@ def load_model(
     defaults = decode_defaults(path)
     dtype = _dtype(dtype)
     _check_device(device)
-    kind = str(config.get("model_type"))
-    name = str(name_or_path)
-    if kind == "llada":
-        return _load_llada(path, config, defaults, name, device, dtype, trust_remote_code)
-    if kind.lower() == "dream":
-        return _load_dream(path, config, defaults, name, device, dtype, trust_remote_code)
-    if kind == "llada2_moe":
-        return _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code)
+    arch = find(config.get("model_type"))
+    if arch is not None:
+        return target(arch.builder)(path, config, defaults, str(name_or_path), device, dtype, trust_remote_code)
+    _check_causal(path, config, trust_remote_code)
+    return _load_causal(path, config, defaults, str(name_or_path), device, dtype, trust_remote_code)
+
+
+def _check_causal(path: Path, config: dict[str, Any], trust_remote_code: bool) -> None:
+    """Refuse a directory that transformers does not know, or knows only by running its code unasked."""
+    kind = config.get("model_type")
     if needs_remote_code(config) and not trust_remote_code:
         raise ModelLoadError(
             f"{path}: model type {kind!r} is the directory's own code (auto_map in config.json), which fewstep "
             "does not run unless asked: pass trust_remote_code=True (--trust-remote-code) to run it"
         )
     if not transformers_knows(config) and not needs_remote_code(config):
+        ours = ", ".join(a.model_type for a in ARCHITECTURES)
         raise ModelLoadError(
-            f"{path}: unknown architecture: model_type {config.get('model_type')!r} is not one fewstep implements "
-            "(llada, Dream) nor one this transformers knows, and the directory ships no code for it"
+            f"{path}: unknown architecture: model_type {kind!r} is not one fewstep implements "
+            f"({ours}) nor one this transformers knows, and the directory ships no code for it"
         )
-    return _load_causal(path, config, defaults, name, device, dtype, trust_remote_code)
 
 
 def load_lab_model(
@@ -263,13 +267,13 @@ def load_lab_model(
         return None
     path = resolve(name)
     config = _read_json(path / "config.json")
-    if config.get("model_type") != "llada":
+    if find(config.get("model_type")) is not find("llada"):
         return None
     from fewstep.models.lab_tokenizer import LabTokenizer
 
     dtype = _dtype(dtype)
     _check_device(device)
-    return _load_llada(path, config, decode_defaults(path), name, device, dtype, False, tokenizer=LabTokenizer)
+    return load_llada(path, config, decode_defaults(path), name, device, dtype, False, tokenizer=LabTokenizer)
 
 
 def _checked_state(path: Path, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -297,17 +301,26 @@ def _build(path: Path, what: str, make):
         raise ModelLoadError(f"invalid {what} config in {path}: {e}") from None
 
 
-def _native(path: Path, what: str, config_cls, model_cls, config: dict[str, Any], tied_head: str | None,
-            device, dtype) -> tuple[Any, torch.nn.Module]:
-    """fewstep's own module for ``config`` with the directory's weights (``tied_head``: the output
-    head's name when it is tied to the embeddings, dropped if a checkpoint stores it anyway)."""
-    cfg = _build(path, what, lambda: config_cls.from_dict(config))
-    module = _build(path, what, lambda: model_cls(cfg))
+def _native(path: Path, config: dict[str, Any], tied_head: str | None, device, dtype) -> tuple[Any, torch.nn.Module]:
+    """fewstep's own module for ``config`` (its registry entry's config and module classes) with the
+    directory's weights (``tied_head``: the output head's name when it is tied to the embeddings,
+    dropped if a checkpoint stores it anyway)."""
+    arch = find(config.get("model_type"))
+    assert arch is not None, "a builder is called for its own architecture"
+    config_cls, model_cls = target(arch.config), target(arch.module)
+    cfg = _build(path, arch.name, lambda: config_cls.from_dict(config))
+    module = _build(path, arch.name, lambda: model_cls(cfg))
     state = _state_dict(path)
     if tied_head is not None:
         state.pop(tied_head, None)
     _checked_state(path, module, state)
     return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
+
+
+def _fallback(config: dict[str, Any]) -> str | None:
+    """The transformers tokenizer class that reads the directory's tokenizer files without their code."""
+    arch = find(config.get("model_type"))
+    return arch.tokenizer_fallback if arch is not None else None
 
 
 def _exact_cache_default(module: torch.nn.Module, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -318,11 +331,9 @@ def _exact_cache_default(module: torch.nn.Module, defaults: dict[str, Any]) -> d
     return {"cache": "dual", **defaults} if attention_block_length(module) > 0 else defaults
 
 
-def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, tokenizer=None) -> DiffusionModel:
-    from fewstep.models.llada import LLaDAConfig, LLaDAModel
-
+def load_llada(path, config, defaults, name, device, dtype, trust_remote_code, tokenizer=None) -> DiffusionModel:
     tied = "model.transformer.ff_out.weight" if config.get("weight_tying", True) else None
-    cfg, module = _native(path, "LLaDA", LLaDAConfig, LLaDAModel, config, tied, device, dtype)
+    cfg, module = _native(path, config, tied, device, dtype)
     tok = tokenizer(path) if tokenizer is not None else _tokenizer(path, trust_remote_code)
     stop = tuple(i for i in [tok.convert_tokens_to_ids("<|eot_id|>")] if isinstance(i, int) and i != tok.unk_token_id)
     return DiffusionModel(
@@ -338,14 +349,12 @@ def _load_llada(path, config, defaults, name, device, dtype, trust_remote_code, 
     )
 
 
-def _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+def load_llada2(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
     """fewstep's own LLaDA 2.x (MoE, block-causal attention); the mask id from the tokenizer's mask
     token, else ``mask_token_id`` in config.json, else the token ``<|mask|>``."""
-    from fewstep.models.llada2 import LLaDA2Config, LLaDA2Model
-
     tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
-    cfg, module = _native(path, "LLaDA2", LLaDA2Config, LLaDA2Model, config, tied, device, dtype)
-    tok = _tokenizer(path, trust_remote_code, fallback="PreTrainedTokenizerFast")
+    cfg, module = _native(path, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code, fallback=_fallback(config))
     mask_id = tok.mask_token_id if tok.mask_token_id is not None else config.get("mask_token_id")
     if mask_id is None and "<|mask|>" in tok.get_vocab():  # LLaDA 2's mask token (156895 in its vocabulary)
         mask_id = tok.convert_tokens_to_ids("<|mask|>")
@@ -357,15 +366,13 @@ def _load_llada2(path, config, defaults, name, device, dtype, trust_remote_code)
                           decode_defaults=_exact_cache_default(module, defaults), mask_id=int(mask_id))
 
 
-def _load_dream(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
+def load_dream(path, config, defaults, name, device, dtype, trust_remote_code) -> DiffusionModel:
     """fewstep's own Dream (Qwen2 layers, bidirectional attention). Dream predicts position i from
     the logits at i - 1, so the adapter realigns them (``shifted_logits``). Its tokenizer is remote
     code: without the opt-in its files are read by transformers' Qwen2 tokenizer."""
-    from fewstep.models.dream import DreamConfig, DreamModel
-
     tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
-    cfg, module = _native(path, "Dream", DreamConfig, DreamModel, config, tied, device, dtype)
-    tok = _tokenizer(path, trust_remote_code, fallback="Qwen2Tokenizer")
+    cfg, module = _native(path, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code, fallback=_fallback(config))
     mask = tok.mask_token_id if tok.mask_token_id is not None else cfg.mask_token_id
     if mask is None:
         raise ModelLoadError(f"{path}: neither the tokenizer nor config.json names a mask token")
