@@ -58,7 +58,7 @@ def test_same_special_tokens_and_lookups(pair):
 
 def test_lab_model_generates_what_the_transformers_loaded_model_generates():
     from fewstep.config import resolve_config
-    from fewstep.decoding.generate import generate
+    from fewstep.engine import generate
 
     fast, slow = load_lab_model("tiny-dlm"), load_model("tiny-dlm")
     assert fast is not None and isinstance(fast.tokenizer, LabTokenizer)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_loop import EOS, MASK, scripted_model
 
 import fewstep
 from fewstep.decoding import canvas
 from fewstep.decoding.loop import decode
+from test_loop import EOS, MASK, scripted_model
 
 
 def run(model, cfg, tokens):

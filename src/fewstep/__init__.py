@@ -32,13 +32,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from fewstep.decoding.generate import generate
     from fewstep.decoding.result import GenerationResult
+    from fewstep.engine import generate
     from fewstep.models.hf import register_auto_classes
     from fewstep.models.loading import load_model
 
 _LAZY = {
-    "generate": "fewstep.decoding.generate",
+    "generate": "fewstep.engine",
     "GenerationResult": "fewstep.decoding.result",
     "load_model": "fewstep.models.loading",
     "register_auto_classes": "fewstep.models.hf",

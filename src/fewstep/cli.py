@@ -238,7 +238,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _generate(args: argparse.Namespace) -> int:
     from fewstep.config import resolve_config
-    from fewstep.decoding.generate import generate
     from fewstep.models.loading import load_lab_model, load_model
 
     if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
@@ -248,11 +247,7 @@ def _generate(args: argparse.Namespace) -> int:
         load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     _set_threads(model, args.threads)
     cfg = resolve_config(model, args.strategy, _settings(args))
-    origin = None
-    if (args.stream or args.trace) and model.kind == "diffusion":
-        result, origin = _stream(model, args.prompt, cfg, show=args.stream)
-    else:
-        [result] = generate(model, [args.prompt], cfg)
+    result, origin = _decode_one(model, args.prompt, cfg, show=args.stream, steps=bool(args.stream or args.trace))
     print(result.text)
     if args.trace:
         from fewstep.trace import write_trace
@@ -285,33 +280,35 @@ def _set_threads(model, threads: int | None) -> None:
         torch.set_num_threads(1)
 
 
-def _stream(model, prompt: str, cfg, show: bool = True):
-    """Decode one prompt through the loop's events, redrawing the canvas after every step when
-    ``show`` (one line per step off a terminal); -> the result and each position's origin."""
+def _decode_one(model, prompt: str, cfg, show: bool, steps: bool):
+    """Decode one prompt through the engine, redrawing the canvas after every step when ``show``
+    (one line per step off a terminal); -> the result and, with ``steps``, each position's origin
+    (the trace's colours)."""
     import torch
 
-    from fewstep.decoding.generate import results_from_event, warm_start_for
-    from fewstep.decoding.loop import decode
+    from fewstep.engine import stream
     from fewstep.trace import origins, render_canvas
 
     tty = sys.stderr.isatty()
-    event = None
-    with torch.no_grad():
-        warm = warm_start_for(model, [prompt], cfg) if cfg.drafter else None
-        init = warm.init if warm else None
-        revoked = torch.zeros(cfg.gen_length, dtype=torch.bool)
-        for event in decode(model, [model.encode_prompt(prompt)], cfg, init=init):
-            revoked |= event.revoked[0]
-            if show:
-                line = f"step {event.step + 1:>3} nfe {int(event.nfe[0]):>3} | " \
-                       f"{render_canvas(model, event.canvas[0].tolist())}"
-                print(("\r\x1b[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+    update = None
+    revoked = torch.zeros(cfg.gen_length, dtype=torch.bool)
+    for update in stream(model, [prompt], cfg, snapshots=steps):
+        if update.event is None:  # a causal model: one update, its result
+            continue
+        revoked |= update.event.revoked[0]
+        if show:
+            line = f"step {update.event.step + 1:>3} nfe {int(update.event.nfe[0]):>3} | " \
+                   f"{render_canvas(model, update.event.canvas[0].tolist())}"
+            print(("\r\x1b[K" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
     if show and tty:
         print(file=sys.stderr)
-    assert event is not None
-    result = results_from_event(model, event, warm)[0]
-    injected = init.tokens[0].tolist() if init is not None and init.tokens is not None else [-1] * cfg.gen_length
-    return result, origins(injected, revoked.tolist(), result.token_ids)
+    assert update is not None
+    result = update.results()[0]
+    if not steps or update.event is None:
+        return result, None
+    injected = update.injected()
+    drafted = injected[0].tolist() if injected is not None else [-1] * cfg.gen_length
+    return result, origins(drafted, revoked.tolist(), result.token_ids)
 
 
 def _serve(args: argparse.Namespace) -> int:

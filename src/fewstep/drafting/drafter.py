@@ -66,7 +66,7 @@ def default_budget(drafter, gen_length: int) -> int:
 @torch.no_grad()
 def draft(drafter, prompts: list[str], max_new_tokens: int) -> list[Draft]:
     """Greedy drafts of ``prompts`` (user messages) with at most ``max_new_tokens`` tokens each."""
-    from fewstep.decoding.loop import check_prompts, left_pad
+    from fewstep.decoding.state import check_prompts, left_pad
 
     batch = [drafter.encode_prompt(p) for p in prompts]
     check_prompts(drafter, batch, max_new_tokens)

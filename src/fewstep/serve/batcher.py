@@ -5,12 +5,12 @@ every queued row with the same batch key (:func:`fewstep.serve.requests.batch_ke
 DecodeConfig, at temperature 0), up to ``max_batch_size``, once that many are waiting, or no row of
 that key has arrived for ``max_wait_s``, or the oldest has waited ``WAIT_CAP x max_wait_s``. Rows that
 arrive while a batch decodes wait for the next one.
-The batch runs :func:`fewstep.decoding.loop.decode` (with a warm start where the configuration has
-a drafter, as :func:`fewstep.generate` does); at every step
+The batch runs through the engine (:func:`fewstep.engine.stream`: warm start where the
+configuration has a drafter, then the decode loop, as :func:`fewstep.generate`); at every step
 
 - a row with no undecided position left (all of it committed: early stop on EOS, or the end)
-  is reported at once as a :class:`RowDone` (its :class:`~fewstep.GenerationResult` made by
-  :func:`fewstep.decoding.generate.results_from_event`, exactly as ``fewstep.generate`` makes it);
+  is reported at once as a :class:`RowDone` (its :class:`~fewstep.GenerationResult` read by
+  :meth:`fewstep.engine.Update.results`, exactly as ``fewstep.generate`` reads it);
 - a watched row (a stream) gets a :class:`RowUpdate` with its canvas;
 - once every row is reported or cancelled (its client went away or timed out) the decode stops.
 
@@ -21,7 +21,6 @@ Deliveries are callbacks made on the engine thread (the app hands them to its ev
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -162,8 +161,7 @@ class Batcher:
         import torch
 
         from fewstep.decoding.canvas import COMMITTED
-        from fewstep.decoding.generate import results_from_event, warm_start_for
-        from fewstep.decoding.loop import decode
+        from fewstep.engine import stream
 
         m, n, cfg, t0 = self.metrics, len(jobs), jobs[0].cfg, time.monotonic()
         m.batch_size.observe(n)
@@ -172,38 +170,41 @@ class Batcher:
             m.queue_seconds.observe(t0 - j.enqueued)
         watch = torch.tensor([j.watch for j in jobs])  # [B]
         open_ = torch.ones(n, dtype=torch.bool)  # [B] rows not reported yet
-        with torch.no_grad():
-            warm = warm_start_for(self.model, [j.text for j in jobs], cfg) if cfg.drafter else None
-            init_tokens = warm.init.tokens if warm and warm.init and warm.init.tokens is not None else None
-            injected = None if init_tokens is None else init_tokens >= 0  # [B, G]
-            events = cast(Generator, decode(self.model, [j.ids for j in jobs], cfg, init=warm.init if warm else None))
-            try:
-                for ev in events:
-                    assert ev.state is not None
-                    undecided = ev.state != COMMITTED  # [B, G]
-                    finished = open_ & ~undecided.any(1)  # [B]
-                    if finished.any():
-                        idx = finished.nonzero().squeeze(1)
-                        results = results_from_event(self.model, _rows(ev, idx), _rows(warm, idx))
-                        for i, r in zip(idx.tolist(), results):  # per finished row: its own reply
-                            m.rows.inc()
-                            m.nfe.inc(r.nfe)
-                            m.completion_tokens.inc(r.answer_tokens)
-                            m.prompt_tokens.inc(len(jobs[i].ids))
-                            jobs[i].deliver(RowDone(r, ev.step, n, t0 - jobs[i].enqueued))
-                        open_ &= ~finished
-                    cancelled = torch.tensor([j.cancelled for j in jobs])  # [B]
-                    live = open_ & ~cancelled
-                    if not live.any():
-                        break  # every row is reported or its client has gone
-                    if (live & watch).any():
-                        self._updates(jobs, ev, undecided, live & watch, injected)
-            finally:
-                events.close()
+        texts = [j.text or "" for j in jobs] if cfg.drafter else None  # a drafter reads text
+        updates = cast(Generator, stream(self.model, [j.ids for j in jobs], cfg, texts=texts))
+        try:
+            for up in updates:
+                ev = up.event
+                assert ev is not None and ev.state is not None
+                undecided = ev.state != COMMITTED  # [B, G]
+                finished = open_ & ~undecided.any(1)  # [B]
+                if finished.any():
+                    self._deliver_done(jobs, up, finished, n, t0)
+                    open_ &= ~finished
+                cancelled = torch.tensor([j.cancelled for j in jobs])  # [B]
+                live = open_ & ~cancelled
+                if not live.any():
+                    break  # every row is reported or its client has gone
+                if (live & watch).any():
+                    injected = up.injected()
+                    self._updates(jobs, ev, undecided, live & watch, None if injected is None else injected >= 0)
+        finally:
+            updates.close()
         self._batch_s = time.monotonic() - t0
         m.batch_seconds.observe(self._batch_s)
         m.active_rows.set(0)
         self.batches += 1
+
+    def _deliver_done(self, jobs: list[Job], up, finished, n: int, t0: float) -> None:
+        """A RowDone for each row of ``finished`` [B] bool, with its own result."""
+        m = self.metrics
+        idx = finished.nonzero().squeeze(1)
+        for i, r in zip(idx.tolist(), up.results(idx)):  # per finished row: its own reply
+            m.rows.inc()
+            m.nfe.inc(r.nfe)
+            m.completion_tokens.inc(r.answer_tokens)
+            m.prompt_tokens.inc(len(jobs[i].ids))
+            jobs[i].deliver(RowDone(r, up.event.step, n, t0 - jobs[i].enqueued))
 
     @staticmethod
     def _updates(jobs: list[Job], ev, undecided, rows, injected) -> None:
@@ -216,14 +217,3 @@ class Batcher:
                                       ev.committed_at[i].tolist(), ev.revoked[i].nonzero().squeeze(1).tolist(),
                                       int(settled[i]), drafted))
 
-
-def _rows(obj, idx):
-    """A StepEvent (or WarmStart) reduced to the rows ``idx`` [k] (None stays None)."""
-    if obj is None:
-        return None
-    if hasattr(obj, "canvas"):
-        return dataclasses.replace(obj, canvas=obj.canvas[idx], nfe=obj.nfe[idx], committed_at=obj.committed_at[idx],
-                                   counts={k: v[idx] for k, v in obj.counts.items()} if obj.counts else None)
-    rows = idx.tolist()
-    return dataclasses.replace(obj, drafter_nfe=[obj.drafter_nfe[i] for i in rows],
-                               drafter_s=[obj.drafter_s[i] for i in rows])

@@ -18,6 +18,7 @@ from typing import Any
 from fewstep.config import (
     DecodeConfig,
     check_settings,
+    model_kind,
     override,
     resolve_config,
     setting_names,
@@ -82,9 +83,9 @@ def request_config(model, server: ServerConfig, body: CompletionRequest | ChatRe
     if cfg.gen_length > server.limits.max_tokens:
         raise APIError(400, f"max_tokens (generation length) {cfg.gen_length} exceeds this server's limit of "
                             f"{server.limits.max_tokens}", "max_tokens_exceeded", "max_tokens")
-    if cfg.strategy == "ar":
-        raise APIError(400, f"strategy 'ar' needs a causal model; {model.name} is a diffusion model",
-                       "invalid_settings", "strategy")
+    if model_kind(cfg.strategy) != model.kind:
+        raise APIError(400, f"strategy {cfg.strategy!r} needs a {model_kind(cfg.strategy)} model; {model.name} is a "
+                            f"{model.kind} model", "invalid_settings", "strategy")
     if cfg.drafter and cfg.drafter not in server.limits.drafters:
         raise APIError(400, f"drafter {cfg.drafter!r} is not served here; allowed: "
                             f"{', '.join(server.limits.drafters) or 'none'}", "invalid_settings", "settings")
@@ -104,13 +105,10 @@ def batch_key(cfg: DecodeConfig, unique: int) -> Hashable:
 
 def committed_is_final(cfg: DecodeConfig) -> bool:
     """Whether a committed token can never be revoked or replaced in this configuration: no warm
-    start (its revise stage), no bounded revision, and a strategy whose ``revokes(params)`` (where
-    it declares one) is false for these parameters."""
-    from fewstep.strategies import strategy_module
+    start (its revise stage), no bounded revision, and a policy that declares it ``revokes`` nothing."""
+    from fewstep.strategies import make_policy
 
-    declared = getattr(strategy_module(cfg.strategy), "revokes", None)
-    revokes = bool(declared(cfg.params)) if callable(declared) else False
-    return not cfg.drafter and cfg.revise_threshold == 0 and not revokes
+    return not cfg.drafter and cfg.revise_threshold == 0 and not make_policy(cfg).revokes
 
 
 def _vocab_size(model) -> int:

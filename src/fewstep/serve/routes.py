@@ -98,9 +98,10 @@ async def model_info(name: str, srv: ServerDep) -> dict[str, Any]:
 
 @api.get("/v1/strategies")
 async def strategies(srv: ServerDep) -> dict[str, Any]:
-    from fewstep.strategies import describe
+    from fewstep.strategies import describe, model_kind
 
-    return {"default": srv.default_cfg.to_dict(), "strategies": [s for s in describe() if s["name"] != "ar"],
+    diffusion = [s for s in describe() if model_kind(s["name"]) == "diffusion"]
+    return {"default": srv.default_cfg.to_dict(), "strategies": diffusion,
             "limits": {"max_tokens": srv.config.limits.max_tokens}}
 
 
