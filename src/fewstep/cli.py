@@ -207,9 +207,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
 
     ls = sub.add_parser("list", help="list the tasks, the models (bundled ones and the architectures fewstep "
-                        "implements) or the decoding strategies (with their parameters)")
-    ls.add_argument("what", choices=("tasks", "models", "strategies"))
+                        "implements), the decoding strategies (with their parameters) or the loop's settings")
+    ls.add_argument("what", choices=("tasks", "models", "strategies", "settings"))
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
+    ls.add_argument("--markdown", action="store_true", help="settings: the Markdown reference (docs/settings.md)")
 
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with request batching and a playground",
                         description="Serve a diffusion model over the OpenAI API (/v1/completions, "
@@ -371,7 +372,13 @@ def _list(args: argparse.Namespace) -> int:
         "tasks": (catalog.task_rows, catalog.format_tasks),
         "models": (catalog.model_rows, catalog.format_models),
         "strategies": (catalog.strategy_rows, catalog.format_strategies),
+        "settings": (catalog.setting_rows, catalog.format_settings),
     }[args.what]
+    if args.markdown:
+        if args.what != "settings":
+            raise ConfigError("--markdown lists settings only (fewstep list settings --markdown)")
+        print(catalog.settings_reference())
+        return 0
     listing = rows()
     print(json.dumps(listing, indent=2, default=str) if args.json else fmt(listing), end="\n" if args.json else "")
     return 0

@@ -98,6 +98,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`describe` rows."""
     lines = ["| setting | type | default | range | meaning |", "|---|---|---|---|---|"]
     for r in rows:
-        default = repr(r["default"]) if isinstance(r["default"], str) else r["default"]
-        lines.append(f"| `{r['name']}` | {r['type']} | `{default}` | {r['range']} | {r['help']} |")
+        default = str(r["default"]).lower() if isinstance(r["default"], bool) else str(r["default"])
+        default = f"`{default}`" if default else "(empty)"
+        cells = [f"`{r['name']}`", r["type"], default, str(r["range"]), r["help"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
