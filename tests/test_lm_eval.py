@@ -298,7 +298,7 @@ def test_generate_until_cuts_at_stop_strings(lm):
 
 
 def test_model_info(lm, random_dlm_dir, tmp_path):
-    from fewstep.integrations.lm_eval import model_checksum
+    from fewstep.models.checksum import model_checksum
 
     info = lm.get_model_info()
     assert info["decode_config"] == lm.cfg.to_dict()
@@ -310,6 +310,17 @@ def test_model_info(lm, random_dlm_dir, tmp_path):
     assert model_checksum(copy) == info["model_sha256"]
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert model_checksum(copy) != info["model_sha256"]
+
+
+def test_eval_and_lm_eval_record_the_same_checksum(lm, random_dlm_dir, tmp_path):
+    """The model's SHA-256 is one function: fewstep eval's run.json and lm-eval's model info agree."""
+    from fewstep.evaluation.runner import EvalRequest, run_eval
+
+    summary = run_eval(EvalRequest(task="arith", model=str(random_dlm_dir), out=str(tmp_path / "eval"), limit=1,
+                                   batch_size=1, settings=("steps=4",)), progress=False)
+    recorded = json.loads((tmp_path / "eval" / "run.json").read_text())["model_sha256"]
+    assert recorded == summary["model_sha256"] == lm.get_model_info()["model_sha256"]
+    assert len(recorded) == 64
 
 
 def test_bad_model_args_are_clear(random_dlm_dir):

@@ -23,7 +23,6 @@ import platform
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fewstep.errors import ResultsError
+from fewstep.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, remove_stale_temps
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -133,15 +133,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path} is not UTF-8 text: not a fewstep result file") from None
-    except OSError as e:
-        raise ResultsError(f"cannot read {path}: {e.strerror}") from None
-
-
 def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
     """The rows of a JSONL result file, first copy of each ``key`` only (``key=None``: every row).
 
@@ -150,134 +141,31 @@ def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
     """
     if not path.exists():
         return []
-    lines = _read_text(path).splitlines()
-    rows: dict[Any, dict[str, Any]] = {}
-    unkeyed: list[dict[str, Any]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise ResultsError(f"{path}:{n}: not a JSON line; the file is corrupt (use another --out)") from None
-        if not isinstance(row, dict) or (key is not None and key not in row):
-            raise ResultsError(f"{path}:{n}: not a result row (a JSON object with {key!r})")
-        if key is None:
-            unkeyed.append(row)
-        else:
-            rows.setdefault(json.dumps(row[key]), row)
-    return unkeyed if key is None else list(rows.values())
+    try:
+        rows = read_jsonl(path, required=() if key is None else (key,), torn_tail=True, error=ResultsError)
+    except ResultsError as e:
+        raise ResultsError(f"{e}; not a fewstep result file, or a corrupt one (use another --out)") from None
+    if key is None:
+        return rows
+    first: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(json.dumps(row[key]), row)
+    return list(first.values())
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object written by fewstep, or an error naming the file."""
     try:
-        obj = json.loads(_read_text(path))
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not UTF-8 text: not a fewstep result file") from None
+    except OSError as e:
+        raise ResultsError(f"cannot read {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path} is corrupt ({e.msg} at line {e.lineno}); use another --out") from None
     if not isinstance(obj, dict):
         raise ResultsError(f"{path} is corrupt (not a JSON object); use another --out")
     return obj
-
-
-def write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically: a complete temporary file in the same directory, synced, renamed."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` with ``obj`` as strict JSON (a NaN or infinity is an error, never written)."""
-    try:
-        text = json.dumps(obj, indent=2, allow_nan=False, default=str)
-    except ValueError:
-        raise ResultsError(f"refusing to write {path}: a value is NaN or infinite") from None
-    write_bytes(path, (text + "\n").encode())
-
-
-def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Replace ``path`` with ``rows``, one JSON object per line, in one atomic rename."""
-    write_bytes(path, "".join(json.dumps(r, default=str) + "\n" for r in rows).encode())
-
-
-def append_rows(f: Any, rows: Iterable[dict[str, Any]]) -> None:
-    """Append rows to an open JSONL file in one write, then flush (a kill can cut only the last line)."""
-    f.write("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    f.flush()
-
-
-def replace_dir(tmp: Path, dest: Path) -> None:
-    """Put the complete directory ``tmp`` at ``dest`` (same filesystem), replacing what was there.
-
-    With the Linux ``renameat2(RENAME_EXCHANGE)`` call the swap is atomic: at every moment ``dest``
-    is either the old directory or the new one. Elsewhere the old one is moved aside first.
-    """
-    if dest.exists() and _exchange(tmp, dest):
-        shutil.rmtree(tmp)  # now the old directory
-        return
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.{os.getpid()}.old")
-        os.rename(dest, old)
-        os.rename(tmp, dest)
-        shutil.rmtree(old)
-    else:
-        os.rename(tmp, dest)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where that is not available."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(directory: Path, name: str = "*") -> None:
-    """Remove the temporary files and directories (``.NAME.PID[.N].tmp``) that killed processes left."""
-    for stale in directory.glob(f".{name}.*.tmp"):
-        parts = stale.name[:-len(".tmp")].split(".")
-        pids = [p for p in parts if p.isdigit()]
-        if not pids or _alive(int(pids[0])):
-            continue
-        if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            stale.unlink(missing_ok=True)
-
-
-def temp_dir_for(dest: Path) -> Path:
-    """A fresh empty directory beside ``dest`` (same filesystem), to be moved there by :func:`replace_dir`.
-
-    Temporary directories that killed processes left beside ``dest`` are removed first."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dest.parent, dest.name)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.mkdir()
-    return tmp
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,7 +210,7 @@ def lock_dir(out: Path) -> Iterator[None]:
             who = holder.read_text(errors="replace").strip() if holder.is_file() else "unknown process"
             raise ResultsError(f"{out} is in use by another fewstep run ({who}); wait for it or use another --out")
         command = " ".join(["fewstep", *sys.argv[1:]]) if sys.argv else "fewstep"
-        write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}".encode())
+        atomic_write_text(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}")
         remove_stale_temps(out)
         try:
             yield
@@ -397,7 +285,7 @@ def check_identity(out: Path, header: dict[str, Any], identity: str = IDENTITY,
     if old is not None and not same_run(old, header):
         raise ResultsError(f"{out} holds results of a different run ({', '.join(differences(old, header))} "
                            "differ); use another --out or --overwrite")
-    write_json(path, header)
+    atomic_write_json(path, header)
 
 
 def sha256_rows(rows: Iterable[Any]) -> str:
@@ -407,36 +295,6 @@ def sha256_rows(rows: Iterable[Any]) -> str:
         h.update(json.dumps(row, sort_keys=True, default=str).encode())
         h.update(b"\n")
     return h.hexdigest()
-
-
-_WHOLE_FILE_BYTES = 64 * 1024 * 1024
-_ENDS_BYTES = 1024 * 1024
-
-
-def sha256_dir(path: Path) -> str:
-    """A checksum of a model directory: every file's name and size, and its content (files over 64 MiB:
-    their first and last MiB, so an 8B checkpoint is not read in full at every start)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(path)}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size <= _WHOLE_FILE_BYTES:
-                h.update(fh.read())
-            else:
-                h.update(fh.read(_ENDS_BYTES))
-                fh.seek(size - _ENDS_BYTES)
-                h.update(fh.read(_ENDS_BYTES))
-    return h.hexdigest()
-
-
-def model_checksum(name: str) -> str | None:
-    """The checksum of the model directory ``name`` resolves to; None for the built-in ``gold``."""
-    if name == "gold":
-        return None
-    from fewstep.models.loading import resolve
-
-    return sha256_dir(resolve(name))
 
 
 def remove_results(out: Path, names: Iterable[str]) -> None:
@@ -475,7 +333,7 @@ def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
     ``order`` maps this run's problem ids to their positions; rows of other problems (decoded by an
     earlier run with a larger ``--limit``) are dropped, so samples.jsonl holds exactly this run's rows."""
     rows = sorted((r for r in collect(out) if r["id"] in order), key=lambda r: order[r["id"]])
-    write_jsonl(out / SAMPLES, rows)
+    atomic_write_jsonl(out / SAMPLES, rows)
     for path in shard_files(out):
         path.unlink()
     return rows

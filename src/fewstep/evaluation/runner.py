@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fewstep import files
 from fewstep.config import DecodeConfig, resolve_config
 from fewstep.errors import ConfigError, ResultsError
 from fewstep.evaluation.results import (
@@ -31,13 +32,11 @@ from fewstep.evaluation.results import (
     SAMPLES,
     SUMMARY,
     EvalRequest,
-    append_rows,
     check_identity,
     collect,
     environment,
     lock_dir,
     merge,
-    model_checksum,
     prepare_out,
     read_samples,
     remove_results,
@@ -47,9 +46,9 @@ from fewstep.evaluation.results import (
     shard_path,
     summarise,
     try_lock,
-    write_json,
-    write_jsonl,
 )
+from fewstep.files import atomic_write_json, atomic_write_jsonl
+from fewstep.models.checksum import model_checksum
 
 RESULT_FILES = (IDENTITY, SUMMARY, SAMPLES, "samples.rank*.jsonl")
 
@@ -148,10 +147,10 @@ def _decode(run: _Run, todo: list[Any], path: Path, rank: int, header: dict[str,
             t0, m0 = time.perf_counter(), timer.seconds
             results = answers(run.model, batch, run.cfg)
             wall, model_s = time.perf_counter() - t0, timer.seconds - m0
-            append_rows(f, sample_rows(run.task, batch, results, wall, model_s, rank))
+            files.append_jsonl(f, sample_rows(run.task, batch, results, wall, model_s, rank))
             if rank == 0:
                 summary = summarise(run.mine(collect(run.out)), header)
-                write_json(run.out / SUMMARY, summary)
+                atomic_write_json(run.out / SUMMARY, summary)
                 bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
             bar.update(len(batch))
 
@@ -175,7 +174,7 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
     check_identity(run.out, run.header, result_files=[run.out / SAMPLES, *shard_files(run.out)])
     path = shard_path(run.out, rank, world)
     if path.exists():
-        write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
+        atomic_write_jsonl(path, read_samples(path))  # a line cut off by an interruption does not survive
     done = {row["id"] for row in collect(run.out)}
     mine = run.examples[rank::world]
     todo = [e for e in mine if e.id not in done]
@@ -190,7 +189,7 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
     if rank != 0:
         return None
     summary = summarise(merge(run.out, run.order), header)
-    write_json(run.out / SUMMARY, summary)
+    atomic_write_json(run.out / SUMMARY, summary)
     return summary
 
 

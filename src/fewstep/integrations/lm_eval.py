@@ -33,11 +33,9 @@ Python: ``import fewstep.integrations.lm_eval`` before ``lm_eval.simple_evaluate
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -168,17 +166,6 @@ def fold_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 def renders_everything(rendered: str, messages: list[dict[str, str]]) -> bool:
     """Whether every message's content appears in the rendered prompt."""
     return all(m["content"] in rendered for m in messages)
-
-
-def model_checksum(path: Path) -> str:
-    """SHA-256 over a model directory: every file's relative path and bytes, in name order."""
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the lm-eval model ---------------------------------------------------------------------------------
@@ -423,7 +410,7 @@ class FewstepLM(LM):
         request of each request type (``generate_until``: the decode's NFE; ``loglikelihood``: mc_num
         sequences plus one for the greedy check) and a SHA-256 of the model directory."""
         from fewstep import __version__
-        from fewstep.models.loading import resolve
+        from fewstep.models.checksum import model_checksum
 
         module = self.model.module
         cost = {kind: {**c, "forwards_per_request": c["forwards"] / c["requests"] if c["requests"] else 0.0}
@@ -432,7 +419,7 @@ class FewstepLM(LM):
             "fewstep_version": __version__,
             "model_num_parameters": sum(p.numel() for p in module.parameters()),
             "model_dtype": str(next(module.parameters()).dtype),
-            "model_sha256": model_checksum(resolve(self.pretrained)),
+            "model_sha256": model_checksum(self.pretrained),
             "decode_config": self.cfg.to_dict(),
             "loglikelihood_estimator": {"method": "monte-carlo masked-diffusion bound", "mc_num": self.mc_num,
                                         "mc_padding": self.mc_padding},

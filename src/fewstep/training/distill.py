@@ -46,7 +46,8 @@ from typing import Any
 
 import torch
 
-from fewstep.errors import ConfigError, FewstepError, TaskError
+from fewstep.errors import ConfigError, FewstepError, ResultsError, TaskError
+from fewstep.files import atomic_replace_dir, atomic_save, atomic_write_json, atomic_write_jsonl, read_jsonl
 from fewstep.training import data, dscd, objectives
 from fewstep.training.config import DistillConfig
 from fewstep.training.loop import warmup_cosine
@@ -167,27 +168,22 @@ def plain_module(student: torch.nn.Module) -> torch.nn.Module:
 def save_model(module: torch.nn.Module, teacher_dir: Path, out: Path, dtype: torch.dtype) -> None:
     """The student in the teacher's layout: the teacher's files (config, tokenizer, generation_config.json,
     modelling code) with the student's weights; written beside ``out`` and renamed into place."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in teacher_dir.iterdir():
-        if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
-            shutil.copy2(f, tmp / f.name)
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
-    save_pretrained = getattr(module, "save_pretrained", None)
-    if save_pretrained is not None:
-        save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    else:
-        from safetensors.torch import save_file
+    def fill(tmp: Path) -> None:
+        for f in teacher_dir.iterdir():
+            if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
+                shutil.copy2(f, tmp / f.name)
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in module.state_dict().items()}
+        save_pretrained = getattr(module, "save_pretrained", None)
+        if save_pretrained is not None:
+            save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        else:
+            from safetensors.torch import save_file
 
-        save_file(state, tmp / "model.safetensors")
-    for f in tmp.iterdir():
-        f.chmod(0o644)  # readable like the teacher's files, whatever mode the writer chose
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+            save_file(state, tmp / "model.safetensors")
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # readable like the teacher's files, whatever mode the writer chose
+
+    atomic_replace_dir(out, fill)
 
 
 def logits_of(module, ids: torch.Tensor, att: torch.Tensor, shifted: bool) -> torch.Tensor:
@@ -271,9 +267,7 @@ def check_config(cfg: DistillConfig, out: Path, world: World) -> None:
                               f"({', '.join(f'{k}: {theirs[k]!r} there, {mine[k]!r} here' for k in diff[:3])}); "
                               f"use another --out")
     elif world.main:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_json(path, asdict(cfg), allow_nan=True)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -428,10 +422,9 @@ class Distiller:
     # -- checkpoints
 
     def save_checkpoint(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"student": self.student.state_dict(), "optimizer": self.opt.state_dict(),
-                    "state": asdict(self.state)}, tmp)
-        os.replace(tmp, path)
+        ckpt = {"student": self.student.state_dict(), "optimizer": self.opt.state_dict(),
+                "state": asdict(self.state)}
+        atomic_save(path, functools.partial(torch.save, ckpt))
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
@@ -447,10 +440,8 @@ def _trim_log(path: Path, step: int) -> None:
     """Drop log lines past ``step`` (written after the checkpoint a resumed run starts from)."""
     if not path.exists():
         return
-    keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
+    rows = read_jsonl(path, required=("step",), torn_tail=True, error=ResultsError)
+    atomic_write_jsonl(path, [r for r in rows if r["step"] <= step])
 
 
 def _smooth(xs: list[float], window: int = 20) -> list[float]:
@@ -468,7 +459,7 @@ def plot_metrics(log: Path, out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # matplotlib is the `plot` extra
         return
-    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(log, torn_tail=True, error=ResultsError)
     train = [r for r in rows if "loss" in r]
     val = [r for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -484,10 +475,8 @@ def plot_metrics(log: Path, out: Path) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
+    atomic_save(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, out)
 
 
 def distill(cfg: DistillConfig, out_dir: str | os.PathLike, progress: bool = True, stop_at: int | None = None) -> Path:
@@ -579,9 +568,7 @@ def distill(cfg: DistillConfig, out_dir: str | os.PathLike, progress: bool = Tru
                            "best_val_loss": st.best_val if cfg.val_size else None, "skipped_steps": st.skipped,
                            "elapsed_s": st.elapsed_s, "world_size": world.size, "weights_sha256": digest,
                            "result": result.name}
-                tmp = out / "run.json.tmp"
-                tmp.write_text(json.dumps(summary, indent=2) + "\n")
-                os.replace(tmp, out / "run.json")
+                atomic_write_json(out / "run.json", summary, allow_nan=True)
         _barrier(world)
         return result
     finally:
