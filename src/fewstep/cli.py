@@ -350,8 +350,8 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
     from fewstep.evaluation.distributed import is_main_process
-    from fewstep.evaluation.results import one_line
     from fewstep.evaluation.runner import EvalRequest, run_eval
+    from fewstep.evaluation.summary import one_line
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(_settings(args)), data=args.data,

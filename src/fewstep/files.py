@@ -85,6 +85,23 @@ def append_jsonl(f: Any, rows: Iterable[dict[str, Any]]) -> None:
     f.flush()
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Make an appended JSON-lines file end with a whole line before more is appended: a last line cut
+    off by an interruption is dropped (one that is whole JSON but lacks its newline gets it)."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    head, _, tail = data.rpartition(b"\n")
+    try:
+        json.loads(tail)
+    except ValueError:
+        atomic_write_bytes(path, head + b"\n" if head else b"")
+    else:
+        atomic_write_bytes(path, data + b"\n")
+
+
 def _read_text(path: Path, error: type[Exception]) -> str:
     try:
         return path.read_text(encoding="utf-8")

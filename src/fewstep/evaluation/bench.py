@@ -91,8 +91,8 @@ def check_bench_request(req: BenchRequest) -> None:
 
 
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
-    from fewstep.evaluation.results import check_identity, lock_dir, remove_results, sha256_rows
     from fewstep.evaluation.runner import check_examples
+    from fewstep.evaluation.store import check_identity, lock_dir, remove_results, sha256_rows
     from fewstep.models.checksum import model_checksum
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
@@ -130,7 +130,8 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
 
     from fewstep import files
     from fewstep.decoding.generate import generate
-    from fewstep.evaluation.results import read_samples, sample_rows
+    from fewstep.evaluation.store import read_samples
+    from fewstep.evaluation.summary import sample_rows
     from fewstep.evaluation.timing import ForwardTimer
 
     timing_path = out / "timing.jsonl"
@@ -188,7 +189,7 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
 def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: list[DecodeConfig],
             samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png."""
-    from fewstep.evaluation.results import environment, summarise
+    from fewstep.evaluation.summary import environment, summarise
     from fewstep.files import atomic_write_json, atomic_write_text
 
     rows = []

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import fewstep.errors
 from fewstep.errors import ConfigError, FewstepError
-from fewstep.evaluation.results import SUMMARY
+from fewstep.evaluation.store import SUMMARY
 
 if TYPE_CHECKING:
-    from fewstep.evaluation.results import EvalRequest
+    from fewstep.evaluation.request import EvalRequest
 
 
 class Shard(Protocol):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from fewstep.errors import ConfigError, ResultsError
-from fewstep.evaluation.results import HOLDER, lock_dir, read_json, read_samples
+from fewstep.evaluation.store import HOLDER, lock_dir, read_json, read_samples
 from fewstep.files import atomic_replace_dir, atomic_save, atomic_write_json, atomic_write_jsonl
 from fewstep.models.loading import write_decode_defaults
 from fewstep.training import data, lab, objectives

@@ -1,16 +1,16 @@
-"""Result files of ``fewstep eval`` and ``fewstep bench``: reading, atomic writing, merging, summaries.
+"""The result directory of ``fewstep eval`` and ``fewstep bench``: one writer, one run, rows by rank.
 
 An eval directory holds ``run.json`` (the run's identity, written before the first row),
 ``samples.jsonl`` (one row per problem, keyed by its ``id``), ``summary.json`` (rewritten after
 each batch) and, with several ranks, ``samples.rank{r}.jsonl`` until rank 0 merges them. Nothing
-here decodes; :mod:`fewstep.evaluation.runner` and :mod:`fewstep.evaluation.distributed`
-orchestrate, and both import this module.
+here decodes or scores; :mod:`fewstep.evaluation.runner` calls it in order: :func:`lock_dir`,
+:func:`open_shard`, then :func:`append_rows` / :func:`write_summary` per batch, and :func:`merge`.
 
 Guarantees (tested by killing runs at random moments): a directory has one writer at a time
 (:func:`lock_dir`); every file is replaced by a rename of a complete temporary file in the same
-directory (:func:`write_json`, :func:`write_jsonl`, :func:`replace_dir`); only the last line of an
-appended file can be cut by an interruption, and it is dropped on resume; a directory holding
-another run's results is refused (:func:`check_identity`).
+directory (:mod:`fewstep.files`); only the last line of an appended file can be cut by an
+interruption, and it is dropped on resume; a directory holding another run's results is refused
+(:func:`check_identity`).
 """
 
 from __future__ import annotations
@@ -19,118 +19,24 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import shutil
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fewstep import files
 from fewstep.errors import ResultsError
-from fewstep.files import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl, remove_stale_temps
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 IDENTITY = "run.json"
 HOLDER = ".fewstep-lock"  # who holds the directory's lock (informational; the lock is on the directory)
+RESULT_FILES = (IDENTITY, SUMMARY, SAMPLES, "samples.rank*.jsonl")  # what --overwrite removes
 # Identity fields added after the first release: directories written before them resume without them.
 LATER_FIELDS = ("data_sha256", "model_sha256")
-
-
-@dataclass(frozen=True)
-class EvalRequest:
-    """What ``fewstep eval`` is asked to do (the runner executes it; distributed ranks receive it)."""
-
-    task: str
-    model: str
-    out: str
-    strategy: str | None = None
-    limit: int | None = None
-    batch_size: int = 32
-    settings: tuple[str, ...] = ()
-    data: str | None = None
-    device: str = "cpu"
-    dtype: str | None = None
-    num_processes: int = 1
-    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
-    trust_remote_code: bool = False  # run code shipped in the model directory
-
-
-def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
-    """Sum of ``key`` over the samples of each rank (rows without a rank count as rank 0)."""
-    sums: dict[int, float] = {}
-    for s in samples:
-        rank = int(s.get("rank", 0))
-        sums[rank] = sums.get(rank, 0.0) + s[key]
-    return sums
-
-
-def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy (with a Wilson interval), NFE and cost over ``samples``.
-
-    ``wall_s`` / ``model_s``: ranks decode at the same time, so these are the largest per-rank sum
-    of batch times (the plain sum for a one-process run); ``wall_s_per_rank`` lists every rank's
-    when there is more than one.
-    """
-    from fewstep.evaluation.stats import wilson
-
-    n = len(samples)
-    correct = sum(bool(s["correct"]) for s in samples)
-    nfe = sum(s["nfe"] for s in samples)
-    lo, hi = wilson(correct, n)
-    walls = _per_rank(samples, "wall_s")
-    summary = {
-        **header,
-        "n": n,
-        "correct": correct,
-        "accuracy": correct / n if n else 0.0,
-        "accuracy_ci95": [lo, hi],
-        "nfe_mean": nfe / n if n else 0.0,
-        "tokens_per_forward": sum(s["answer_tokens"] for s in samples) / nfe if nfe else 0.0,
-        "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
-        "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
-        **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
-           for k in ("injected", "confirmed", "revoked")},
-        "wall_s": max(walls.values(), default=0.0),
-        "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
-    }
-    if len(walls) > 1:
-        summary["wall_s_per_rank"] = [walls[r] for r in sorted(walls)]
-    return summary
-
-
-def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0) -> list[dict[str, Any]]:
-    """One samples.jsonl row per problem: output, score, cost (batch time split evenly)."""
-    rows = []
-    for e, r in zip(batch, results):
-        sc = task.score(e, r.text)
-        rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
-                     "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
-                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
-                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
-                     "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
-    return rows
-
-
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    from fewstep import __version__
-
-    return {
-        "fewstep": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
 
 
 def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
@@ -142,7 +48,7 @@ def read_samples(path: Path, key: str | None = "id") -> list[dict[str, Any]]:
     if not path.exists():
         return []
     try:
-        rows = read_jsonl(path, required=() if key is None else (key,), torn_tail=True, error=ResultsError)
+        rows = files.read_jsonl(path, required=() if key is None else (key,), torn_tail=True, error=ResultsError)
     except ResultsError as e:
         raise ResultsError(f"{e}; not a fewstep result file, or a corrupt one (use another --out)") from None
     if key is None:
@@ -210,8 +116,8 @@ def lock_dir(out: Path) -> Iterator[None]:
             who = holder.read_text(errors="replace").strip() if holder.is_file() else "unknown process"
             raise ResultsError(f"{out} is in use by another fewstep run ({who}); wait for it or use another --out")
         command = " ".join(["fewstep", *sys.argv[1:]]) if sys.argv else "fewstep"
-        atomic_write_text(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}")
-        remove_stale_temps(out)
+        files.atomic_write_text(holder, f"pid {os.getpid()} on {socket.gethostname()}: {command}")
+        files.remove_stale_temps(out)
         try:
             yield
         finally:
@@ -285,7 +191,7 @@ def check_identity(out: Path, header: dict[str, Any], identity: str = IDENTITY,
     if old is not None and not same_run(old, header):
         raise ResultsError(f"{out} holds results of a different run ({', '.join(differences(old, header))} "
                            "differ); use another --out or --overwrite")
-    atomic_write_json(path, header)
+    files.atomic_write_json(path, header)
 
 
 def sha256_rows(rows: Iterable[Any]) -> str:
@@ -333,16 +239,46 @@ def merge(out: Path, order: dict[str, int]) -> list[dict[str, Any]]:
     ``order`` maps this run's problem ids to their positions; rows of other problems (decoded by an
     earlier run with a larger ``--limit``) are dropped, so samples.jsonl holds exactly this run's rows."""
     rows = sorted((r for r in collect(out) if r["id"] in order), key=lambda r: order[r["id"]])
-    atomic_write_jsonl(out / SAMPLES, rows)
+    files.atomic_write_jsonl(out / SAMPLES, rows)
     for path in shard_files(out):
         path.unlink()
     return rows
 
 
-def one_line(s: dict[str, Any]) -> str:
-    lo, hi = s["accuracy_ci95"]
-    return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
-            f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
-            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
-               if s.get("config", {}).get("drafter") else "")
-            + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One rank's share of an eval directory, in the order the runner uses it.
+# ---------------------------------------------------------------------------------------------------
+
+
+def open_shard(out: Path, identity: dict[str, Any], rank: int, world: int, overwrite: bool = False,
+               barrier: Callable[[], None] | None = None) -> tuple[Path, set[str]]:
+    """Make ``out`` ready for rank ``rank`` to append its rows; returns its file and the ids already done.
+
+    With ``overwrite`` rank 0 first removes the directory's earlier results (the other ranks wait at
+    ``barrier``). The run's identity is checked against the directory's and recorded before the first
+    row; a line of the rank's file cut off by an interruption is dropped."""
+    if overwrite and rank == 0:
+        remove_results(out, RESULT_FILES)
+    if overwrite and barrier is not None:
+        barrier()
+    check_identity(out, identity, result_files=[out / SAMPLES, *shard_files(out)])
+    path = shard_path(out, rank, world)
+    files.drop_torn_tail(path)
+    return path, {row["id"] for row in collect(out)}
+
+
+@contextmanager
+def appending(path: Path) -> Iterator[Any]:
+    """``path`` open for appending rows (:func:`fewstep.files.append_jsonl`), locked: a second process
+    writing the same rank file fails at once."""
+    with open(path, "a", encoding="utf-8") as f:
+        if not try_lock(f.fileno()):
+            raise ResultsError(f"{path} is being written by another process; wait for it or use another --out")
+        yield f
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    """Replace ``out``'s summary.json."""
+    files.atomic_write_json(out / SUMMARY, summary)
