@@ -129,7 +129,7 @@ def test_shell_command_equals_fewstep_eval(task_dir, tmp_path):
     assert info["nfe"]["generate_until"]["forwards_per_request"] == pytest.approx(summary["nfe_mean"])
 
     # loglikelihood: every value equals fewstep's estimator on the same tokens
-    from fewstep.integrations.lm_eval import mc_loglikelihood, scored_region
+    from fewstep.decoding.likelihood import mc_loglikelihood, scored_region
     from fewstep.models.loading import load_model
 
     model = load_model("tiny-dlm")
@@ -259,7 +259,7 @@ def test_loglikelihood_is_a_deterministic_negative_estimate(lm):
 
 
 def test_scored_region_pads_with_eos_as_in_training():
-    from fewstep.integrations.lm_eval import scored_region
+    from fewstep.decoding.likelihood import scored_region
 
     assert scored_region([7, 8], eos_id=2, gen_length=5, padding="eos") == [7, 8, 2, 2, 2]
     assert scored_region([7, 8], eos_id=2, gen_length=5, padding="none") == [7, 8]
@@ -270,7 +270,7 @@ def test_single_token_estimate_is_exact(lm):
     """With one scored token every sample masks it alone: the estimate is its log-probability."""
     import torch
 
-    from fewstep.integrations.lm_eval import mc_loglikelihood
+    from fewstep.decoding.likelihood import mc_loglikelihood
 
     prefix, target = lm.encode_pair("Mia has 7 pens .", " 7")
     assert len(target) == 1
