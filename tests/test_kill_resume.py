@@ -45,7 +45,7 @@ def dying(*args, **kwargs):
         buf = io.BytesIO()
         real(args[0], buf)
         Path(args[1]).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    elif {how!r} == "half" and {attr!r} == "write_bytes":  # write_bytes(path, data)
+    elif {how!r} == "half" and {attr!r} == "atomic_write_bytes":  # atomic_write_bytes(path, data)
         tmp = Path(args[0]).with_name("." + Path(args[0]).name + "." + str(os.getpid()) + ".tmp")
         tmp.write_bytes(args[1][: len(args[1]) // 2])
     elif {how!r} == "half":  # save a model directory: its first file only
@@ -146,7 +146,7 @@ def test_eval_killed_while_saving(random_dlm_dir, reference, tmp_path, nth, how)
     the rerun ends like the uninterrupted run."""
     out = tmp_path / "run"
     args = eval_args(random_dlm_dir, out)
-    assert dying_cli("fewstep.evaluation.results", "write_bytes", nth, how, *args) == -signal.SIGKILL
+    assert dying_cli("fewstep.files", "atomic_write_bytes", nth, how, *args) == -signal.SIGKILL
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("\n") <= 1
@@ -157,7 +157,7 @@ def test_resume_with_another_configuration_is_refused(random_dlm_dir, tmp_path):
     """A run killed before its first summary (only run.json and rows written) is still identified."""
     out = tmp_path / "run"
     args = eval_args(random_dlm_dir, out)
-    assert dying_cli("fewstep.evaluation.results", "write_bytes", 3, "before", *args) == -signal.SIGKILL
+    assert dying_cli("fewstep.files", "atomic_write_bytes", 3, "before", *args) == -signal.SIGKILL
     assert (out / "run.json").is_file() and not (out / "summary.json").exists()
     results = lambda: {p.name: p.read_bytes() for p in out.iterdir() if p.name != ".fewstep-lock"}  # noqa: E731
     before = results()
@@ -258,7 +258,7 @@ def test_bench_killed_between_row_and_timing_keeps_rows_once(random_dlm_dir, tmp
     """The case that duplicated rows: samples appended, timing not yet; the rerun decodes that unit again."""
     out = tmp_path / "run"
     args = bench_args(random_dlm_dir, out)
-    code = dying_cli("fewstep.evaluation.results", "append_rows", 4, "before", *args)
+    code = dying_cli("fewstep.files", "append_jsonl", 4, "before", *args)
     assert code == -signal.SIGKILL
     done = cli(*args)
     assert done.returncode == 0, done.stderr

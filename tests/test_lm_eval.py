@@ -126,7 +126,7 @@ def test_shell_command_equals_fewstep_eval(task_dir, tmp_path, tiny_dlm):
     assert info["nfe"]["generate_until"]["forwards_per_request"] == pytest.approx(summary["nfe_mean"])
 
     # loglikelihood: every value equals fewstep's estimator on the same tokens
-    from fewstep.integrations.lm_eval import mc_loglikelihood, scored_region
+    from fewstep.decoding.likelihood import mc_loglikelihood, scored_region
 
     model = tiny_dlm
     mc = _samples(out, "fewstep_arith_mc")
@@ -255,7 +255,7 @@ def test_loglikelihood_is_a_deterministic_negative_estimate(lm):
 
 
 def test_scored_region_pads_with_eos_as_in_training():
-    from fewstep.integrations.lm_eval import scored_region
+    from fewstep.decoding.likelihood import scored_region
 
     assert scored_region([7, 8], eos_id=2, gen_length=5, padding="eos") == [7, 8, 2, 2, 2]
     assert scored_region([7, 8], eos_id=2, gen_length=5, padding="none") == [7, 8]
@@ -266,7 +266,7 @@ def test_single_token_estimate_is_exact(lm):
     """With one scored token every sample masks it alone: the estimate is its log-probability."""
     import torch
 
-    from fewstep.integrations.lm_eval import mc_loglikelihood
+    from fewstep.decoding.likelihood import mc_loglikelihood
 
     prefix, target = lm.encode_pair("Mia has 7 pens .", " 7")
     assert len(target) == 1
@@ -294,7 +294,7 @@ def test_generate_until_cuts_at_stop_strings(lm):
 
 
 def test_model_info(lm, random_dlm_dir, tmp_path):
-    from fewstep.integrations.lm_eval import model_checksum
+    from fewstep.models.checksum import model_checksum
 
     info = lm.get_model_info()
     assert info["decode_config"] == lm.cfg.to_dict()
@@ -306,6 +306,17 @@ def test_model_info(lm, random_dlm_dir, tmp_path):
     assert model_checksum(copy) == info["model_sha256"]
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     assert model_checksum(copy) != info["model_sha256"]
+
+
+def test_eval_and_lm_eval_record_the_same_checksum(lm, random_dlm_dir, tmp_path):
+    """The model's SHA-256 is one function: fewstep eval's run.json and lm-eval's model info agree."""
+    from fewstep.evaluation.runner import EvalRequest, run_eval
+
+    summary = run_eval(EvalRequest(task="arith", model=str(random_dlm_dir), out=str(tmp_path / "eval"), limit=1,
+                                   batch_size=1, settings=("steps=4",)), progress=False)
+    recorded = json.loads((tmp_path / "eval" / "run.json").read_text())["model_sha256"]
+    assert recorded == summary["model_sha256"] == lm.get_model_info()["model_sha256"]
+    assert len(recorded) == 64
 
 
 def test_bad_model_args_are_clear(random_dlm_dir):

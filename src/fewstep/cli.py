@@ -348,9 +348,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
-    from fewstep.evaluation.distributed import is_main_process
-    from fewstep.evaluation.results import one_line
     from fewstep.evaluation.runner import EvalRequest, run_eval
+    from fewstep.evaluation.summary import one_line
+    from fewstep.parallel import is_main_process
 
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(_settings(args)), data=args.data,
@@ -417,7 +417,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from fewstep.evaluation.distributed import is_main_process
+    from fewstep.parallel import is_main_process
     from fewstep.training.config import DistillConfig
     from fewstep.training.distill import distill, export
 

@@ -11,7 +11,6 @@ the first one), ``bench.md`` and ``pareto.png``.
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
 import time
@@ -92,8 +91,9 @@ def check_bench_request(req: BenchRequest) -> None:
 
 
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
-    from fewstep.evaluation.results import check_identity, lock_dir, model_checksum, remove_results, sha256_rows
     from fewstep.evaluation.runner import check_examples
+    from fewstep.evaluation.store import check_identity, lock_dir, remove_results, sha256_rows
+    from fewstep.models.checksum import model_checksum
     from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
@@ -128,8 +128,10 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
     timing is appended as soon as it is measured, each problem's row once per strategy."""
     from tqdm import tqdm
 
-    from fewstep.decoding.generate import generate
-    from fewstep.evaluation.results import append_rows, read_samples, sample_rows, write_jsonl
+    from fewstep import files
+    from fewstep.engine import generate
+    from fewstep.evaluation.store import read_samples
+    from fewstep.evaluation.summary import sample_rows
     from fewstep.evaluation.timing import ForwardTimer
 
     timing_path = out / "timing.jsonl"
@@ -143,9 +145,9 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
     samples = {lab: read_samples(out / lab / "samples.jsonl") for lab in labels}
     for lab in labels:  # drop a line cut off by an interruption before appending
         if (out / lab / "samples.jsonl").exists():
-            write_jsonl(out / lab / "samples.jsonl", samples[lab])
+            files.atomic_write_jsonl(out / lab / "samples.jsonl", samples[lab])
     if timing_path.exists():
-        write_jsonl(timing_path, timings)
+        files.atomic_write_jsonl(timing_path, timings)
     batches = [examples[i: i + req.batch_size] for i in range(0, len(examples), req.batch_size)]
     timer = ForwardTimer()
     units = req.repeats * len(batches) * len(cfgs)
@@ -173,11 +175,11 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
                         rows = [x for x in sample_rows(task, batch, results, wall, model_s) if x["id"] not in have]
                         (out / lab).mkdir(exist_ok=True)
                         with open(out / lab / "samples.jsonl", "a", encoding="utf-8") as sf:
-                            append_rows(sf, rows)
+                            files.append_jsonl(sf, rows)
                         samples[lab].extend(rows)
                     t = {"label": lab, "repeat": r, "batch": bi, "wall_s": wall, "model_s": model_s,
                          "drafter_s": sum(x.drafter_s for x in results)}
-                    append_rows(tf, [t])
+                    files.append_jsonl(tf, [t])
                     timings.append(t)
                     bar.update(len(batch))
     bar.close()
@@ -187,7 +189,8 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
 def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: list[DecodeConfig],
             samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png."""
-    from fewstep.evaluation.results import environment, summarise, write_bytes, write_json
+    from fewstep.evaluation.summary import environment, summarise
+    from fewstep.files import atomic_write_json, atomic_write_text
 
     rows = []
     for lab, spec, cfg in zip(labels, req.strategies, cfgs):
@@ -219,8 +222,8 @@ def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: li
             s["vs_uncached"] = compare_outputs(samples[labels[twin]], samples[lab], rows[twin], s)
     result = {**{k: v for k, v in plan.items() if k not in ("configs", "data_sha256", "model_sha256")},
               "results": rows, "environment": environment()}
-    write_json(out / "bench.json", result)
-    write_bytes(out / "bench.md", markdown_table(result).encode())
+    atomic_write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", markdown_table(result))
     plot_pareto(result, out / "pareto.png")
     return result
 
@@ -305,6 +308,8 @@ def plot_pareto(result: dict[str, Any], path: Path) -> bool:
         from matplotlib.ticker import NullFormatter, ScalarFormatter
     except ImportError:
         return False
+    from fewstep.files import atomic_save
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     families: dict[str, list[dict[str, Any]]] = {}
     for s in result["results"]:
@@ -330,8 +335,6 @@ def plot_pareto(result: dict[str, Any], path: Path) -> bool:
     axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{result['task']} / {result['model']}: accuracy vs cost")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return True

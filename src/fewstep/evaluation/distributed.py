@@ -23,21 +23,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import fewstep.errors
 from fewstep.errors import ConfigError, FewstepError
-from fewstep.evaluation.results import SUMMARY
+from fewstep.evaluation.store import SUMMARY
+from fewstep.parallel import Place, barrier, broadcast, free_port, launched, process_group, rank_device
+
+__all__ = ["launched", "run_launched", "spawn"]
 
 if TYPE_CHECKING:
-    from fewstep.evaluation.results import EvalRequest
+    from fewstep.evaluation.request import EvalRequest
 
 
 class Shard(Protocol):
@@ -51,95 +53,38 @@ BACKEND = "gloo"
 TIMEOUT = timedelta(hours=24)
 
 
-@dataclass(frozen=True)
-class Launch:
-    rank: int
-    world: int
-    local_rank: int
-
-
-def launched() -> Launch | None:
-    """This process's place in a run started by torchrun / accelerate, or None without a launcher."""
-    env = os.environ
-    if "RANK" not in env or "WORLD_SIZE" not in env:
-        return None
-    try:
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local = int(env.get("LOCAL_RANK", rank))
-    except ValueError:
-        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers, got {env['RANK']!r}, "
-                          f"{env['WORLD_SIZE']!r}, {env.get('LOCAL_RANK')!r}") from None
-    if world < 1 or not 0 <= rank < world:
-        raise ConfigError(f"RANK {rank} is not in a world of size {world}")
-    return Launch(rank, world, local)
-
-
-def is_main_process() -> bool:
-    """True unless this process is a rank other than 0 of a launched run (it prints the results)."""
-    launch = launched()
-    return launch is None or launch.rank == 0
-
-
-def rank_device(device: str, local_rank: int) -> str:
-    """``cuda`` means one GPU per rank on this machine: ``cuda:LOCAL_RANK``; other devices as given."""
-    return f"cuda:{local_rank}" if device == "cuda" else device
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_rank(req: EvalRequest, shard: Shard, rank: int, world: int, local_rank: int, progress: bool
-              ) -> dict[str, Any]:
+def _run_rank(req: EvalRequest, shard: Shard, place: Place, progress: bool) -> dict[str, Any]:
     """Decode this rank's share in an initialised process group; every rank returns the summary."""
     import torch
-    import torch.distributed as dist
 
-    device = rank_device(req.device, local_rank)
+    device = rank_device(req.device, place.local_rank)
     if str(device).split(":")[0] == "cpu":
         torch.set_num_threads(1)
-    summary = shard(replace(req, device=device), rank, world, barrier=dist.barrier,
-                    progress=progress and rank == 0)
-    box = [summary]
-    dist.broadcast_object_list(box, src=0)
-    assert box[0] is not None
-    return box[0]
+    summary = shard(replace(req, device=device), place.rank, place.world, barrier=partial(barrier, place),
+                    progress=progress and place.main)
+    summary = broadcast(place, summary)
+    assert summary is not None
+    return summary
 
 
-def run_launched(req: EvalRequest, launch: Launch, shard: Shard, progress: bool = True) -> dict[str, Any]:
+def run_launched(req: EvalRequest, launch: Place, shard: Shard, progress: bool = True) -> dict[str, Any]:
     """Run as one rank of a launcher's world (the process group is created here unless it exists)."""
-    import torch.distributed as dist
-
     if req.num_processes not in (1, launch.world):
         raise ConfigError(f"--num-processes {req.num_processes} does not match the launcher's "
                           f"{launch.world} processes; leave it out under torchrun / accelerate")
-    owner = not dist.is_initialized()
-    if owner:
-        dist.init_process_group(BACKEND, rank=launch.rank, world_size=launch.world, timeout=TIMEOUT)
-    try:
-        return _run_rank(req, shard, launch.rank, launch.world, launch.local_rank, progress)
-    finally:
-        if owner:
-            dist.destroy_process_group()
+    with process_group(BACKEND, launch, timeout=TIMEOUT):
+        return _run_rank(req, shard, launch, progress)
 
 
 def _worker(rank: int, req: EvalRequest, shard: Shard, port: int, progress: bool, errors: Any) -> None:
     """Entry point of a spawned worker: join the group on 127.0.0.1:port and decode rank's share."""
-    import torch.distributed as dist
-
-    world = req.num_processes
-    dist.init_process_group(BACKEND, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=TIMEOUT)
-    try:
-        _run_rank(req, shard, rank, world, rank, progress)
-    except FewstepError as e:
-        errors.put((type(e).__name__, str(e)))
-        raise
-    finally:
-        dist.destroy_process_group()
+    place = Place(rank, req.num_processes, rank)
+    with process_group(BACKEND, place, init_method=f"tcp://127.0.0.1:{port}", timeout=TIMEOUT):
+        try:
+            _run_rank(req, shard, place, progress)
+        except FewstepError as e:
+            errors.put((type(e).__name__, str(e)))
+            raise
 
 
 def _worker_error(errors: Any) -> FewstepError | None:

@@ -12,7 +12,7 @@ Python: ``import fewstep.integrations.lm_eval`` before ``lm_eval.simple_evaluate
 
 ``model_args``: ``pretrained`` (a bundled name or a model directory), ``strategy``, ``batch_size``,
 ``device``, ``dtype``, ``mc_num`` (Monte-Carlo samples per loglikelihood request, default 32),
-``mc_padding`` (``eos`` or ``none``, see :func:`mc_loglikelihood`) and any
+``mc_padding`` (``eos`` or ``none``, see :func:`~fewstep.decoding.likelihood.scored_region`) and any
 :class:`~fewstep.config.DecodeConfig` field by name (``steps=12,gen_length=24``).
 
 - ``generate_until``: requests are decoded in batches of ``batch_size`` with the configured strategy,
@@ -20,9 +20,9 @@ Python: ``import fewstep.integrations.lm_eval`` before ``lm_eval.simple_evaluate
   ``gen_length``; the task's ``max_gen_toks``, ``temperature`` and ``do_sample`` are not used (set
   ``gen_length`` / ``temperature`` in ``model_args``).
 - ``loglikelihood`` (masked diffusion models): a Monte-Carlo estimate of the masked-diffusion
-  likelihood bound (see :func:`mc_loglikelihood`); ``is_greedy`` is a one-step check (see
-  :func:`greedy_in_one_step`). Context and continuation are split on a token boundary (see
-  :meth:`FewstepLM.encode_pair`).
+  likelihood bound (see :func:`fewstep.decoding.likelihood.mc_loglikelihood`); ``is_greedy`` is a
+  one-step check (see :func:`fewstep.decoding.likelihood.greedy_in_one_step`). Context and
+  continuation are split on a token boundary (see :meth:`FewstepLM.encode_pair`).
 - ``loglikelihood_rolling``: not implemented (raises NotImplementedError).
 - Chat templates (``--apply_chat_template``): the model's own; a model without one is an error. A
   template that renders only the last user message (the lab models') gets the system instruction and
@@ -33,15 +33,12 @@ Python: ``import fewstep.integrations.lm_eval`` before ``lm_eval.simple_evaluate
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 try:
     import lm_eval.models  # noqa: F401  (lm-eval's own models stay listed once the registry is not empty)
@@ -51,100 +48,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("fewstep.integrations.lm_eval needs lm-eval: pip install 'fewstep[lmeval]'") from e
 
 from fewstep.config import override
-from fewstep.errors import ConfigError, PromptTooLongError
+from fewstep.decoding.likelihood import DEFAULT_MC_NUM, greedy_in_one_step, mc_loglikelihood, scored_region
+from fewstep.errors import ConfigError
 
 NAME = "fewstep"
 DEFAULT_BATCH_SIZE = 16
-DEFAULT_MC_NUM = 32
 MC_PADDING = ("eos", "none")
 log = logging.getLogger(__name__)
-
-
-# --- the Monte-Carlo loglikelihood of masked diffusion models ------------------------------------------
-
-
-def chunk_sizes(total: int, size: int) -> list[int]:
-    """``total`` split into chunks of at most ``size``: ``chunk_sizes(10, 4) == [4, 4, 2]``."""
-    return [min(size, total - i) for i in range(0, total, size)]
-
-
-def mask_continuation(
-    seq: torch.Tensor, prefix_len: int, n: int, mask_id: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` noisy copies of ``seq`` [T] with some continuation tokens masked (the prefix never is).
-
-    Copy i masks exactly l_i of the L continuation tokens, at random positions; the l_i are spread
-    evenly over 1..L from a random start (LLaDA's stratified draw of l ~ U{1..L}).
-    -> noisy ids [n, T], masked positions [n, T] (bool), weights L / l_i [n].
-    """
-    length = seq.numel() - prefix_len
-    start = int(torch.randint(1, length + 1, (), generator=generator))
-    counts = torch.round(torch.linspace(float(start), start + (n - 1) * length / n, n)).long()
-    counts = (counts - 1) % length + 1  # [n] in 1..L
-    order = torch.rand(n, length, generator=generator).argsort(dim=1)  # a random permutation per copy
-    in_target = order < counts[:, None]  # [n, L]: exactly counts[i] True per row
-    masked = torch.cat([torch.zeros(n, prefix_len, dtype=torch.bool), in_target], dim=1)
-    noisy = torch.where(masked, torch.full_like(seq, mask_id), seq.expand(n, -1))
-    return noisy, masked, length / counts.double()
-
-
-def fit_context(prefix: list[int], target: list[int], max_length: int) -> list[int]:
-    """The prefix, cut from the left so that prefix + target fits the model's context."""
-    if len(target) > max_length:
-        raise PromptTooLongError(f"a continuation of {len(target)} tokens exceeds the model's context of "
-                                 f"{max_length} tokens")
-    room = max_length - len(target)
-    return prefix[len(prefix) - room:] if len(prefix) > room else prefix
-
-
-def scored_region(target: list[int], eos_id: int, gen_length: int, padding: str) -> list[int]:
-    """The tokens a loglikelihood request scores: the continuation, followed (``padding="eos"``) by EOS
-    up to ``gen_length`` tokens, the layout the model was trained on (answers padded with EOS to the
-    generation length, padding included in the loss); ``padding="none"`` scores the continuation alone."""
-    if padding == "eos":
-        return target + [eos_id] * max(0, gen_length - len(target))
-    return list(target)
-
-
-@torch.no_grad()
-def mc_loglikelihood(model, prefix: list[int], target: list[int], mc_num: int = DEFAULT_MC_NUM,
-                     batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0) -> float:
-    """Monte-Carlo estimate of log p(target | prefix) for a masked diffusion model (LLaDA's estimator).
-
-    Each of ``mc_num`` samples masks l ~ U{1..L} of the L target tokens (prefix unmasked; the l are
-    stratified over the samples), and scores the cross-entropy of the masked tokens, weighted by L / l;
-    the estimate is minus their mean. In expectation it is the masked-diffusion bound (ELBO) on the
-    log-likelihood, the quantity the training loss estimates, so it is a lower bound. ``target`` is
-    scored whole: pass :func:`scored_region` to score an answer with its EOS padding. Samples run
-    ``batch_size`` at a time; ``seed`` makes the estimate reproducible. Costs ``mc_num`` sequence forwards.
-    """
-    if not target:
-        return 0.0
-    prefix = fit_context(prefix, target, model.max_length)
-    seq = torch.tensor(prefix + target, dtype=torch.long)
-    generator = torch.Generator().manual_seed(seed)
-    total = 0.0
-    for n in chunk_sizes(mc_num, batch_size):
-        noisy, masked, weight = mask_continuation(seq, len(prefix), n, model.mask_id, generator)
-        logits = model.logits(input_ids=noisy.to(model.device)).float().cpu()  # [n, T, V]
-        ce = F.cross_entropy(logits[masked], seq.expand(n, -1)[masked], reduction="none").double()
-        rows = torch.arange(n)[:, None].expand(n, seq.numel())[masked]
-        per_sample = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, ce)
-        total += float((per_sample * weight).sum())
-    return -total / mc_num
-
-
-@torch.no_grad()
-def greedy_in_one_step(model, prefix: list[int], target: list[int]) -> bool:
-    """Whether one forward over the prefix and an all-masked target predicts every target token
-    as its argmax. LLaDA's check unmasks one token per step instead (L forwards); this one costs a
-    single forward, and the two can disagree either way."""
-    if not target:
-        return True
-    prefix = fit_context(prefix, target, model.max_length)
-    ids = torch.tensor([prefix + [model.mask_id] * len(target)], dtype=torch.long, device=model.device)
-    guess = model.logits(input_ids=ids)[0, len(prefix):].argmax(-1).cpu()
-    return bool((guess == torch.tensor(target)).all())
 
 
 # --- chat templates ------------------------------------------------------------------------------------
@@ -168,17 +78,6 @@ def fold_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 def renders_everything(rendered: str, messages: list[dict[str, str]]) -> bool:
     """Whether every message's content appears in the rendered prompt."""
     return all(m["content"] in rendered for m in messages)
-
-
-def model_checksum(path: Path) -> str:
-    """SHA-256 over a model directory: every file's relative path and bytes, in name order."""
-    digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- the lm-eval model ---------------------------------------------------------------------------------
@@ -324,7 +223,7 @@ class FewstepLM(LM):
         """Decode every request's context with the configured strategy; cut at its ``until`` strings."""
         from tqdm import tqdm
 
-        from fewstep.decoding.generate import generate
+        from fewstep.engine import generate
 
         self._check_plain_contexts()
         prompts = [self.encode(req.args[0]) for req in requests]
@@ -423,7 +322,7 @@ class FewstepLM(LM):
         request of each request type (``generate_until``: the decode's NFE; ``loglikelihood``: mc_num
         sequences plus one for the greedy check) and a SHA-256 of the model directory."""
         from fewstep import __version__
-        from fewstep.models.loading import resolve
+        from fewstep.models.checksum import model_checksum
 
         module = self.model.module
         cost = {kind: {**c, "forwards_per_request": c["forwards"] / c["requests"] if c["requests"] else 0.0}
@@ -432,7 +331,7 @@ class FewstepLM(LM):
             "fewstep_version": __version__,
             "model_num_parameters": sum(p.numel() for p in module.parameters()),
             "model_dtype": str(next(module.parameters()).dtype),
-            "model_sha256": model_checksum(resolve(self.pretrained)),
+            "model_sha256": model_checksum(self.pretrained),
             "decode_config": self.cfg.to_dict(),
             "loglikelihood_estimator": {"method": "monte-carlo masked-diffusion bound", "mc_num": self.mc_num,
                                         "mc_padding": self.mc_padding},

@@ -43,6 +43,15 @@ class TrainConfig:
         for name in ("save_every", "snapshot_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        self._check_optimiser()
+        if self.attention_block_length < 0:
+            raise ConfigError(f"attention_block_length must be >= 0, got {self.attention_block_length}")
+        if self.warmup < 0 or self.threads < 0:
+            raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+
+    def _check_optimiser(self) -> None:
         for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -54,12 +63,6 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive, got {self.grad_clip}")
-        if self.attention_block_length < 0:
-            raise ConfigError(f"attention_block_length must be >= 0, got {self.attention_block_length}")
-        if self.warmup < 0 or self.threads < 0:
-            raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
-        if not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
 
 
 @dataclass(frozen=True)
@@ -120,18 +123,29 @@ class DistillConfig:
     save_dtype: str = "float32"  # dtype of the exported student weights
 
     def __post_init__(self) -> None:
+        self._check_choices()
+        self._check_counts()
+        self._check_ranges()
+        if self.batch_size < self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is smaller than grad_accum {self.grad_accum}")
+
+    def _check_choices(self) -> None:
         if self.objective not in ("dscd", "mdlm"):
             raise ConfigError(f"objective must be 'dscd' or 'mdlm', got {self.objective!r}")
         if self.visible_target not in ("clean", "logits"):
             raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+
+    def _check_counts(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "val_every", "save_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("gen_length", "warmup", "lora_r", "val_size", "patience", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def _check_ranges(self) -> None:
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr out of range (0, 1): {self.lr}")
         if self.temperature <= 0 or self.kl_clip <= 0 or self.ce_clip <= 0 or self.grad_clip <= 0:
@@ -143,5 +157,3 @@ class DistillConfig:
             raise ConfigError(f"need 0 < rs_min <= rs_max <= 1, got {self.rs_min}, {self.rs_max}")
         if not 0 <= self.rt_scale_min <= self.rt_scale_max <= 1 or not 0 <= self.rt_min <= self.rt_max <= 1:
             raise ConfigError("need 0 <= rt_scale_min <= rt_scale_max <= 1 and 0 <= rt_min <= rt_max <= 1")
-        if self.batch_size < self.grad_accum:
-            raise ConfigError(f"batch_size {self.batch_size} is smaller than grad_accum {self.grad_accum}")

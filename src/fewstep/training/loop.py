@@ -15,6 +15,7 @@ checkpoint's step, so each step is logged once.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,16 +28,8 @@ from typing import Any
 import torch
 
 from fewstep.errors import ConfigError, ResultsError
-from fewstep.evaluation.results import (
-    HOLDER,
-    lock_dir,
-    read_json,
-    read_samples,
-    replace_dir,
-    temp_dir_for,
-    write_json,
-    write_jsonl,
-)
+from fewstep.evaluation.store import HOLDER, lock_dir, read_json, read_samples
+from fewstep.files import atomic_replace_dir, atomic_save, atomic_write_json, atomic_write_jsonl
 from fewstep.models.loading import write_decode_defaults
 from fewstep.training import data, lab, objectives
 from fewstep.training.config import TrainConfig
@@ -76,12 +69,8 @@ def _load_weights(cfg: TrainConfig, model) -> None:
 
 def _save_hf(cfg: TrainConfig, model, tok, out: Path) -> None:
     """Save the model in Hugging Face layout to ``out``, atomically (a complete directory renamed into place)."""
-    tmp = temp_dir_for(out)
-    try:
-        (lab.save_dlm if cfg.kind == "dlm" else lab.save_ar)(model, tok, tmp)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    save = lab.save_dlm if cfg.kind == "dlm" else lab.save_ar
+    atomic_replace_dir(out, lambda tmp: save(model, tok, tmp))
 
 
 def _check_config(cfg: TrainConfig, out: Path) -> None:
@@ -99,7 +88,7 @@ def _check_config(cfg: TrainConfig, out: Path) -> None:
             from fewstep.models.loading import resolve
 
             resolve(cfg.init_from)
-        write_json(cfg_path, asdict(cfg))
+        atomic_write_json(cfg_path, asdict(cfg))
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
@@ -115,7 +104,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 def _trim_log(path: Path, step: int) -> None:
     """Keep the log lines of steps up to the checkpoint's: the steps after it are trained (and logged) again."""
     if path.exists():
-        write_jsonl(path, [r for r in read_samples(path, key="step") if r["step"] <= step])
+        atomic_write_jsonl(path, [r for r in read_samples(path, key="step") if r["step"] <= step])
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, progress: bool = True, stop_at: int | None = None) -> Path:
@@ -188,11 +177,9 @@ def _train(cfg: TrainConfig, out: Path, end: int, progress: bool) -> Path:
                                   "lr": lr_at(cfg, step), "elapsed_s": elapsed_before + time.time() - t0}) + "\n")
             log.flush()
         if done % cfg.save_every == 0 or done == end:
-            tmp = out / f".checkpoint.pt.{os.getpid()}.tmp"
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(), "step": done,
-                        "elapsed_s": elapsed_before + time.time() - t0}, tmp)
-            os.replace(tmp, ckpt)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                     "step": done, "elapsed_s": elapsed_before + time.time() - t0}
+            atomic_save(ckpt, functools.partial(torch.save, state))
         if done % cfg.snapshot_every == 0 or done == end < cfg.steps:
             _save_hf(cfg, model, tok, out / "snapshots" / f"step_{done}")
     bar.close()
@@ -226,14 +213,12 @@ def export(cfg: TrainConfig, final: Path, dest: str | os.PathLike) -> None:
 
     The copy is made complete beside ``dest`` and then swapped in: until then ``dest`` keeps the
     previous model."""
-    dest = Path(dest)
-    tmp = temp_dir_for(dest)
-    try:
+    defaults = dict(DECODE_DEFAULTS[cfg.kind])
+    if cfg.kind == "dlm" and cfg.attention_block_length:  # block diffusion: one attention block at a time
+        defaults["block_length"] = cfg.attention_block_length
+
+    def fill(tmp: Path) -> None:
         shutil.copytree(final, tmp, dirs_exist_ok=True)
-        defaults = dict(DECODE_DEFAULTS[cfg.kind])
-        if cfg.kind == "dlm" and cfg.attention_block_length:  # block diffusion: one attention block at a time
-            defaults["block_length"] = cfg.attention_block_length
         write_decode_defaults(tmp, defaults)
-        replace_dir(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_replace_dir(Path(dest), fill)

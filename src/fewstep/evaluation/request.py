@@ -1,0 +1,40 @@
+"""What ``fewstep eval`` is asked to do, and the checks it passes before anything is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewstep.errors import ConfigError, ResultsError
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``fewstep eval`` is asked to do (the runner executes it; distributed ranks receive it)."""
+
+    task: str
+    model: str
+    out: str
+    strategy: str | None = None
+    limit: int | None = None
+    batch_size: int = 32
+    settings: tuple[str, ...] = ()
+    data: str | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    num_processes: int = 1
+    overwrite: bool = False  # remove the directory's earlier results instead of resuming them
+    trust_remote_code: bool = False  # run code shipped in the model directory
+
+
+def check_request(req: EvalRequest) -> None:
+    """Reject sizes and paths that cannot work before anything is loaded."""
+    if req.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {req.batch_size}")
+    if req.limit is not None and req.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {req.limit}")
+    if req.num_processes < 1:
+        raise ConfigError(f"--num-processes must be >= 1, got {req.num_processes}")
+    out = Path(req.out)
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {out} exists and is not a directory")

@@ -1,0 +1,98 @@
+"""What ``fewstep eval`` and ``fewstep bench`` report: one row per problem (:func:`sample_rows`), the
+summary over rows (:func:`summarise`), the machine it ran on (:func:`environment`) and the one line
+printed at the end (:func:`one_line`). Nothing here reads or writes files (see
+:mod:`fewstep.evaluation.store`)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+
+def _per_rank(samples: list[dict[str, Any]], key: str) -> dict[int, float]:
+    """Sum of ``key`` over the samples of each rank (rows without a rank count as rank 0)."""
+    sums: dict[int, float] = {}
+    for s in samples:
+        rank = int(s.get("rank", 0))
+        sums[rank] = sums.get(rank, 0.0) + s[key]
+    return sums
+
+
+def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy (with a Wilson interval), NFE and cost over ``samples``.
+
+    ``wall_s`` / ``model_s``: ranks decode at the same time, so these are the largest per-rank sum
+    of batch times (the plain sum for a one-process run); ``wall_s_per_rank`` lists every rank's
+    when there is more than one.
+    """
+    from fewstep.evaluation.stats import wilson
+
+    n = len(samples)
+    correct = sum(bool(s["correct"]) for s in samples)
+    nfe = sum(s["nfe"] for s in samples)
+    lo, hi = wilson(correct, n)
+    walls = _per_rank(samples, "wall_s")
+    summary = {
+        **header,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else 0.0,
+        "accuracy_ci95": [lo, hi],
+        "nfe_mean": nfe / n if n else 0.0,
+        "tokens_per_forward": sum(s["answer_tokens"] for s in samples) / nfe if nfe else 0.0,
+        "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
+        "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
+        **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
+           for k in ("injected", "confirmed", "revoked")},
+        "wall_s": max(walls.values(), default=0.0),
+        "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
+    }
+    if len(walls) > 1:
+        summary["wall_s_per_rank"] = [walls[r] for r in sorted(walls)]
+    return summary
+
+
+def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0) -> list[dict[str, Any]]:
+    """One samples.jsonl row per problem: output, score, cost (batch time split evenly)."""
+    rows = []
+    for e, r in zip(batch, results):
+        sc = task.score(e, r.text)
+        rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
+                     "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
+                     "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
+                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
+                     "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from fewstep import __version__
+
+    return {
+        "fewstep": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def summary_header(identity: dict[str, Any], world: int) -> dict[str, Any]:
+    """The fields of summary.json besides the scores: the run's identity, its process count and machine."""
+    return {**identity, "num_processes": world, "environment": environment()}
+
+
+def one_line(s: dict[str, Any]) -> str:
+    lo, hi = s["accuracy_ci95"]
+    return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
+            f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
+            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
+               if s.get("config", {}).get("drafter") else "")
+            + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")

@@ -1,0 +1,198 @@
+"""One process's share of a ``fewstep distill`` run: teacher, student, optimiser, the training step,
+validation and checkpoints.
+
+Every process draws the step's whole batch and masks and computes its rows ``rank::world``; the loss
+is normalised by the step's total masked-token count over all processes, so the gradient is the
+one-process gradient whatever the process count and ``grad_accum``."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from fewstep.errors import ConfigError
+from fewstep.files import atomic_save
+from fewstep.parallel import Place, all_sum, rank_device
+from fewstep.training import data, dscd, objectives
+from fewstep.training.config import DistillConfig
+from fewstep.training.distill_data import Dataset, encode
+from fewstep.training.loop import warmup_cosine
+from fewstep.training.student import load_teacher, logits_of, make_student, plain_module, save_model
+
+
+def seed_of(*key: int) -> int:
+    """A generator seed from integers, the same on every machine and Python version."""
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:8], "little") >> 1
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type in ("cpu", "cuda"))
+
+
+@dataclass
+class State:
+    step: int = 0
+    best_val: float = float("inf")
+    bad_vals: int = 0
+    stopped_early: bool = False
+    skipped: int = 0
+    elapsed_s: float = 0.0
+
+
+class Distiller:
+    """One process's share of a run: teacher, student, optimiser and the step function."""
+
+    def __init__(self, cfg: DistillConfig, place: Place, dataset: Dataset):
+        from fewstep.models.loading import resolve
+
+        self.cfg, self.place, self.dataset = cfg, place, dataset
+        self.device = torch.device(rank_device(cfg.device, place.local_rank))
+        self.teacher_dir = resolve(cfg.teacher)
+        self.teacher = load_teacher(cfg, str(self.device))
+        self.tok = self.teacher.tokenizer
+        self.gen_length = cfg.gen_length or int(self.teacher.decode_defaults.get("gen_length", 0))
+        if not self.gen_length:
+            raise ConfigError(f"teacher {cfg.teacher!r} has no default gen_length (max_new_tokens): give --gen-length")
+        self.ratios = dscd.MaskRatios(cfg.rs_min, cfg.rs_max, cfg.rt_scale_min, cfg.rt_scale_max,
+                                      cfg.rt_min, cfg.rt_max)
+        self.student = make_student(self.teacher.module, cfg)
+        # The ablation (mdlm) never asks the teacher.
+        self.teacher_module: torch.nn.Module | None = self.teacher.module if cfg.objective == "dscd" else None
+        self.model: Any = self.student
+        if place.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.student, device_ids=ids)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+        self.state = State()
+
+    # -- one step
+
+    def _generator(self, *key: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed_of(self.cfg.seed, *key))
+
+    def _slices(self, n: int) -> list[torch.Tensor]:
+        """This process's rows of an n-row batch, in ``grad_accum`` micro-batches."""
+        mine = torch.arange(self.place.rank, n, self.place.world)
+        return [c for c in torch.tensor_split(mine, self.cfg.grad_accum) if len(c)]
+
+    def _terms(self, batch: data.Batch, rows: torch.Tensor, s_mask: torch.Tensor, t_mask: torch.Tensor,
+               model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token (kl, ce) of one micro-batch (rows of the step's batch) with grad through ``model``."""
+        ids = batch.input_ids[rows].to(self.device)
+        att = batch.attention_mask[rows].to(self.device)
+        sm, tm = s_mask[rows].to(self.device), t_mask[rows].to(self.device)
+        mask_id, shifted = self.teacher.mask_id, self.teacher.shifted_logits
+        with _autocast(self.device, self.cfg.autocast_bf16):
+            t_logits = None
+            if self.teacher_module is not None:
+                with torch.no_grad():
+                    t_logits = logits_of(self.teacher_module, ids.masked_fill(tm, mask_id), att, shifted)
+            s_logits = logits_of(model, ids.masked_fill(sm, mask_id), att, shifted)
+        return dscd.token_terms(s_logits, t_logits, ids, sm, tm, self.cfg.temperature, self.cfg.kl_clip,
+                                self.cfg.ce_clip, self.cfg.visible_target)
+
+    def _mdlm_micro(self, batch: data.Batch, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The plain masked-diffusion loss of one micro-batch (mean over its rows)."""
+        sub = data.Batch(batch.input_ids[rows].to(self.device), batch.attention_mask[rows].to(self.device),
+                         batch.answer_mask[rows].to(self.device))
+        shifted = self.teacher.shifted_logits
+
+        def call(input_ids, attention_mask):
+            return SimpleNamespace(logits=logits_of(self.model, input_ids, attention_mask, shifted))
+
+        with _autocast(self.device, self.cfg.autocast_bf16):
+            return objectives.mdlm_loss(call, sub, self.teacher.mask_id, gen)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimiser step; returns the logged values (identical on every process)."""
+        cfg = self.cfg
+        torch.manual_seed(seed_of(cfg.seed, step, self.place.rank, 1))  # LoRA dropout
+        lam = dscd.lambda_at(step, cfg.steps, cfg.lambda_start, cfg.lambda_end, cfg.lambda_hold)
+        lr = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        batch = encode(self.tok, self.dataset.batch(step), self.gen_length)
+        gen = self._generator(step)
+        s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
+        total = int(s_mask.sum())  # masked tokens of the whole step, over every process
+        micro = self._slices(len(batch.input_ids))
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, kl, ce (token sums; mdlm: row-weighted loss)
+        self.opt.zero_grad(set_to_none=True)
+        for i, rows in enumerate(micro):
+            sync = i == len(micro) - 1 or self.place.world == 1
+            ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+            with ctx:
+                if cfg.objective == "mdlm":
+                    loss = self._mdlm_micro(batch, rows, self._generator(step, self.place.rank, i))
+                    share = len(rows) / len(batch.input_ids)
+                    (loss * share * self.place.world).backward()
+                    sums += torch.tensor([loss.item() * share, 0.0, 0.0], dtype=torch.float64)
+                else:
+                    kl, ce = self._terms(batch, rows, s_mask, t_mask, self.model)
+                    per_token = dscd.combine(kl, ce, lam)
+                    (per_token.sum() * (self.place.world / total)).backward()
+                    sums += torch.tensor([per_token.sum().item(), kl.sum().item(), ce.sum().item()],
+                                         dtype=torch.float64) / total
+        loss_v, kl_v, ce_v = all_sum(self.place, sums.tolist(), self.device if self.device.type == "cuda"
+                                      else torch.device("cpu"))
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        if math.isfinite(loss_v) and math.isfinite(grad_norm):
+            self.opt.step()
+        else:  # NaN / Inf guard: the same decision on every process (the values are all-reduced)
+            self.opt.zero_grad(set_to_none=True)
+            self.state.skipped += 1
+        return {"loss": loss_v, "kl": kl_v, "ce": ce_v, "lambda": lam, "lr": lr, "grad_norm": grad_norm,
+                "skipped": self.state.skipped}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss on the fixed validation set with fixed masks: the DSCD loss at ``lambda_end`` (the
+        schedule moves; the monitored quantity must not), or the masked-token CE for ``mdlm``."""
+        cfg, val = self.cfg, self.dataset.val
+        self.student.eval()
+        sums = [0.0, 0.0, 0.0]
+        batch = encode(self.tok, val, self.gen_length)
+        s_mask, t_mask = dscd.nested_masks(batch.answer_mask, self._generator(-1), self.ratios)
+        mine = torch.arange(self.place.rank, len(val), self.place.world)
+        for rows in torch.split(mine, max(1, cfg.batch_size // cfg.grad_accum)):
+            kl, ce = self._terms(batch, rows, s_mask, t_mask, self.student)
+            sums[0] += kl.sum().item()
+            sums[1] += ce.sum().item()
+            sums[2] += len(kl)
+        kl_s, ce_s, n = all_sum(self.place, sums, self.device if self.device.type == "cuda" else torch.device("cpu"))
+        self.student.train()
+        kl_m, ce_m = kl_s / n, ce_s / n
+        loss = ce_m if cfg.objective == "mdlm" else float(dscd.combine(torch.tensor(kl_m), torch.tensor(ce_m),
+                                                                       cfg.lambda_end))
+        return {"val_loss": loss, "val_kl": kl_m, "val_ce": ce_m}
+
+    # -- checkpoints
+
+    def save_checkpoint(self, path: Path) -> None:
+        ckpt = {"student": self.student.state_dict(), "optimizer": self.opt.state_dict(),
+                "state": asdict(self.state)}
+        atomic_save(path, functools.partial(torch.save, ckpt))
+
+    def load_checkpoint(self, path: Path) -> None:
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        self.student.load_state_dict(ckpt["student"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.state = State(**ckpt["state"])
+
+    def export(self, out: Path) -> None:
+        save_model(plain_module(self.student), self.teacher_dir, out, getattr(torch, self.cfg.save_dtype))
