@@ -50,7 +50,7 @@ def test_parameter_validation_names_the_strategy():
 
 
 def test_decodes_a_scripted_model_in_few_forwards():
-    from test_loop import MASK, final, scripted_model
+    from scripted import MASK, final, scripted_model
 
     model = scripted_model(gen_length=16, answer_len=5, p=0.99)  # every position nearly certain
     ev = final(model, [[3], [4, 5]], fewstep.DecodeConfig(strategy="eb", gen_length=16, block_length=16,

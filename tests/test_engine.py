@@ -17,7 +17,7 @@ from fewstep.decoding.loop import decode
 from fewstep.decoding.scoring import LAST, candidates_and_confidence
 from fewstep.strategies import REGISTRY, describe
 from fewstep.strategies.base import Decision, Policy
-from test_loop import EOS, MASK, scripted_model
+from scripted import EOS, MASK, scripted_model
 
 
 def test_canvas_states_and_undecided():
@@ -180,9 +180,8 @@ def test_an_eval_directory_written_before_the_registry_resumes(tmp_path, random_
         run_eval(dataclasses.replace(req, settings=("threshold=0.9",)), progress=False)
 
 
-def test_eval_uses_the_tasks_generation_length(tmp_path):
+def test_eval_uses_the_tasks_generation_length(tmp_path, make_random_dlm):
     """gsm8k with a model that declares no decode defaults: gen_length 256 from the task, recorded."""
-    from conftest import make_random_dlm
     from fewstep.evaluation.runner import EvalRequest, run_eval
 
     model_dir = make_random_dlm(tmp_path / "m", d_model=16, layers=1, max_len=512)

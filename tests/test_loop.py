@@ -2,52 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 import fewstep
 from fewstep.decoding.loop import decode
-from fewstep.models.adapter import DiffusionModel
 from fewstep.tasks import arith
-
-MASK, EOS, PAD, V = 1, 2, 0, 32
-
-
-@dataclass
-class Out:
-    logits: torch.Tensor
-
-
-class Scripted(torch.nn.Module):
-    """Predicts token 10 + i at generation position i < answer_len and EOS after it, with the
-    given probability; the generation region is the last ``gen_length`` positions."""
-
-    def __init__(self, gen_length: int, answer_len: int, p: float = 0.9):
-        super().__init__()
-        self.gen_length, self.answer_len, self.p = gen_length, answer_len, p
-        self.w = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
-        b, t = input_ids.shape
-        target = torch.full((t,), EOS)
-        start = t - self.gen_length
-        target[start:start + self.answer_len] = 10 + torch.arange(self.answer_len)
-        probs = torch.full((b, t, V), (1 - self.p) / (V - 1))
-        probs.scatter_(2, target.expand(b, t)[..., None], self.p)
-        return Out(probs.log())
-
-
-def scripted_model(gen_length=16, answer_len=5, p=0.9):
-    return DiffusionModel(module=Scripted(gen_length, answer_len, p), tokenizer=None, name="scripted", eos_id=EOS,
-                          pad_id=PAD, max_length=128, mask_id=MASK)
-
-
-def final(model, prompts, cfg):
-    events = list(decode(model, prompts, cfg))
-    assert events[-1].done and sum(e.done for e in events) == 1
-    return events
+from scripted import EOS, MASK, Out, Scripted, final, scripted_model
 
 
 @pytest.mark.parametrize("strategy", ["llada", "threshold", "factor", "cad"])
@@ -171,12 +132,10 @@ def test_mask_token_is_never_a_candidate():
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", [dict(steps=6), dict(strategy="threshold", threshold=0.9),
                                   dict(strategy="cad", tau=0.9, block_length=8, early_stop=True)])
-def test_batch_invariance_on_bundled_model(spec):
+def test_batch_invariance_on_bundled_model(spec, tiny_dlm):
     """The trained lab model: ragged batches give exactly the tokens and NFE of decoding alone
     (the full 200-prompt check is scripts/check_batch_invariance.py)."""
-    from conftest import bundled
-
-    model = fewstep.load_model(bundled("tiny-dlm"))
+    model = tiny_dlm
     questions = [p.question for p in arith.test_set()[:24]]
     cfg = fewstep.DecodeConfig(**spec)
     alone = [fewstep.generate(model, [q], cfg)[0] for q in questions]

@@ -10,7 +10,7 @@ import torch
 import fewstep
 from fewstep.decoding import canvas
 from fewstep.decoding.loop import decode
-from test_loop import EOS, MASK, scripted_model
+from scripted import EOS, MASK, scripted_model
 
 
 def run(model, cfg, tokens):

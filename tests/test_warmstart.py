@@ -15,7 +15,7 @@ from fewstep.drafting.bridge import to_canvas
 from fewstep.drafting.drafter import Draft
 from fewstep.drafting.warmstart import keep_mask
 from fewstep.tasks import arith
-from test_loop import EOS, MASK, scripted_model
+from scripted import EOS, MASK, scripted_model
 
 
 @pytest.fixture(scope="module")
