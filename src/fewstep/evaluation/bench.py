@@ -91,7 +91,7 @@ def check_bench_request(req: BenchRequest) -> None:
 
 
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
-    from fewstep.evaluation.runner import check_examples
+    from fewstep.evaluation.request import check_examples
     from fewstep.evaluation.store import check_identity, lock_dir, remove_results, sha256_rows
     from fewstep.models.checksum import model_checksum
     from fewstep.models.loading import load_model

@@ -1,11 +1,12 @@
-"""What ``fewstep eval`` is asked to do, and the checks it passes before anything is loaded."""
+"""What ``fewstep eval`` is asked to do, and the checks of the request and of its problems before decoding."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fewstep.errors import ConfigError, ResultsError
+from fewstep.errors import ConfigError, ResultsError, TaskError
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,14 @@ def check_request(req: EvalRequest) -> None:
     out = Path(req.out)
     if out.exists() and not out.is_dir():
         raise ResultsError(f"--out {out} exists and is not a directory")
+
+
+def check_examples(examples: list[Any], source: str) -> None:
+    """Problems must have a text prompt and distinct ids (rows are keyed by id)."""
+    seen: set[str] = set()
+    for i, e in enumerate(examples):
+        if not isinstance(e.prompt, str):
+            raise TaskError(f"{source}: problem {i + 1} has a prompt that is not text ({type(e.prompt).__name__})")
+        if e.id in seen:
+            raise TaskError(f"{source}: problem id {e.id!r} appears twice")
+        seen.add(e.id)

@@ -24,15 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewstep import files
 from fewstep.config import DecodeConfig, resolve_config
 from fewstep.errors import ConfigError
 from fewstep.evaluation import store
-from fewstep.evaluation.request import EvalRequest, check_request
-from fewstep.evaluation.summary import sample_rows, summarise, summary_header
+from fewstep.evaluation.request import EvalRequest, check_examples, check_request
+from fewstep.evaluation.summary import sample_rows, summary_header
 from fewstep.models.checksum import model_checksum
 
-__all__ = ["EvalRequest", "check_examples", "evaluate_shard", "run_eval"]
+__all__ = ["EvalRequest", "evaluate_shard", "run_eval"]  # EvalRequest: where the command line and scripts find it
 
 
 @dataclass
@@ -59,19 +58,6 @@ def answers(model, batch: Sequence[Any], cfg: DecodeConfig) -> list[Any]:
     return generate(model, [e.prompt for e in batch], cfg)
 
 
-def check_examples(examples: list[Any], source: str) -> None:
-    """Problems must have a text prompt and distinct ids (rows are keyed by id)."""
-    from fewstep.errors import TaskError
-
-    seen: set[str] = set()
-    for i, e in enumerate(examples):
-        if not isinstance(e.prompt, str):
-            raise TaskError(f"{source}: problem {i + 1} has a prompt that is not text ({type(e.prompt).__name__})")
-        if e.id in seen:
-            raise TaskError(f"{source}: problem id {e.id!r} appears twice")
-        seen.add(e.id)
-
-
 def prepare(req: EvalRequest) -> _Run:
     """Load the task, its problems, the model and the configuration (nothing is written yet)."""
     from fewstep.models.loading import load_model
@@ -94,37 +80,18 @@ def prepare(req: EvalRequest) -> _Run:
     return _Run(task, examples, order, model, cfg, Path(req.out), identity)
 
 
-def _decode(run: _Run, todo: list[Any], path: Path, rank: int, header: dict[str, Any], batch_size: int,
-            bar) -> None:
-    """Decode ``todo`` batch by batch, appending rows to ``path``; rank 0 also refreshes summary.json
-    from every row of this run's problems written so far."""
-    from fewstep.evaluation.timing import ForwardTimer
-
-    timer = ForwardTimer()
-    with store.appending(path) as f, timer.attach(run.model.module):
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i: i + batch_size]
-            t0, m0 = time.perf_counter(), timer.seconds
-            results = answers(run.model, batch, run.cfg)
-            wall, model_s = time.perf_counter() - t0, timer.seconds - m0
-            files.append_jsonl(f, sample_rows(run.task, batch, results, wall, model_s, rank))
-            if rank == 0:
-                summary = summarise([r for r in store.collect(run.out) if r["id"] in run.order], header)
-                store.write_summary(run.out, summary)
-                bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
-            bar.update(len(batch))
-
-
 def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
                    progress: bool = True) -> dict[str, Any] | None:
     """Decode this process's problems (``examples[rank::world]``) not yet in any samples file.
 
     The directory is made ready by :func:`fewstep.evaluation.store.open_shard` (``--overwrite``,
-    identity, a torn last line). ``barrier`` (several ranks) is called again once this rank is done;
-    then rank 0 merges every file into samples.jsonl, writes summary.json and returns it. Other
-    ranks return None.
+    identity); rows are appended batch by batch (rank 0 refreshes summary.json each time).
+    ``barrier`` (several ranks) is called again once this rank is done; then rank 0 merges every
+    file into samples.jsonl, writes summary.json and returns it. Other ranks return None.
     """
     from tqdm import tqdm
+
+    from fewstep.evaluation.timing import ForwardTimer
 
     run = prepare(req)
     path, done = store.open_shard(run.out, run.identity, rank, world, req.overwrite, barrier)
@@ -134,15 +101,23 @@ def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Cal
     desc = f"{req.task} {run.identity['strategy']}" + (f" (rank 0 of {world})" if world > 1 else "")
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not progress or rank != 0,
                desc=desc, unit="problem")
-    _decode(run, todo, path, rank, header, req.batch_size, bar)
+    timer = ForwardTimer()
+    shard = store.ShardWriter(run.out, path, run.order, header, main=rank == 0)
+    with shard, timer.attach(run.model.module):
+        for i in range(0, len(todo), req.batch_size):
+            batch = todo[i: i + req.batch_size]
+            t0, m0 = time.perf_counter(), timer.seconds
+            results = answers(run.model, batch, run.cfg)
+            wall, model_s = time.perf_counter() - t0, timer.seconds - m0
+            rows = sample_rows(run.task, batch, results, wall, model_s, rank)
+            summary = shard.add(rows)
+            if summary is not None:
+                bar.set_postfix(acc=f"{summary['accuracy']:.3f}", nfe=f"{summary['nfe_mean']:.1f}")
+            bar.update(len(batch))
     bar.close()
     if barrier is not None:
         barrier()
-    if rank != 0:
-        return None
-    summary = summarise(store.merge(run.out, run.order), header)
-    store.write_summary(run.out, summary)
-    return summary
+    return store.finish(run.out, run.order, header) if rank == 0 else None
 
 
 def run_eval(req: EvalRequest, progress: bool = True) -> dict[str, Any]:

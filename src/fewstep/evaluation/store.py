@@ -4,7 +4,8 @@ An eval directory holds ``run.json`` (the run's identity, written before the fir
 ``samples.jsonl`` (one row per problem, keyed by its ``id``), ``summary.json`` (rewritten after
 each batch) and, with several ranks, ``samples.rank{r}.jsonl`` until rank 0 merges them. Nothing
 here decodes or scores; :mod:`fewstep.evaluation.runner` calls it in order: :func:`lock_dir`,
-:func:`open_shard`, then :func:`append_rows` / :func:`write_summary` per batch, and :func:`merge`.
+:func:`open_shard`, a :class:`ShardWriter` per rank (rows and summary after each batch), and
+:func:`finish` (merge, final summary).
 
 Guarantees (tested by killing runs at random moments): a directory has one writer at a time
 (:func:`lock_dir`); every file is replaced by a rename of a complete temporary file in the same
@@ -29,6 +30,7 @@ from typing import Any
 
 from fewstep import files
 from fewstep.errors import ResultsError
+from fewstep.evaluation.summary import summarise
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -258,27 +260,52 @@ def open_shard(out: Path, identity: dict[str, Any], rank: int, world: int, overw
 
     With ``overwrite`` rank 0 first removes the directory's earlier results (the other ranks wait at
     ``barrier``). The run's identity is checked against the directory's and recorded before the first
-    row; a line of the rank's file cut off by an interruption is dropped."""
+    row."""
     if overwrite and rank == 0:
         remove_results(out, RESULT_FILES)
     if overwrite and barrier is not None:
         barrier()
-    check_identity(out, identity, result_files=[out / SAMPLES, *shard_files(out)])
-    path = shard_path(out, rank, world)
-    files.drop_torn_tail(path)
-    return path, {row["id"] for row in collect(out)}
+    existing = [out / SAMPLES, *shard_files(out)]
+    check_identity(out, identity, result_files=existing)
+    return shard_path(out, rank, world), {row["id"] for row in collect(out)}
 
 
-@contextmanager
-def appending(path: Path) -> Iterator[Any]:
-    """``path`` open for appending rows (:func:`fewstep.files.append_jsonl`), locked: a second process
-    writing the same rank file fails at once."""
-    with open(path, "a", encoding="utf-8") as f:
-        if not try_lock(f.fileno()):
-            raise ResultsError(f"{path} is being written by another process; wait for it or use another --out")
-        yield f
+class ShardWriter:
+    """A rank's samples file open for appending rows, batch by batch (a context manager).
+
+    The file is locked while open (a second process writing the same rank file fails at once), and a
+    last line cut off by an interruption is dropped first. The main rank (``main``) also rewrites
+    summary.json after each batch from every row of this run's problems (``order``) written so far."""
+
+    def __init__(self, out: Path, path: Path, order: dict[str, int], header: dict[str, Any], main: bool):
+        self.out, self.path, self.order, self.header, self.main = out, path, order, header, main
+        self._file: Any = None
+
+    def __enter__(self) -> ShardWriter:
+        files.drop_torn_tail(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if not try_lock(self._file.fileno()):
+            self._file.close()
+            raise ResultsError(f"{self.path} is being written by another process; wait for it or use another --out")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def add(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """Append one batch's rows; the main rank returns the refreshed summary, the others None."""
+        files.append_jsonl(self._file, rows)
+        if not self.main:
+            return None
+        summary = summarise([r for r in collect(self.out) if r["id"] in self.order], self.header)
+        files.atomic_write_json(self.out / SUMMARY, summary)
+        return summary
 
 
-def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    """Replace ``out``'s summary.json."""
+def finish(out: Path, order: dict[str, int], header: dict[str, Any]) -> dict[str, Any]:
+    """Once every rank is done: merge the rows into samples.jsonl (see :func:`merge`), write
+    summary.json and return it."""
+    rows = merge(out, order)
+    summary = summarise(rows, header)
     files.atomic_write_json(out / SUMMARY, summary)
+    return summary
