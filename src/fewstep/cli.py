@@ -20,14 +20,14 @@ from typing import Any
 
 from fewstep.commands import (
     allow_unsafe_exec,
+    bench_command,
+    distill_command,
+    eval_command,
+    generate_command,
+    list_command,
     lm_eval_command,
-    run_bench,
-    run_distill,
-    run_eval,
-    run_generate,
-    run_list,
-    run_serve,
-    run_train,
+    serve_command,
+    train_command,
 )
 from fewstep.config import check_settings
 from fewstep.errors import FewstepError
@@ -259,8 +259,8 @@ def _main(argv: list[str]) -> int:
     try:
         check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
         allow_unsafe_exec(args)
-        commands = {"generate": run_generate, "eval": run_eval, "bench": run_bench, "train": run_train,
-                    "list": run_list, "distill": run_distill, "serve": run_serve}
+        commands = {"generate": generate_command, "eval": eval_command, "bench": bench_command, "train": train_command,
+                    "list": list_command, "distill": distill_command, "serve": serve_command}
         return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)

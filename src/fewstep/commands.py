@@ -34,7 +34,7 @@ def allow_unsafe_exec(args: argparse.Namespace) -> None:
         os.environ[UNSAFE_ENV] = "1"
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def generate_command(args: argparse.Namespace) -> int:
     from fewstep.config import resolve_config
     from fewstep.models.loading import load_lab_model, load_model
 
@@ -109,7 +109,7 @@ def decode_one(model, prompt: str, cfg, show: bool, steps: bool):
     return result, origins(drafted, revoked.tolist(), result.token_ids)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def serve_command(args: argparse.Namespace) -> int:
     from fewstep.models.loading import BUNDLED, load_model
 
     try:
@@ -131,7 +131,7 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def bench_command(args: argparse.Namespace) -> int:
     from fewstep.evaluation.bench import BenchRequest, run_bench, split_strategies
 
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
@@ -143,7 +143,7 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def eval_command(args: argparse.Namespace) -> int:
     """Evaluate and print the one-line summary (once, from rank 0, when several processes run)."""
     from fewstep.evaluation.runner import EvalRequest, run_eval
     from fewstep.evaluation.summary import one_line
@@ -159,7 +159,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_list(args: argparse.Namespace) -> int:
+def list_command(args: argparse.Namespace) -> int:
     """Print a listing (``fewstep list tasks|models|strategies``), as a table or as JSON."""
     import json
 
@@ -198,7 +198,7 @@ def lm_eval_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     from fewstep.training.config import TrainConfig
     from fewstep.training.loop import check_export, export, train
 
@@ -213,7 +213,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_distill(args: argparse.Namespace) -> int:
+def distill_command(args: argparse.Namespace) -> int:
     from fewstep.parallel import is_main_process
     from fewstep.training.config import DistillConfig
     from fewstep.training.distill import distill, export
