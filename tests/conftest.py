@@ -87,3 +87,55 @@ def tiny_ar():
 @pytest.fixture(scope="session")
 def tiny_dlm_cd():
     return _load_bundled("tiny-dlm-cd")
+
+
+# Helper modules imported by the serve and sandbox tests: their asserts report like the tests' own.
+pytest.register_assert_rewrite("serve_helpers", "sandbox_helpers")
+
+
+# --- fixtures of the serve tests (tests/test_serve*.py; helpers in tests/serve_helpers.py) ---------------
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dlm):
+    """The bundled tiny-dlm (``tiny_dlm``, loaded once per session), as the serve tests name it."""
+    return tiny_dlm
+
+
+@pytest.fixture(scope="module")
+def live(model):
+    """A real uvicorn server on a free loopback port, in a thread of this process: its address and app."""
+    import threading
+
+    import uvicorn
+
+    from fewstep.serve.app import create_app
+    from fewstep.serve.requests import ServerConfig
+    from serve_helpers import LIMITS, Uvicorn, free_port
+
+    app = create_app(model, ServerConfig(limits=LIMITS), max_batch_size=16, max_wait_ms=100)
+    server = Uvicorn(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert server.ready.wait(120) and server.started, "the server did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(30)
+
+
+# --- fixtures of the sandbox tests (tests/test_sandbox*.py; helpers in tests/sandbox_helpers.py) ---------
+
+
+@pytest.fixture
+def evaluator_survives():
+    """After a sandbox test: nothing left behind, and a normal program still passes (each sandbox test
+    module uses it for all its tests, through ``pytestmark``)."""
+    from fewstep.sandbox.jail import run_program
+    from sandbox_helpers import NORMAL_PROGRAM, leftovers
+
+    before = leftovers()
+    yield
+    assert leftovers() <= before, "working directories or cgroups were left behind"
+    after = run_program(NORMAL_PROGRAM, timeout_s=10)
+    assert after.passed and after.stdout.strip() == "45", after
