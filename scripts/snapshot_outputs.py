@@ -27,6 +27,7 @@ SETTINGS = [
     "strategy=factor_prefix,factor=1.0",
     "strategy=eb",
     "strategy=block_threshold",
+    "strategy=block_threshold,editing_threshold=0.5,threshold=0.8",
     "strategy=threshold,threshold=0.9,block_length=8,cache=dual",
     "strategy=llada,steps=12,block_length=8,cache=prefix,cache_refresh=2",
 ]

@@ -127,7 +127,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 judged = Judged(*revise.judge(blk, scored.probs, judging, rows.mask, st.step))
             # commit
             change = _commit(policy, st, blk, scored, rows.mask, judged, revise, s, last)
-            st.nfe += rows.mask.long() * (2 if cfg.cfg_scale > 0 else 1)
+            st.nfe += rows.mask if cfg.cfg_scale == 0 else rows.mask.long() * 2  # guidance: two forwards
             stopped = _early_stop(st, blk) if cfg.early_stop else None
             done = st.done()
             if snapshots or done:
@@ -201,28 +201,32 @@ def _commit(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Ten
     if last:
         commit = todo
     else:
-        commit, extra = _decide(policy, st, blk, scored, rows, judged, revise is not None, s)
+        commit, extra = _decide(policy, st, blk, scored, rows, todo, judged, revise is not None, s)
         if revise is not None and extra is not None:
             revise.counts["revoked"] += extra.sum(1)
-        commit = commit | _stuck(rows, commit, extra, judged, revise, blk)[:, None] & todo
-    blk.apply(commit, scored.cand, None, st.mask_id, st.step)
+        if revise is not None or extra is not None or not policy.always_commits:
+            commit = commit | _stuck(rows, commit, extra, judged, revise, blk)[:, None] & todo
+    blk.apply(commit, scored.cand, None, st.mask_id, st.step, keep_provisional=revise is not None)
     if revise is not None:
         commit = commit | revise.settle(blk, rows, st.step)
     revoke = [r for r in (None if judged is None else judged.revoked, extra) if r is not None]
     return Change(commit, None if not revoke else revoke[0] if len(revoke) == 1 else revoke[0] | revoke[1])
 
 
-def _decide(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Tensor, judged: Judged | None,
-            drafted: bool, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ask the policy; apply its edits and revocations. -> positions to commit [B, L], revoked [B, L] or None."""
+def _decide(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Tensor, todo: torch.Tensor,
+            judged: Judged | None, drafted: bool, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ask the policy; apply its edits and revocations. ``todo`` [B, L]: the undecided positions of
+    the rows that took the forward. -> positions to commit [B, L], revoked [B, L] or None."""
     active = rows[:, None]  # [B, 1]
-    eligible = (blk.state == MASKED) & active  # [B, L]
+    eligible = todo  # [B, L] without a draft every undecided position is masked
+    if drafted:
+        eligible = (blk.state == MASKED) & active
     if judged is not None:  # positions revoked at this step wait for the next forward: their logits saw the draft
-        eligible &= ~judged.revoked
+        eligible = eligible & ~judged.revoked
     decision = policy.step(StepContext(torch.where(eligible, scored.conf, float("-inf")), scored.cand, eligible, s,
                                        progress(st.state) if policy.uses_progress else None, st.eos_id, scored.probs,
                                        blk.tokens, (blk.state == PROVISIONAL) & active if drafted else None))
-    commit = decision.commit & undecided(blk.state) & active
+    commit = decision.commit & todo
     if decision.edit is not None:  # token editing: committed positions take this step's candidate
         edit = decision.edit & active & (blk.state == COMMITTED)
         blk.tokens.copy_(torch.where(edit, scored.cand, blk.tokens))

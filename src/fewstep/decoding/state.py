@@ -51,12 +51,15 @@ class Block:
     at: torch.Tensor  # [B, L] view of the commit steps
 
     def apply(self, commit: torch.Tensor | None, cand: torch.Tensor | None, revoke: torch.Tensor | None,
-              mask_id: int, step: int) -> None:
+              mask_id: int, step: int, keep_provisional: bool = True) -> None:
         """In place: ``commit`` [B, L] makes positions committed (a masked one takes ``cand``, a
-        provisional one keeps its token); ``revoke`` [B, L] sends positions back to mask."""
+        provisional one keeps its token); ``revoke`` [B, L] sends positions back to mask.
+        ``keep_provisional=False``: the caller knows no committed position is provisional (no
+        draft), and every one may take ``cand`` (an edited position already holds it)."""
         if commit is not None:
             if cand is not None:
-                self.tokens.copy_(torch.where(commit & (self.state == MASKED), cand, self.tokens))
+                take = commit & (self.state == MASKED) if keep_provisional else commit
+                self.tokens.copy_(torch.where(take, cand, self.tokens))
             self.state.masked_fill_(commit, COMMITTED)
             self.at.masked_fill_(commit, step)
         if revoke is not None:
@@ -122,7 +125,14 @@ class Rows:
         self.mask = mask
         self.count = int(mask.sum())
         self.all = self.count == mask.shape[0]
-        self.index = torch.arange(mask.shape[0], device=mask.device) if self.all else mask.nonzero().squeeze(1)  # [b]
+        self._index = None if self.all else mask.nonzero().squeeze(1)  # [b]
+
+    @property
+    def index(self) -> torch.Tensor:
+        """[b] the rows' places in the batch."""
+        if self._index is None:
+            self._index = torch.arange(self.mask.shape[0], device=self.mask.device)
+        return self._index
 
     def pick(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.all else t[self.index]

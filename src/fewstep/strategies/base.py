@@ -57,6 +57,8 @@ class CommitPolicy(Protocol):
 
     uses_progress: bool  # the loop fills StepContext.progress (a reduction per step) only for policies that read it
     revokes: bool  # whether a committed token can still change (revoked or edited): streamed text then waits
+    always_commits: bool  # every row that takes a forward commits at least one position (the loop then skips
+    # its check for rows whose step changed nothing)
 
     def start_block(self, eligible: torch.Tensor) -> None:
         """eligible [B, L]: the masked positions of the block that starts now."""
@@ -74,10 +76,11 @@ class CommitPolicy(Protocol):
 
 class Policy:
     """The defaults of :class:`CommitPolicy`: no per-block state, every row with masks takes a
-    forward, nothing committed is ever revoked."""
+    forward, nothing committed is ever revoked, and no promise that a step commits anything."""
 
     uses_progress = False
     revokes = False
+    always_commits = False
     budget: int
 
     def start_block(self, eligible: torch.Tensor) -> None:
@@ -110,3 +113,5 @@ class AdaptivePolicy(Policy):
     """The policies that decide from confidences alone (threshold, factor, cad, eb): a budget of
     ``max_steps()`` steps per block (at least one commit per step makes ``block_length`` always
     enough)."""
+
+    always_commits = True

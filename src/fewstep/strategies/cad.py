@@ -57,6 +57,7 @@ class CAD(AdaptivePolicy):
         self.max_tokens = max_tokens or block_length
         self.budget = max_steps_per_block or block_length
         self.eos_min_progress = eos_min_progress
+        self.always_commits = eos_min_progress == 0  # the EOS guard can leave a row nothing to commit
 
     def step(self, ctx: StepContext) -> Decision:
         assert ctx.progress is not None

@@ -65,7 +65,10 @@ def respread(schedule: torch.Tensor, masked: torch.Tensor, step: int) -> torch.T
 
 
 class FixedSchedule(Policy):
-    """Commits ``schedule[b, s]`` positions at step s of the block."""
+    """Commits ``schedule[b, s]`` positions at step s of the block (a row takes a forward only at
+    the steps its schedule commits at)."""
+
+    always_commits = True
 
     def __init__(self, steps_per_block: int):
         self.budget = steps_per_block
