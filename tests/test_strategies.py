@@ -146,3 +146,31 @@ def test_block_threshold_token_editing_is_bounded():
     off = bt.policy(bt.Params(threshold=0.9), DecodeConfig(block_length=3))
     off.start_block(torch.tensor([[True, True, True]]))
     assert getattr(off.step(c), "edit", None) is None
+
+
+def test_policies_that_declare_always_commits_do():
+    """The loop skips its check for rows whose step changed nothing only for policies that declare
+    ``always_commits``: on random confidences every row with an eligible position commits one."""
+    from fewstep import DecodeConfig
+    from fewstep.strategies import REGISTRY, make_policy, model_kind
+
+    g = torch.Generator().manual_seed(0)
+    for name in REGISTRY:
+        if model_kind(name) != "diffusion":
+            continue
+        policy = make_policy(DecodeConfig(strategy=name, gen_length=8, block_length=8, steps=8)
+                             if name == "llada" else DecodeConfig(strategy=name, gen_length=8, block_length=8))
+        if not policy.always_commits:
+            continue
+        for _ in range(20):
+            eligible = torch.rand(4, 8, generator=g) < 0.6
+            eligible[:, 0] = True
+            policy.start_block(eligible)
+            wanted = policy.rows_needing_forward(0, eligible)
+            probs = torch.softmax(torch.randn(4, 8, 12, generator=g, dtype=torch.float64) * 3, -1)
+            cand = probs.argmax(-1)
+            conf = probs.max(-1).values.masked_fill(~eligible, float("-inf"))
+            c = StepContext(conf, cand, eligible, 0, torch.zeros(4, dtype=torch.float64), 11, probs, cand.clone(), None)
+            commit = policy.step(c).commit
+            rows = eligible.any(1) if wanted is None else eligible.any(1) & wanted
+            assert (commit & eligible).any(1)[rows].all(), name
