@@ -120,14 +120,16 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             scored = Scored(*candidates_and_confidence(logits, cfg, st.eos_id, rng, st.mask_id))
             scored = Scored(rows.scatter(scored.cand, 0), rows.scatter(scored.conf, float("-inf")),
                             rows.scatter(scored.probs, 0.0))
-            # revise: judge draft tokens (what it revokes is decoded from the next forward on)
+            # revise: judge draft tokens (what it revokes is decoded from the next forward on; at the
+            # block's last step it takes this step's candidate)
             judged = None
             if revise is not None:
                 assert judging is not None
                 judged = Judged(*revise.judge(blk, scored.probs, judging, rows.mask, st.step))
-            # commit
+            # commit, and count the forward
             change = _commit(policy, st, blk, scored, rows.mask, judged, revise, s, last)
             st.nfe += rows.mask if cfg.cfg_scale == 0 else rows.mask.long() * 2  # guidance: two forwards
+            # early stop, then the event
             stopped = _early_stop(st, blk) if cfg.early_stop else None
             done = st.done()
             if snapshots or done:
