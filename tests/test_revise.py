@@ -46,7 +46,7 @@ def test_no_draft_token_is_returned_unjudged(settings):
 
 
 def test_a_budget_that_cannot_judge_every_group_is_refused():
-    with pytest.raises(fewstep.ConfigError, match=r"verify_groups \(2\) exceeds llada's 1 steps per block"):
+    with pytest.raises(fewstep.ConfigError, match=r"verify_groups \(2\) exceeds llada's 1 step per block"):
         fewstep.DecodeConfig(strategy="llada", steps=1, drafter="x", init="inject", verify_groups=2)
     with pytest.raises(fewstep.ConfigError, match="verify_groups"):
         fewstep.DecodeConfig(strategy="cad", max_steps_per_block=2, drafter="x", init="inject", verify_groups=3)

@@ -192,7 +192,8 @@ def _check_budget(cfg: DecodeConfig) -> None:
 
     budget = make_policy(cfg).max_steps()
     if cfg.verify_groups > budget:
-        raise ConfigError(f"verify_groups ({cfg.verify_groups}) exceeds {cfg.strategy}'s {budget} steps per block: "
+        steps = f"{budget} step{'s' if budget > 1 else ''}"
+        raise ConfigError(f"verify_groups ({cfg.verify_groups}) exceeds {cfg.strategy}'s {steps} per block: "
                           f"some draft tokens would be returned unjudged")
 
 
