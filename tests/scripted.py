@@ -46,3 +46,26 @@ def final(model, prompts, cfg):
     events = list(decode(model, prompts, cfg))
     assert events[-1].done and sum(e.done for e in events) == 1
     return events
+
+
+class EmbeddingRecorder(torch.nn.Module):
+    """Wraps a scripted module: has an embedding table, records every forward's input embeddings
+    (``seen``) and answers as the scripted module does."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.embed_tokens = torch.nn.Embedding(V, 4)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
+        self.seen.append(inputs_embeds.clone())
+        b, t, _ = inputs_embeds.shape
+        return self.inner(input_ids=torch.full((b, t), 3), attention_mask=attention_mask)
+
+
+def recording_model(gen_length=4, answer_len=2, p=0.9):
+    """A scripted model whose module is an :class:`EmbeddingRecorder`."""
+    model = scripted_model(gen_length, answer_len, p)
+    model.module = EmbeddingRecorder(model.module)
+    return model

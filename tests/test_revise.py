@@ -10,7 +10,7 @@ import torch
 import fewstep
 from fewstep.decoding import canvas
 from fewstep.decoding.loop import decode
-from scripted import EOS, MASK, scripted_model
+from scripted import EOS, MASK, recording_model, scripted_model
 
 
 def run(model, cfg, tokens):
@@ -66,21 +66,8 @@ def test_every_group_is_judged_before_the_block_completes():
 
 def test_embedding_prior_decays_within_each_block():
     """alpha_decay counts the steps of the block: every block starts from alpha."""
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.embed_tokens = torch.nn.Embedding(32, 4)
-
-        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
-            seen.append(inputs_embeds.clone())
-            b, t, _ = inputs_embeds.shape
-            return self.inner(input_ids=torch.full((b, t), 3), attention_mask=attention_mask)
-
-    model = scripted_model(gen_length=4, answer_len=2, p=0.9)
-    model.module = Recorder(model.module)
+    model = recording_model(gen_length=4, answer_len=2, p=0.9)
+    seen = model.module.seen
     table = model.module.embed_tokens.weight.detach()
     target = table[torch.tensor([[10, 11, 12, 13]])]
     init = canvas.CanvasInit(embeds=target, embed_mask=torch.ones(1, 4, dtype=torch.bool), alpha=0.5,

@@ -17,7 +17,7 @@ from fewstep.drafting.bridge import to_canvas
 from fewstep.drafting.drafter import Draft
 from fewstep.drafting.warmstart import keep_mask
 from fewstep.tasks import arith
-from scripted import EOS, MASK, scripted_model
+from scripted import EOS, MASK, recording_model, scripted_model
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +105,8 @@ def test_a_canvas_with_no_mask_still_takes_a_verifying_forward():
 
 
 def test_interpolation_mixes_embeddings_until_committed():
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.embed_tokens = torch.nn.Embedding(32, 4)
-
-        def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None):
-            seen.append(inputs_embeds.clone())
-            b, t, _ = inputs_embeds.shape
-            return self.inner(input_ids=torch.full((b, t), 3), attention_mask=attention_mask)
-
-    model = scripted_model(gen_length=4, answer_len=2, p=0.9)
-    model.module = Recorder(model.module)
+    model = recording_model()
+    seen = model.module.seen
     table = model.module.embed_tokens.weight.detach()
     target = table[torch.tensor([[10, 11, 12, 13]])]
     init = canvas.CanvasInit(embeds=target, embed_mask=torch.tensor([[True, False, True, True]]), alpha=0.25)
