@@ -25,6 +25,7 @@ from typing import Any
 
 from fewstep.errors import ConfigError
 from fewstep.settings import param, validate
+from fewstep.strategies import REGISTRY, default_strategy, make_policy, model_kind, strategy_module
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
@@ -143,18 +144,9 @@ def loop_fields() -> list[dataclasses.Field]:
 
 
 def _strategy(name: str):
-    from fewstep.strategies import strategy_module
-
     if not isinstance(name, str):
         raise ConfigError(f"strategy must be a name, got {name!r}")
     return strategy_module(name)
-
-
-def model_kind(strategy: str) -> str:
-    """``"diffusion"`` or ``"causal"``: the kind of model a strategy decodes."""
-    from fewstep.strategies import model_kind as kind
-
-    return kind(strategy)
 
 
 def setting_names(strategy: str) -> list[str]:
@@ -163,8 +155,6 @@ def setting_names(strategy: str) -> list[str]:
 
 
 def _not_a_param(strategy: str, key: str) -> str:
-    from fewstep.strategies import REGISTRY
-
     owners = [s for s in REGISTRY if key in {f.name for f in fields(_strategy(s).Params)}]
     where = f" (a parameter of {', '.join(owners)})" if owners else ""
     return (f"strategy {strategy!r} has no setting {key!r}{where}; its settings: "
@@ -188,8 +178,6 @@ def _check_budget(cfg: DecodeConfig) -> None:
     block needs at least k steps."""
     if cfg.verify_groups == 1 or model_kind(cfg.strategy) != "diffusion":
         return
-    from fewstep.strategies import make_policy
-
     budget = make_policy(cfg).max_steps()
     if cfg.verify_groups > budget:
         steps = f"{budget} step{'s' if budget > 1 else ''}"
@@ -264,8 +252,6 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
     settings = list(settings)
     chosen = next((split_assignment(s)[1] for s in settings if split_assignment(s)[0] == "strategy"), None)
     if not (chosen or strategy):
-        from fewstep.strategies import default_strategy
-
         strategy = default_strategy(model.kind)
     strategy = chosen or strategy
     cfg = DecodeConfig(strategy=strategy)

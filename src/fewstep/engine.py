@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from fewstep.config import DecodeConfig, model_kind
+from fewstep.config import DecodeConfig
 from fewstep.decoding.loop import StepEvent, decode
 from fewstep.decoding.result import GenerationResult
 from fewstep.decoding.state import check_prompts, left_pad
 from fewstep.drafting.warmstart import WarmStart
 from fewstep.errors import ConfigError
 from fewstep.models.adapter import CausalModel, DiffusionModel
+from fewstep.strategies import model_kind
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]]
 

@@ -203,7 +203,7 @@ def _commit(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Ten
     if last:
         commit = todo
     else:
-        commit, extra = _decide(policy, st, blk, scored, rows, todo, judged, revise is not None, s)
+        commit, extra = _decide(policy, st, blk, scored, rows, todo, judged, s)
         if revise is not None and extra is not None:
             revise.counts["revoked"] += extra.sum(1)
         if revise is not None or extra is not None or not policy.always_commits:
@@ -211,23 +211,23 @@ def _commit(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Ten
     blk.apply(commit, scored.cand, None, st.mask_id, st.step, keep_provisional=revise is not None)
     if revise is not None:
         commit = commit | revise.settle(blk, rows, st.step)
-    revoke = [r for r in (None if judged is None else judged.revoked, extra) if r is not None]
-    return Change(commit, None if not revoke else revoke[0] if len(revoke) == 1 else revoke[0] | revoke[1])
+    if judged is None:
+        return Change(commit, extra)
+    return Change(commit, judged.revoked if extra is None else judged.revoked | extra)
 
 
 def _decide(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Tensor, todo: torch.Tensor,
-            judged: Judged | None, drafted: bool, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            judged: Judged | None, s: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ask the policy; apply its edits and revocations. ``todo`` [B, L]: the undecided positions of
-    the rows that took the forward. -> positions to commit [B, L], revoked [B, L] or None."""
+    the rows that took the forward; ``judged``: the revise stage's work (None without one). ->
+    positions to commit [B, L], revoked [B, L] or None."""
     active = rows[:, None]  # [B, 1]
-    eligible = todo  # [B, L] without a draft every undecided position is masked
-    if drafted:
-        eligible = (blk.state == MASKED) & active
+    eligible = todo  # [B, L] without a revise stage every undecided position is masked
     if judged is not None:  # positions revoked at this step wait for the next forward: their logits saw the draft
-        eligible = eligible & ~judged.revoked
+        eligible = (blk.state == MASKED) & active & ~judged.revoked
     decision = policy.step(StepContext(torch.where(eligible, scored.conf, float("-inf")), scored.cand, eligible, s,
                                        progress(st.state) if policy.uses_progress else None, st.eos_id, scored.probs,
-                                       blk.tokens, (blk.state == PROVISIONAL) & active if drafted else None))
+                                       blk.tokens, (blk.state == PROVISIONAL) & active if judged is not None else None))
     commit = decision.commit & todo
     if decision.edit is not None:  # token editing: committed positions take this step's candidate
         edit = decision.edit & active & (blk.state == COMMITTED)

@@ -18,7 +18,6 @@ from typing import Any
 from fewstep.config import (
     DecodeConfig,
     check_settings,
-    model_kind,
     override,
     resolve_config,
     setting_names,
@@ -27,6 +26,7 @@ from fewstep.config import (
 )
 from fewstep.errors import FewstepError
 from fewstep.serve.schemas import APIError, ChatRequest, CompletionRequest
+from fewstep.strategies import model_kind
 
 
 @dataclass(frozen=True)
