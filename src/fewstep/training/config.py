@@ -82,7 +82,8 @@ class DistillConfig:
     """
 
     teacher: str = "tiny-dlm"  # bundled name or model directory (a masked diffusion model)
-    objective: str = "dscd"  # "dscd", or "mdlm": the plain masked-diffusion loss (the ablation)
+    objective: str = "dscd"  # "dscd"; "mdlm": the plain masked-diffusion loss (the ablation); "edit": judge visible
+    # tokens (fewstep.training.edit: masking mixed with replaced visible tokens, the edit_* options)
     task: str = "arith"  # training data: the arith training split, unless `data` names a JSONL file
     data: str = ""  # JSONL with "question" and "answer" (or "solution") fields
     gen_length: int = 0  # answer region: answer + EOS up to this length; 0: the teacher's decode default
@@ -107,6 +108,15 @@ class DistillConfig:
     rt_min: float = 0.1
     rt_max: float = 0.6
     visible_target: str = "clean"  # teacher target where the teacher sees the token: "clean" (one-hot) or "logits"
+    edit_random: float = 0.2  # edit: fraction of rows whose visible answer tokens are randomly replaced
+    edit_self: float = 0.2  # edit: fraction of rows showing the model's own few-step answer (on-policy errors)
+    edit_drafter: float = 0.3  # edit: fraction of rows showing edit_drafter's draft (its errors)
+    edit_rate: float = 0.3  # edit: a random row replaces each visible token with probability U(0, edit_rate)
+    edit_visible: float = 0.5  # edit: probability that a corrupted row has no masked position (a warm start's canvas)
+    edit_visible_weight: float = 1.0  # edit: loss weight of a visible position (a masked one weighs 1)
+    edit_self_steps: int = 4  # edit: llada steps of the model's own answers
+    edit_drafter_name: str = "tiny-ar"  # edit: the drafter (bundled name or causal LM directory)
+    edit_interpolate: float = 0.0  # edit: fraction of drafter rows fed interpolated embeddings at masked positions
     lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank through peft
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -130,8 +140,8 @@ class DistillConfig:
             raise ConfigError(f"batch_size {self.batch_size} is smaller than grad_accum {self.grad_accum}")
 
     def _check_choices(self) -> None:
-        if self.objective not in ("dscd", "mdlm"):
-            raise ConfigError(f"objective must be 'dscd' or 'mdlm', got {self.objective!r}")
+        if self.objective not in ("dscd", "mdlm", "edit"):
+            raise ConfigError(f"objective must be 'dscd', 'mdlm' or 'edit', got {self.objective!r}")
         if self.visible_target not in ("clean", "logits"):
             raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
@@ -150,9 +160,14 @@ class DistillConfig:
             raise ConfigError(f"lr out of range (0, 1): {self.lr}")
         if self.temperature <= 0 or self.kl_clip <= 0 or self.ce_clip <= 0 or self.grad_clip <= 0:
             raise ConfigError("temperature, kl_clip, ce_clip and grad_clip must be positive")
-        for name in ("min_lr_ratio", "lambda_start", "lambda_end", "lambda_hold", "lora_dropout"):
+        for name in ("min_lr_ratio", "lambda_start", "lambda_end", "lambda_hold", "lora_dropout", "edit_random",
+                     "edit_self", "edit_drafter", "edit_rate", "edit_visible", "edit_interpolate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.edit_random + self.edit_self + self.edit_drafter > 1:
+            raise ConfigError("edit_random + edit_self + edit_drafter must not exceed 1 (the other rows are clean)")
+        if self.edit_visible_weight < 0 or self.edit_self_steps <= 0:
+            raise ConfigError("edit_visible_weight must be >= 0 and edit_self_steps positive")
         if not 0 < self.rs_min <= self.rs_max <= 1:
             raise ConfigError(f"need 0 < rs_min <= rs_max <= 1, got {self.rs_min}, {self.rs_max}")
         if not 0 <= self.rt_scale_min <= self.rt_scale_max <= 1 or not 0 <= self.rt_min <= self.rt_max <= 1:

@@ -8,6 +8,7 @@ one-process gradient whatever the process count and ``grad_accum``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import math
@@ -21,7 +22,7 @@ import torch
 from fewstep.errors import ConfigError
 from fewstep.files import atomic_save
 from fewstep.parallel import Place, all_sum, rank_device
-from fewstep.training import data, dscd, objectives
+from fewstep.training import data, dscd, edit, objectives
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset, encode
 from fewstep.training.loop import warmup_cosine
@@ -78,6 +79,9 @@ class Distiller:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
         self.state = State()
+        special = {self.teacher.mask_id, self.teacher.pad_id, *self.tok.all_special_ids} - {self.teacher.eos_id}
+        self.vocab = edit.replaceable_ids(self.teacher.embedding_table().shape[0], special)
+        self._val_drafts: torch.Tensor | None = None
 
     # -- one step
 
@@ -125,8 +129,11 @@ class Distiller:
         lr = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        batch = encode(self.tok, self.dataset.batch(step), self.gen_length)
+        problems = self.dataset.batch(step)
+        batch = encode(self.tok, problems, self.gen_length)
         gen = self._generator(step)
+        if cfg.objective == "edit":
+            return self._edit_step(batch, problems, gen, lam, lr)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
         total = int(s_mask.sum())  # masked tokens of the whole step, over every process
         micro = self._slices(len(batch.input_ids))
@@ -147,6 +154,11 @@ class Distiller:
                     (per_token.sum() * (self.place.world / total)).backward()
                     sums += torch.tensor([per_token.sum().item(), kl.sum().item(), ce.sum().item()],
                                          dtype=torch.float64) / total
+        return self._apply(sums, lam, lr)
+
+    def _apply(self, sums: torch.Tensor, lam: float, lr: float) -> dict[str, float]:
+        """All-reduce the step's logged sums, clip and take the optimiser step (unless not finite)."""
+        cfg = self.cfg
         loss_v, kl_v, ce_v = all_sum(self.place, sums.tolist(), self.device if self.device.type == "cuda"
                                       else torch.device("cpu"))
         params = [p for p in self.student.parameters() if p.requires_grad]
@@ -159,12 +171,113 @@ class Distiller:
         return {"loss": loss_v, "kl": kl_v, "ce": ce_v, "lambda": lam, "lr": lr, "grad_norm": grad_norm,
                 "skipped": self.state.skipped}
 
+    # -- the edit objective (fewstep.training.edit)
+
+    def _adapter(self):
+        """The student behind the teacher's model interface (for its own answers)."""
+        return dataclasses.replace(self.teacher, module=plain_module(self.student))
+
+    def _proposals(self, problems: list[Any], rows: torch.Tensor, c: edit.Corruption, drafts: torch.Tensor | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """[b, G] the self and drafter proposals of ``rows`` (-1 where a row has another source), or None."""
+        g, src = self.gen_length, c.source[rows]
+        out: list[torch.Tensor | None] = []
+        for kind in (edit.SELF, edit.DRAFTER):
+            pick = (src == kind).nonzero().squeeze(1)  # [k] positions in rows
+            if not len(pick):
+                out.append(None)
+                continue
+            ids = torch.full((len(rows), g), -1, dtype=torch.long)
+            chosen = [problems[int(rows[i])] for i in pick]
+            if kind == edit.SELF:
+                prompts = [self.teacher.encode_prompt(p.question) for p in chosen]
+                ids[pick] = edit.self_proposals(self._adapter(), prompts, g, self.cfg.edit_self_steps).cpu()
+            elif drafts is not None:
+                ids[pick] = drafts[rows[pick]]
+            else:
+                ids[pick] = edit.draft_proposals(self._adapter(), self.cfg.edit_drafter_name,
+                                                 [p.question for p in chosen], g)
+            out.append(ids)
+        return out[0], out[1]
+
+    def _edit_terms(self, batch: data.Batch, problems: list[Any], rows: torch.Tensor, c: edit.Corruption,
+                    model: Any, drafts: torch.Tensor | None = None) -> tuple[torch.Tensor, edit.Judged]:
+        """The weighted cross-entropy sum of one micro-batch, and its drafter rows' visible-token judgements."""
+        g = self.gen_length
+        self_ids, draft_ids = self._proposals(problems, rows, c, drafts)
+        ids, att = batch.input_ids[rows], batch.attention_mask[rows]
+        clean = ids[:, -g:]
+        shown = edit.proposal(clean, c, rows, self_ids, draft_ids)
+        masked = c.masked[rows] | edit.unproposed(c, rows, draft_ids)
+        x = edit.inputs(ids, g, shown, masked, self.teacher.mask_id).to(self.device)
+        att = att.to(self.device)
+        with _autocast(self.device, self.cfg.autocast_bf16):
+            embeds = None
+            if draft_ids is not None and self.cfg.edit_interpolate > 0:
+                table = self._adapter().embedding_table()
+                embeds = edit.interpolated_embeds(lambda t: torch.nn.functional.embedding(t, table), x, g,
+                                                  draft_ids.to(self.device), masked.to(self.device), c, rows)
+            logits = logits_of(model, x, att, self.teacher.shifted_logits, embeds)[:, -g:]  # [b, G, V]
+        w = torch.where(masked, 1.0, self.cfg.edit_visible_weight).to(self.device)
+        visible = ~masked & (c.source[rows] == edit.DRAFTER)[:, None]
+        judged = edit.visible_probs(logits.detach().cpu(), shown, clean, visible)
+        return edit.token_loss(logits, clean.to(self.device), w), judged
+
+    def _edit_step(self, batch: data.Batch, problems: list[Any], gen: torch.Generator, lam: float,
+                   lr: float) -> dict[str, float]:
+        """One optimiser step of the edit objective, normalised by the step's answer positions (B x G)."""
+        b = len(batch.input_ids)
+        c = edit.draw(self.cfg, b, self.gen_length, self.vocab, gen)
+        total = b * self.gen_length
+        micro = self._slices(b)
+        sums = torch.zeros(3, dtype=torch.float64)
+        self.opt.zero_grad(set_to_none=True)
+        for i, rows in enumerate(micro):
+            sync = i == len(micro) - 1 or self.place.world == 1
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                loss, _ = self._edit_terms(batch, problems, rows, c, self.model)
+                (loss * (self.place.world / total)).backward()
+                sums[0] += loss.item() / total
+        sums[2] = sums[0]
+        return self._apply(sums, lam, lr)
+
+    def _validate_edit(self) -> dict[str, float]:
+        """The edit loss on the validation set with a fixed corruption (own-answer rows shown random
+        replacements instead: the model's answers move as it trains), and the mean probability the
+        model gives right and wrong visible draft tokens."""
+        val, g = self.dataset.val, self.gen_length
+        batch = encode(self.tok, val, g)
+        fixed = dataclasses.replace(self.cfg, edit_random=self.cfg.edit_random + self.cfg.edit_self, edit_self=0.0)
+        c = edit.draw(fixed, len(val), g, self.vocab, self._generator(-1))
+        if self._val_drafts is None:
+            self._val_drafts = edit.draft_proposals(self._adapter(), self.cfg.edit_drafter_name,
+                                                    [p.question for p in val], g)
+        mine = torch.arange(self.place.rank, len(val), self.place.world)
+        sums, right, wrong = [0.0, 0.0, 0.0], [], []
+        for rows in torch.split(mine, max(1, self.cfg.batch_size // self.cfg.grad_accum)):
+            loss, judged = self._edit_terms(batch, val, rows, c, self.student, self._val_drafts)
+            sums[0] += loss.item()
+            right += [p for p, r in zip(judged.prob, judged.right) if r]
+            wrong += [p for p, r in zip(judged.prob, judged.right) if not r]
+        sums[1], sums[2] = sum(right), float(len(right))
+        dev = self.device if self.device.type == "cuda" else torch.device("cpu")
+        loss_s, right_s, n_right = all_sum(self.place, sums, dev)
+        wrong_s, n_wrong = all_sum(self.place, [sum(wrong), float(len(wrong))], dev)
+        return {"val_loss": loss_s / (len(val) * g), "val_kl": 0.0, "val_ce": loss_s / (len(val) * g),
+                "val_p_right": right_s / max(n_right, 1.0), "val_p_wrong": wrong_s / max(n_wrong, 1.0),
+                "val_wrong_tokens": n_wrong}
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss on the fixed validation set with fixed masks: the DSCD loss at ``lambda_end`` (the
         schedule moves; the monitored quantity must not), or the masked-token CE for ``mdlm``."""
         cfg, val = self.cfg, self.dataset.val
         self.student.eval()
+        if cfg.objective == "edit":
+            try:
+                return self._validate_edit()
+            finally:
+                self.student.train()
         sums = [0.0, 0.0, 0.0]
         batch = encode(self.tok, val, self.gen_length)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, self._generator(-1), self.ratios)

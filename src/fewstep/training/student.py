@@ -73,9 +73,14 @@ def save_model(module: torch.nn.Module, teacher_dir: Path, out: Path, dtype: tor
     atomic_replace_dir(out, fill)
 
 
-def logits_of(module, ids: torch.Tensor, att: torch.Tensor, shifted: bool) -> torch.Tensor:
-    """[B, T, V] logits with ``logits[:, i]`` predicting position i (Dream-style models realigned)."""
-    out = module(input_ids=ids, attention_mask=att).logits
+def logits_of(module, ids: torch.Tensor, att: torch.Tensor, shifted: bool,
+              embeds: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T, V] logits with ``logits[:, i]`` predicting position i (Dream-style models realigned);
+    ``embeds`` [B, T, D]: the input embeddings instead of the ids' own."""
+    if embeds is None:
+        out = module(input_ids=ids, attention_mask=att).logits
+    else:
+        out = module(inputs_embeds=embeds, attention_mask=att).logits
     return torch.cat([out[:, :1], out[:, :-1]], dim=1) if shifted else out
 
 
@@ -85,3 +90,4 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()
+
