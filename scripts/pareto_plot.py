@@ -60,7 +60,8 @@ def plot(benches: list[dict], x_axis: str, out: Path, log_x: bool) -> None:
 
     label, cost = X_AXES[x_axis]
     fig, (ax, key) = plt.subplots(1, 2, figsize=(11, 5), gridspec_kw={"width_ratios": [3, 1.3]})
-    markers, every, numbers = "osD^vP*X", [], {}  # numbers: a row's short label -> its number in the key
+    markers, every = "osD^vP*X", []
+    numbers: dict[str, int] = {}  # a row's short label -> its number in the key
     for i, b in enumerate(benches):
         rows = b["results"]
         base = rows[0]["spec"]
