@@ -86,3 +86,31 @@ def test_word_tokenizer_covers_the_task():
     assert not (batch.input_ids == tok.unk_token_id).any()
     answers = batch.input_ids[batch.answer_mask].view(len(arith.test_set()), 24)
     assert (answers[:, -1] == tok.eos_token_id).all()  # every answer fits with room for EOS
+
+
+VAL_SHA256 = "1854c7d1193659a3ecce58f9f7a39b4ca050c66b0b18b7a1575e5024b5b7fabc"
+
+
+def test_validation_set_is_disjoint_from_test_and_stable():
+    """Settings are chosen on arith-val: it must never hold a test question, and it must not move."""
+    import hashlib
+
+    val, test = arith.val_set(), arith.test_set()
+    assert len(val) == len(test) == arith.TEST_SIZE
+    assert len({p.question for p in val}) == len(val)
+    assert not {p.question for p in val} & {p.question for p in test}
+    assert arith.val_set.__wrapped__() == val  # built again from the seed, not the cached tuple
+    assert {p.steps for p in val} == {1, 2, 3}
+    digest = hashlib.sha256("\n".join(f"{p.question}|{p.solution}" for p in val).encode()).hexdigest()
+    assert digest == VAL_SHA256, "the validation set changed: results chosen on it no longer apply"
+    with pytest.raises(ValueError):
+        arith.val_set(seed=arith.TEST_SEED)
+
+
+def test_validation_task():
+    task = get_task("arith-val")
+    assert task.name == "arith-val" and task.default_gen_length == get_task("arith").default_gen_length
+    examples = task.examples()
+    assert [e.prompt for e in examples] == [p.question for p in arith.val_set()]
+    assert all(task.score(e, e.gold_output).correct for e in examples[:50])
+    assert examples[0].prompt != get_task("arith").examples()[0].prompt

@@ -13,8 +13,11 @@ compute a chain of lookups in a single forward pass: that is what makes parallel
 
 The test set is fixed (seed ``TEST_SEED``, ``TEST_SIZE`` problems); training problems come from
 other seeds and are filtered against the test questions, so no test question is ever trained on.
-:class:`ArithTask` puts the test set behind the task interface (``fewstep eval --task arith``) and
-scores an output by exact match of the number after its last ``####``.
+The validation set (seed ``VAL_SEED``, as many problems as the test set) is drawn the same way and
+filtered against the test questions too: decoding settings are chosen on it, never on the test set.
+:class:`ArithTask` puts the test set behind the task interface (``fewstep eval --task arith``),
+:class:`ArithValTask` the validation set (``--task arith-val``); both score an output by exact
+match of the number after its last ``####``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ OBJECTS = ("pens", "apples", "coins", "books", "cards", "shells", "eggs", "stamp
 MAX_VALUE = 99
 TEST_SEED = 20260101
 TEST_SIZE = 1000
+VAL_SEED = 20260707
 ANSWER_RE = re.compile(r"####\s*(-?\d+)")
 
 
@@ -102,11 +106,10 @@ def make_problem(rng: random.Random) -> Problem:
     return Problem(" ".join(sentences), solution, x, n_steps)
 
 
-@lru_cache(maxsize=4)
-def test_set(size: int = TEST_SIZE, seed: int = TEST_SEED) -> tuple[Problem, ...]:
-    """The fixed, seeded test set (distinct questions)."""
+def _distinct(seed: int, size: int, banned: frozenset[str] = frozenset()) -> tuple[Problem, ...]:
+    """The first ``size`` distinct questions that seed ``seed`` draws, skipping ``banned`` ones."""
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen: set[str] = set(banned)
     out: list[Problem] = []
     while len(out) < size:
         p = make_problem(rng)
@@ -116,9 +119,25 @@ def test_set(size: int = TEST_SIZE, seed: int = TEST_SEED) -> tuple[Problem, ...
     return tuple(out)
 
 
+@lru_cache(maxsize=4)
+def test_set(size: int = TEST_SIZE, seed: int = TEST_SEED) -> tuple[Problem, ...]:
+    """The fixed, seeded test set (distinct questions)."""
+    return _distinct(seed, size)
+
+
 @lru_cache(maxsize=1)
 def _test_questions() -> frozenset[str]:
     return frozenset(p.question for p in test_set())
+
+
+@lru_cache(maxsize=2)
+def val_set(size: int = TEST_SIZE, seed: int = VAL_SEED) -> tuple[Problem, ...]:
+    """The fixed, seeded validation set: distinct questions, none of them a test question. (Training
+    streams are filtered against the test questions only, so a short validation question may also
+    be drawn in training, as it may be by any other seed.)"""
+    if seed == TEST_SEED:
+        raise ValueError("the test seed cannot be used for validation")
+    return _distinct(seed, size, _test_questions())
 
 
 def train_problems(seed: int) -> Iterator[Problem]:
@@ -159,6 +178,10 @@ class ArithTask:
     name = "arith"
     default_gen_length = 24
 
+    def problems(self) -> tuple[Problem, ...]:
+        """The task's own problems (used when no ``--data`` is given)."""
+        return test_set()
+
     def examples(self, data: str | None = None) -> list[Example]:
         if data is not None:
             rows = read_jsonl(data, required=("question", "answer"))
@@ -166,9 +189,19 @@ class ArithTask:
                 Example(str(i), r["question"], extract_answer(r["answer"]), r["answer"]) for i, r in enumerate(rows)
             ]
         return [
-            Example(str(i), p.question, p.answer, p.solution, {"steps": p.steps}) for i, p in enumerate(test_set())
+            Example(str(i), p.question, p.answer, p.solution, {"steps": p.steps}) for i, p in enumerate(self.problems())
         ]
 
     def score(self, example: Example, output: str) -> Score:
         got = extract_answer(output)
         return Score(got is not None and got == example.reference, got)
+
+
+class ArithValTask(ArithTask):
+    """``arith-val``: the validation set (:func:`val_set`) behind the same interface and scoring; choose
+    decoding settings here, then report them once on ``arith``."""
+
+    name = "arith-val"
+
+    def problems(self) -> tuple[Problem, ...]:
+        return val_set()

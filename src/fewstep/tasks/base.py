@@ -42,6 +42,7 @@ class Task(Protocol):
 # name -> "module:attribute"; modules are imported only when a task is asked for.
 REGISTRY: dict[str, str] = {
     "arith": "fewstep.tasks.arith:ArithTask",
+    "arith-val": "fewstep.tasks.arith:ArithValTask",
     "gsm8k": "fewstep.tasks.gsm8k:GSM8KTask",
     "math500": "fewstep.tasks.math500:Math500Task",
     "humaneval": "fewstep.tasks.humaneval:HumanEvalTask",
