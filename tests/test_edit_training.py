@@ -106,7 +106,8 @@ def test_an_edit_run_with_every_source_trains_validates_and_resumes(tmp_path, ra
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed] == \
            [{k: v for k, v in r.items() if k not in drop} for r in full]
     vals = [r for r in full if "val_loss" in r]
-    assert len(vals) == 2 and all(0 <= r["val_p_right"] <= 1 and 0 <= r["val_p_wrong"] <= 1 for r in vals)
+    assert len(vals) == 2 and all(0 <= r["val_p_right"] <= 1 and 0 <= r["val_p_wrong"] <= 1 and 0 <= r["val_auroc"] <= 1
+                                  for r in vals)
     assert all(r["loss"] > 0 for r in full if "loss" in r)
     a = load_file(tmp_path / "full" / "last" / "model.safetensors")
     teacher = load_file(random_dlm_dir / "model.safetensors")

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from fewstep.errors import ConfigError
+from fewstep.evaluation.calibration import auroc
 from fewstep.files import atomic_save
-from fewstep.parallel import Place, all_sum, rank_device
+from fewstep.parallel import Place, all_gather, all_sum, rank_device
 from fewstep.training import data, dscd, edit, objectives
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset, encode
@@ -243,8 +244,8 @@ class Distiller:
 
     def _validate_edit(self) -> dict[str, float]:
         """The edit loss on the validation set with a fixed corruption (own-answer rows shown random
-        replacements instead: the model's answers move as it trains), and the mean probability the
-        model gives right and wrong visible draft tokens."""
+        replacements instead: the model's answers move as it trains), and how the model judges the
+        visible draft tokens: its mean probability of right and of wrong ones, and the AUROC."""
         val, g = self.dataset.val, self.gen_length
         batch = encode(self.tok, val, g)
         fixed = dataclasses.replace(self.cfg, edit_random=self.cfg.edit_random + self.cfg.edit_self, edit_self=0.0)
@@ -253,19 +254,21 @@ class Distiller:
             self._val_drafts = edit.draft_proposals(self._adapter(), self.cfg.edit_drafter_name,
                                                     [p.question for p in val], g)
         mine = torch.arange(self.place.rank, len(val), self.place.world)
-        sums, right, wrong = [0.0, 0.0, 0.0], [], []
+        loss_sum, probs, right = 0.0, [], []
         for rows in torch.split(mine, max(1, self.cfg.batch_size // self.cfg.grad_accum)):
             loss, judged = self._edit_terms(batch, val, rows, c, self.student, self._val_drafts)
-            sums[0] += loss.item()
-            right += [p for p, r in zip(judged.prob, judged.right) if r]
-            wrong += [p for p, r in zip(judged.prob, judged.right) if not r]
-        sums[1], sums[2] = sum(right), float(len(right))
-        dev = self.device if self.device.type == "cuda" else torch.device("cpu")
-        loss_s, right_s, n_right = all_sum(self.place, sums, dev)
-        wrong_s, n_wrong = all_sum(self.place, [sum(wrong), float(len(wrong))], dev)
+            loss_sum += loss.item()
+            probs += judged.prob
+            right += judged.right
+        gathered = all_gather(self.place, (loss_sum, probs, right))
+        loss_s = sum(x[0] for x in gathered)
+        probs = [p for x in gathered for p in x[1]]
+        right = [r for x in gathered for r in x[2]]
+        n_right = sum(right)
         return {"val_loss": loss_s / (len(val) * g), "val_kl": 0.0, "val_ce": loss_s / (len(val) * g),
-                "val_p_right": right_s / max(n_right, 1.0), "val_p_wrong": wrong_s / max(n_wrong, 1.0),
-                "val_wrong_tokens": n_wrong}
+                "val_p_right": sum(p for p, r in zip(probs, right) if r) / max(n_right, 1),
+                "val_p_wrong": sum(p for p, r in zip(probs, right) if not r) / max(len(right) - n_right, 1),
+                "val_wrong_tokens": len(right) - n_right, "val_auroc": auroc(probs, right) or 0.0}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -1,0 +1,78 @@
+"""Choose a model's recommended warm-start settings on the validation split, never on the test set.
+
+One ``fewstep bench`` on ``arith-val`` (problems from another seed of the generator): the policy
+without a draft first, then the policy with ``--drafter`` and each candidate verification setting
+(one-forward verification: every draft token judged in place at the first forward, accepted at
+probability ``tau`` or more, rejected ones edited or masked). The recommendation is the candidate
+with the fewest diffusion forwards among those whose accuracy is within ``--tolerance`` of the
+no-draft row on the same problems; ``--write`` stores it in the model directory's
+generation_config.json (``warm_start``), where ``--drafter`` alone then finds it.
+
+    python scripts/choose_warm_start.py --model src/fewstep/assets/tiny-dlm-edit --out runs/choose-edit --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+TAUS = (0.3, 0.5, 0.7, 0.9)
+REJECTS = ("mask", "edit")
+
+
+def candidates(taus=TAUS, rejects=REJECTS) -> list[dict[str, object]]:
+    """Warm-start settings to try: one-forward verification at each threshold, each way of rejecting."""
+    return [{"init": "inject", "remask_threshold": tau, "confirm_threshold": tau, "reject": reject}
+            for tau, reject in itertools.product(taus, rejects)]
+
+
+def spec(base: str, drafter: str, setting: dict[str, object]) -> str:
+    sep = "," if ":" in base else ":"
+    return base + sep + ",".join([f"drafter={drafter}"] + [f"{k}={v}" for k, v in setting.items()])
+
+
+def choose(results: list[dict], settings: list[dict[str, object]], tolerance: float) -> dict[str, object] | None:
+    """The setting with the fewest diffusion forwards within ``tolerance`` of the first (no-draft) row."""
+    ok = [(r["nfe_mean"], -r["accuracy"], i) for i, r in enumerate(results[1:])
+          if r["vs_first"]["accuracy_diff"] >= -tolerance]
+    return settings[min(ok)[2]] if ok else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--drafter", default="tiny-ar")
+    ap.add_argument("--strategy", default="threshold:threshold=0.9", help="the policy (a bench strategy spec)")
+    ap.add_argument("--task", default="arith-val")
+    ap.add_argument("--tolerance", type=float, default=0.005, help="accuracy loss allowed (0.005: half a point)")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--write", action="store_true", help="store the choice in the model directory")
+    args = ap.parse_args()
+
+    from fewstep.evaluation.bench import BenchRequest, run_bench
+    from fewstep.models.loading import decode_defaults, write_decode_defaults
+
+    settings = candidates()
+    specs = (args.strategy, *(spec(args.strategy, args.drafter, s) for s in settings))
+    req = BenchRequest(task=args.task, model=args.model, strategies=specs, out=args.out, limit=args.limit,
+                       batch_size=args.batch_size, repeats=1)
+    result = run_bench(req, progress=False)
+    print((Path(args.out) / "bench.md").read_text(), end="")
+    best = choose(result["results"], settings, args.tolerance)
+    print("recommended:", json.dumps(best))
+    (Path(args.out) / "recommended.json").write_text(json.dumps({"warm_start": best, "task": args.task,
+                                                                 "strategy": args.strategy,
+                                                                 "tolerance": args.tolerance}, indent=2) + "\n")
+    if args.write and best is not None:
+        path = Path(args.model)
+        write_decode_defaults(path, {**decode_defaults(path), "warm_start": best})
+        print(f"written to {path / 'generation_config.json'}")
+    return 0 if best is not None else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
