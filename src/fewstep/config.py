@@ -31,6 +31,7 @@ REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
 INIT = ("mask", "inject", "interpolate")
 CACHE = ("none", "prefix", "dual")
+REJECT = ("mask", "edit")
 
 
 @dataclass(frozen=True, init=False)
@@ -82,6 +83,11 @@ class DecodeConfig:
                                   "judged there; at most the strategy's steps per block", lo=1)
     verify_prefix: bool = param(False, "judge a block's draft as a whole: confirm the longest prefix that reaches "
                                        "remask_threshold, revoke the rest")
+    reject: str = param("mask", "a draft token the model rejects: mask (decoded again from the next forward) or edit "
+                                "(takes this step's candidate at once, committed)", choices=REJECT)
+    edit_min_confidence: float = param(0.0, "reject=edit: a rejected token takes the candidate only where the model's "
+                                            "probability for the candidate reaches this, else it goes back to mask",
+                                       lo=0, hi=1)
     cache: str = param("none", "key/value cache: none, prefix (prompt and finished blocks cached), dual (the "
                                "positions after the block too)", choices=CACHE)
     cache_refresh: int = param(0, "rerun the whole sequence every this many steps of a block (0: at its first step "
