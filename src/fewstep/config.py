@@ -40,11 +40,13 @@ class DecodeConfig:
     meaning (``fewstep list settings`` prints them; docs/settings.md is generated from them), plus
     ``params``, the active strategy's parameters (``fewstep list strategies``).
 
-    Rationale for two of them. ``verify_groups`` > 1: a masked diffusion model is trained to predict
+    Rationale for three of them. ``verify_groups`` > 1: a masked diffusion model is trained to predict
     masked positions only, so its output at a visible token is not a calibrated probability of
     that token; its prediction at a masked one is. ``verify_prefix``: a drafter writes left to
     right, so its tokens after an error were conditioned on it; revoking the whole suffix repairs
-    chained errors instead of locking them in (:mod:`fewstep.decoding.revise`).
+    chained errors instead of locking them in (:mod:`fewstep.decoding.revise`). ``reject=edit``:
+    a rejected draft token takes the model's candidate at once, so with ``remask_threshold =
+    confirm_threshold`` one forward judges and repairs a whole draft (docs/warm-start.md).
     """
 
     strategy: str = param("llada", "the commit policy (fewstep list strategies); ar: greedy decoding of a causal model")
