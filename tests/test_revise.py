@@ -43,6 +43,7 @@ def test_no_draft_token_is_returned_unjudged(settings):
     last = run(model, cfg, [10, 20, EOS, EOS])[-1]
     assert last.canvas[0].tolist() == [10, 11, EOS, EOS]
     assert int(last.counts["revoked"][0]) == 1 and int(last.counts["injected"][0]) == 4
+    assert int(last.counts["confirmed"][0]) == 3  # the rejected one holds the candidate: not a kept draft token
 
 
 def test_a_budget_that_cannot_judge_every_group_is_refused():

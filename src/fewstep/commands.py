@@ -15,12 +15,11 @@ from fewstep.errors import ConfigError, FewstepError
 
 
 def settings_of(args: argparse.Namespace) -> list[str]:
-    """--set values, with --drafter as drafter=... (and init=inject unless an init is set)."""
+    """--set values, with --drafter as drafter=... (the warm-start settings a drafter brings, init=inject
+    and the model's recommendation, come from :func:`fewstep.config.resolve_config`)."""
     settings = list(args.settings)
     if getattr(args, "drafter", None):
         settings.append(f"drafter={args.drafter}")
-        if not any(s.split("=", 1)[0].strip() == "init" for s in settings):
-            settings.append("init=inject")
     return settings
 
 
@@ -57,6 +56,8 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.stats:
         drafter = f" drafter_nfe={result.drafter_nfe} injected={result.injected} confirmed={result.confirmed} " \
                   f"revoked={result.revoked}" if cfg.drafter else ""
+        if cfg.drafter and cfg.reject == "edit":
+            drafter += f" edited={result.edited}"
         print(f"nfe={result.nfe} answer_tokens={result.answer_tokens} "
               f"tokens_per_forward={result.tokens_per_forward:.2f}{drafter}", file=sys.stderr)
     return 0

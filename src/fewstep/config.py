@@ -24,13 +24,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from fewstep.errors import ConfigError
-from fewstep.settings import param, validate
+from fewstep.settings import check_value, param, validate
 from fewstep.strategies import REGISTRY, default_strategy, make_policy, model_kind, strategy_module
 
 REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
 INIT = ("mask", "inject", "interpolate")
 CACHE = ("none", "prefix", "dual")
+REJECT = ("mask", "edit")
 
 
 @dataclass(frozen=True, init=False)
@@ -39,11 +40,13 @@ class DecodeConfig:
     meaning (``fewstep list settings`` prints them; docs/settings.md is generated from them), plus
     ``params``, the active strategy's parameters (``fewstep list strategies``).
 
-    Rationale for two of them. ``verify_groups`` > 1: a masked diffusion model is trained to predict
+    Rationale for three of them. ``verify_groups`` > 1: a masked diffusion model is trained to predict
     masked positions only, so its output at a visible token is not a calibrated probability of
     that token; its prediction at a masked one is. ``verify_prefix``: a drafter writes left to
     right, so its tokens after an error were conditioned on it; revoking the whole suffix repairs
-    chained errors instead of locking them in (:mod:`fewstep.decoding.revise`).
+    chained errors instead of locking them in (:mod:`fewstep.decoding.revise`). ``reject=edit``:
+    a rejected draft token takes the model's candidate at once, so with ``remask_threshold =
+    confirm_threshold`` one forward judges and repairs a whole draft (docs/warm-start.md).
     """
 
     strategy: str = param("llada", "the commit policy (fewstep list strategies); ar: greedy decoding of a causal model")
@@ -82,6 +85,11 @@ class DecodeConfig:
                                   "judged there; at most the strategy's steps per block", lo=1)
     verify_prefix: bool = param(False, "judge a block's draft as a whole: confirm the longest prefix that reaches "
                                        "remask_threshold, revoke the rest")
+    reject: str = param("mask", "a draft token the model rejects: mask (decoded again from the next forward) or edit "
+                                "(takes this step's candidate at once, committed)", choices=REJECT)
+    edit_min_confidence: float = param(0.0, "reject=edit: a rejected token takes the candidate only where the model's "
+                                            "probability for the candidate reaches this, else it goes back to mask",
+                                       lo=0, hi=1)
     cache: str = param("none", "key/value cache: none, prefix (prompt and finished blocks cached), dual (the "
                                "positions after the block too)", choices=CACHE)
     cache_refresh: int = param(0, "rerun the whole sequence every this many steps of a block (0: at its first step "
@@ -246,11 +254,17 @@ def applicable(cfg: DecodeConfig, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple[str, ...],
-                   default_gen_length: int | None = None) -> DecodeConfig:
+                   default_gen_length: int | None = None, gen_length: int | None = None,
+                   request: list[str] | tuple[str, ...] | dict[str, Any] = ()) -> DecodeConfig:
     """Defaults, then the task's generation length (``default_gen_length``), then the model
-    directory's decode defaults (those that concern the strategy), then ``--set`` overrides."""
+    directory's decode defaults (those that concern the strategy), then the warm-start settings a
+    drafter brings (:func:`drafter_settings`), then ``settings`` (``--set``), then a server
+    request's generation length (``gen_length``: block length and llada's steps follow, as
+    :func:`with_gen_length` says) and its own ``request`` settings (``key=value`` strings or a
+    dict). A drafter or a warm-start setting counts the same in ``settings`` and ``request``."""
     settings = list(settings)
-    chosen = next((split_assignment(s)[1] for s in settings if split_assignment(s)[0] == "strategy"), None)
+    pairs = [split_assignment(s) for s in settings]
+    chosen = next((v for k, v in pairs if k == "strategy"), None)
     if not (chosen or strategy):
         strategy = default_strategy(model.kind)
     strategy = chosen or strategy
@@ -258,7 +272,54 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
     if default_gen_length is not None:
         cfg = with_gen_length(cfg, default_gen_length)
     cfg = override(cfg, applicable(cfg, dict(model.decode_defaults)))
-    return override(cfg, settings)
+    later = list(request.items()) if isinstance(request, dict) else [split_assignment(s) for s in request]
+    cfg = override(cfg, drafter_settings(model.decode_defaults.get("warm_start"), pairs + later))
+    cfg = override(cfg, settings)
+    if gen_length is not None:
+        cfg = with_gen_length(cfg, gen_length)
+    return override(cfg, request) if request else cfg
+
+
+WARM_START = ("init", "rho", "alpha", "alpha_decay", "draft_min_confidence", "remask_threshold", "confirm_threshold",
+              "revise_threshold", "max_revisions", "verify_groups", "verify_prefix", "reject", "edit_min_confidence")
+
+
+def drafter_settings(recommended: dict[str, Any] | None, given: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """The warm-start settings a drafter brings, under the explicit ``given`` (key, value) pairs
+    (every ``--set``, ``--drafter`` and request setting; the last of a key wins): none without a
+    drafter; ``init=inject`` unless an init is given; and, where no warm-start setting
+    (:data:`WARM_START`) is given at all, the model directory's ``recommended`` ones over it.
+
+    The recommendation is all or nothing: one explicit warm-start setting and none of it applies,
+    since its values are chosen together (a remask_threshold tuned with confirm_threshold = it
+    and reject=edit means something else beside another confirm_threshold)."""
+    values = dict(given)
+    if not values.get("drafter"):
+        return {}
+    brought: dict[str, Any] = {"drafter": values["drafter"]}
+    explicit = set(values) & set(WARM_START)
+    if "init" not in explicit:
+        brought["init"] = "inject"
+    if not explicit and recommended:
+        brought.update(check_warm_start(recommended))
+    return brought
+
+
+def check_warm_start(values: Any) -> dict[str, Any]:
+    """A model directory's recommended warm-start settings (``warm_start`` in its
+    generation_config.json), checked: an object of warm-start settings, each of its declared type
+    and range, remask_threshold not above confirm_threshold. -> a copy."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"warm_start must be an object of warm-start settings, got {values!r}")
+    declared = {f.name: f for f in loop_fields()}
+    for key, value in values.items():
+        if key not in WARM_START:
+            raise ConfigError(f"warm_start: {key!r} is not a warm-start setting (those are: {', '.join(WARM_START)})")
+        check_value("warm_start", declared[key], value)
+    remask, confirm = (values.get(k, declared[k].default) for k in ("remask_threshold", "confirm_threshold"))
+    if remask > confirm:
+        raise ConfigError(f"warm_start: remask_threshold ({remask}) must not exceed confirm_threshold ({confirm})")
+    return dict(values)
 
 
 def with_gen_length(cfg: DecodeConfig, gen_length: int) -> DecodeConfig:

@@ -35,6 +35,7 @@ from fewstep.models.adapter import CausalModel, DiffusionModel
 from fewstep.strategies import model_kind
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]]
+COUNTS = ("injected", "confirmed", "revoked", "edited")  # the revise stage's per-row counts results report
 
 
 @dataclass
@@ -119,7 +120,7 @@ def results_from_event(model: DiffusionModel, event: StepEvent, warm: WarmStart 
     out = []
     counts = {k: v.tolist() for k, v in (event.counts or {}).items()}
     for i, (row, nfe, at) in enumerate(zip(event.canvas.tolist(), event.nfe.tolist(), event.committed_at.tolist())):
-        extra: dict[str, Any] = {k: counts[k][i] for k in ("injected", "confirmed", "revoked") if k in counts}
+        extra: dict[str, Any] = {k: counts[k][i] for k in COUNTS if k in counts}
         if warm is not None:
             extra.update(drafter_nfe=warm.drafter_nfe[i], drafter_s=warm.drafter_s[i])
         out.append(GenerationResult(row, model.decode(row), nfe, model.answer_length(row), at, **extra))

@@ -13,7 +13,8 @@ step at which it was committed and the row's forward count (NFE), all in one
   (:class:`~fewstep.decoding.cache.StepCache`) a row's forward runs only a window of the sequence;
 - **candidates**: guidance, EOS penalty, Gumbel noise -> a candidate and a confidence per position;
 - **revise** (only with a draft or bounded revision: :class:`~fewstep.decoding.revise.ReviseStage`):
-  the model judges draft tokens, confirming or revoking them, at every step including the last;
+  the model judges draft tokens, confirming or revoking them (``reject=edit``: a rejected one
+  takes the step's candidate at once, committed), at every step including the last;
 - **commit**: the strategy's policy decides (:class:`fewstep.strategies.base.Decision`); the loop
   bounds it: at the block's last allowed step (``policy.max_steps()``) every undecided position is
   committed (a position revoked at that step takes the step's candidate), and a row whose step
@@ -54,14 +55,14 @@ class StepEvent:
 
     step: int  # global step index (0-based)
     block: int
-    committed: torch.Tensor  # [B, G] bool: positions committed at this step (early-stop fills included)
-    revoked: torch.Tensor  # [B, G] bool: positions sent back to mask at this step
+    committed: torch.Tensor  # [B, G] bool: positions committed at this step (draft tokens, edits, EOS fills too)
+    revoked: torch.Tensor  # [B, G] bool: positions sent back to mask at this step (edited ones: in both)
     canvas: torch.Tensor  # [B, G] token ids after the step (mask id where still masked)
     nfe: torch.Tensor  # [B] forward passes so far, per row
     committed_at: torch.Tensor  # [B, G] step at which each position was committed (-1: not yet)
     done: bool  # True on the last event of the decode
     state: torch.Tensor | None = None  # [B, G] int8 position states after the step (canvas.MASKED, ...)
-    counts: dict[str, torch.Tensor] | None = None  # [B] each: injected, confirmed, revoked (so far)
+    counts: dict[str, torch.Tensor] | None = None  # [B] each, so far: injected, confirmed, revoked (+ edited)
 
 
 class Scored(NamedTuple):
@@ -73,9 +74,11 @@ class Scored(NamedTuple):
 
 
 class Judged(NamedTuple):
-    """What the revise stage did: [B, L] draft or committed tokens revoked; [B] rows it changed."""
+    """What the revise stage did: [B, L] draft or committed tokens revoked, [B, L] draft tokens it
+    committed (confirmed, or rejected and edited: ``reject=edit``); [B] rows it changed."""
 
     revoked: torch.Tensor
+    committed: torch.Tensor
     touched: torch.Tensor
 
 
@@ -121,11 +124,11 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
             scored = Scored(rows.scatter(scored.cand, 0), rows.scatter(scored.conf, float("-inf")),
                             rows.scatter(scored.probs, 0.0))
             # revise: judge draft tokens (what it revokes is decoded from the next forward on; at the
-            # block's last step it takes this step's candidate)
+            # block's last step, or at once with reject=edit, it takes this step's candidate)
             judged = None
             if revise is not None:
                 assert judging is not None
-                judged = Judged(*revise.judge(blk, scored.probs, judging, rows.mask, st.step))
+                judged = Judged(*revise.judge(blk, scored.probs, scored.cand, judging, rows.mask, st.step))
             # commit, and count the forward
             change = _commit(policy, st, blk, scored, rows.mask, judged, revise, s, last)
             st.nfe += rows.mask if cfg.cfg_scale == 0 else rows.mask.long() * 2  # guidance: two forwards
@@ -213,7 +216,7 @@ def _commit(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Ten
         commit = commit | revise.settle(blk, rows, st.step)
     if judged is None:
         return Change(commit, extra)
-    return Change(commit, judged.revoked if extra is None else judged.revoked | extra)
+    return Change(commit | judged.committed, judged.revoked if extra is None else judged.revoked | extra)
 
 
 def _decide(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Tensor, todo: torch.Tensor,

@@ -16,7 +16,8 @@ class GenerationResult:
     drafter_s: float = 0.0  # this prompt's share of the drafter's wall time
     injected: int = 0  # draft tokens the canvas started with (provisional)
     confirmed: int = 0  # of those, kept by the diffusion model
-    revoked: int = 0  # positions sent back to mask (provisional or committed)
+    revoked: int = 0  # positions sent back to mask (provisional or committed), edited ones included
+    edited: int = 0  # of the revoked draft tokens, those that took the step's candidate at once (reject=edit)
 
     @property
     def tokens_per_forward(self) -> float:

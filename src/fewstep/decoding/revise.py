@@ -18,6 +18,14 @@ sends back to mask, from its probability for the token each one holds.
   equation is consistent with its context and would pass a per-token check); revoking the whole
   suffix repairs chained errors instead of locking them in.
 
+- token editing (``reject=edit``): a draft token the model rejects (per token, or in a revoked
+  suffix) takes the step's candidate at once, committed, instead of going back to mask, where the
+  model's probability for the candidate reaches ``edit_min_confidence`` (else it is masked as with
+  ``reject=mask``). With ``remask_threshold = confirm_threshold`` and ``verify_groups=1`` the first
+  forward judges every draft token in place: accepted ones committed, rejected ones edited. Counts:
+  an edited token is counted as revoked and as edited. Committed tokens revoked by bounded
+  revision go back to mask whatever ``reject`` says (it concerns draft tokens).
+
 Shapes: B rows, L block length.
 """
 
@@ -44,6 +52,17 @@ def revise(token_prob: torch.Tensor, state: torch.Tensor, revisions: torch.Tenso
     return confirm, revoke
 
 
+def edits(rejected: torch.Tensor, cand: torch.Tensor, probs: torch.Tensor, cfg) -> torch.Tensor:
+    """rejected [B, L] (draft tokens revoked at this step), cand [B, L], probs [B, L, V] -> [B, L]
+    those that take their candidate at once (``reject=edit``, where the model's probability for
+    the candidate reaches ``edit_min_confidence``); the others go back to mask."""
+    if cfg.reject != "edit":
+        return torch.zeros_like(rejected)
+    if cfg.edit_min_confidence > 0:
+        return rejected & (token_probability(probs, cand) >= cfg.edit_min_confidence)
+    return rejected
+
+
 def verify_prefix(score: torch.Tensor, state: torch.Tensor, ready: torch.Tensor, threshold: float) -> tuple[
         torch.Tensor, torch.Tensor]:
     """score [B, L] (the model's probability of each judged draft token), state [B, L], ready [B]
@@ -61,8 +80,8 @@ class ReviseStage:
     often a committed token was revoked; and per row the counts results report.
 
     Per step: :meth:`model_input` (which draft tokens are judged, fed masked with ``verify_groups``
-    > 1), :meth:`judge` (confirm and revoke from the step's probabilities, at every step including
-    the block's last, so no draft token is returned unjudged), :meth:`settle` (a block with nothing
+    > 1), :meth:`judge` (confirm, revoke and edit from the step's probabilities and candidates, at
+    every step including the block's last, so no draft token is returned unjudged), :meth:`settle` (a block with nothing
     left to decode keeps its judged draft tokens). Shapes: B rows, G generation, L block length.
     """
 
@@ -70,14 +89,18 @@ class ReviseStage:
         b, g = state.shape
         dev = state.device
         self.cfg, self.mask_id = cfg, mask_id
-        self.counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": torch.zeros(b, dtype=torch.long,
-                                                                                          device=dev),
-                       "revoked": torch.zeros(b, dtype=torch.long, device=dev)}
+        zeros = torch.zeros(b, dtype=torch.long, device=dev)
+        # per row, what results report (GenerationResult); with reject=edit, edited too: a rejected
+        # draft token that took its candidate counts as revoked and as edited, never as confirmed
+        self.counts = {"injected": (state == PROVISIONAL).sum(1), "confirmed": zeros, "revoked": zeros.clone()}
+        if cfg.reject == "edit":
+            self.counts["edited"] = zeros.clone()
         self.revisions = torch.zeros((b, g), dtype=torch.long, device=dev)  # revocations of committed tokens
         self.checked = torch.zeros((b, g), dtype=torch.bool, device=dev)  # draft tokens the model has judged
         self.score = torch.zeros((b, g), dtype=torch.float64, device=dev)  # their probability when judged
         self.groups = torch.arange(g, device=dev) % cfg.verify_groups  # [G] verification group of each position
         self.was_provisional: torch.Tensor | None = None  # [B, L] at the start of the step
+        self.rejected: torch.Tensor | None = None  # [B, L] draft tokens rejected at the step
 
     @classmethod
     def build(cls, cfg, state: torch.Tensor, mask_id: int) -> ReviseStage | None:
@@ -92,6 +115,7 @@ class ReviseStage:
     def model_input(self, ids: torch.Tensor, blk, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> the model's input ids [B, T] and the draft tokens judged at step ``s`` of the block [B, L]."""
         self.was_provisional = blk.state == PROVISIONAL
+        self.rejected = torch.zeros_like(self.was_provisional)
         judged = self.was_provisional
         if self.cfg.verify_groups == 1:
             return ids, judged
@@ -100,27 +124,38 @@ class ReviseStage:
         x[:, blk.window].masked_fill_(judged, self.mask_id)
         return x, judged
 
-    def judge(self, blk, probs: torch.Tensor, judged: torch.Tensor, rows: torch.Tensor, step: int) -> tuple[
-            torch.Tensor, torch.Tensor]:
-        """Confirm and revoke from ``probs`` [B, L, V] in the rows that took the forward (``rows``
-        [B]), in place. -> revoked [B, L], and [B] the rows where the stage changed anything."""
-        cfg, lo, hi, active = self.cfg, blk.lo, blk.hi, rows[:, None]
-        tok_p = token_probability(probs, blk.tokens)
+    def judge(self, blk, probs: torch.Tensor, cand: torch.Tensor, judged: torch.Tensor, rows: torch.Tensor,
+              step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Confirm, revoke and (``reject=edit``) edit from ``probs`` [B, L, V] and the step's
+        candidates ``cand`` [B, L] in the rows that took the forward (``rows`` [B]), in place.
+        -> revoked [B, L] (edited positions included), committed [B, L] (draft tokens confirmed,
+        and rejected ones that took their candidate), and [B] the rows where the stage changed anything."""
+        lo, hi, active = blk.lo, blk.hi, rows[:, None]
         new = judged & active & ~self.checked[:, lo:hi]
         self.checked[:, lo:hi] |= judged & active
+        confirm, revoke = self._verdicts(blk, token_probability(probs, blk.tokens), judged, rows)
+        self.revisions[:, lo:hi] += revoke & (blk.state == COMMITTED)
+        self.rejected = revoke & (blk.state == PROVISIONAL)
+        edit = edits(self.rejected, cand, probs, self.cfg)
+        blk.apply(confirm, None, revoke, self.mask_id, step)
+        blk.apply(edit, cand, None, self.mask_id, step)  # a revoked position is masked now: it takes cand
+        self.counts["revoked"] += revoke.sum(1)
+        if "edited" in self.counts:
+            self.counts["edited"] += edit.sum(1)
+        return revoke, confirm | edit, (new | confirm | revoke).any(1)
+
+    def _verdicts(self, blk, tok_p: torch.Tensor, judged: torch.Tensor, rows: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """-> confirm, revoke [B, L]: per token, or for the block's draft as a whole (``verify_prefix``)."""
+        cfg, lo, hi, active = self.cfg, blk.lo, blk.hi, rows[:, None]
         if cfg.verify_prefix:
             score = self.score[:, lo:hi]
             score.copy_(torch.where(judged & active, tok_p, score))
             ready = ~self.unjudged(blk).any(1) & rows
-            confirm, revoke = verify_prefix(score, blk.state, ready, cfg.remask_threshold)
-        else:
-            confirm, revoke = revise(tok_p, blk.state, self.revisions[:, lo:hi], cfg)
-            own = active & (judged | (blk.state != PROVISIONAL))  # a draft token is judged in its group's step
-            confirm, revoke = confirm & own, revoke & own
-        self.revisions[:, lo:hi] += revoke & (blk.state == COMMITTED)
-        blk.apply(confirm, None, revoke, self.mask_id, step)
-        self.counts["revoked"] += revoke.sum(1)
-        return revoke, (new | confirm | revoke).any(1)
+            return verify_prefix(score, blk.state, ready, cfg.remask_threshold)
+        confirm, revoke = revise(tok_p, blk.state, self.revisions[:, lo:hi], cfg)
+        own = active & (judged | (blk.state != PROVISIONAL))  # a draft token is judged in its group's step
+        return confirm & own, revoke & own
 
     def settle(self, blk, rows: torch.Tensor, step: int) -> torch.Tensor:
         """Rows with nothing left to decode or judge in the block keep their draft tokens (they
@@ -129,6 +164,8 @@ class ReviseStage:
         pending = (blk.state == MASKED) | (prov & ~self.checked[:, blk.lo:blk.hi])  # [B, L]
         keep = prov & ~pending.any(1, keepdim=True) & rows[:, None]
         blk.apply(keep, None, None, self.mask_id, step)
-        assert self.was_provisional is not None
-        self.counts["confirmed"] += (self.was_provisional & (blk.state == COMMITTED)).sum(1)
+        assert self.was_provisional is not None and self.rejected is not None
+        # kept draft tokens: committed now and not rejected at this step (an edited one, or one revoked
+        # at the block's last step, holds the step's candidate)
+        self.counts["confirmed"] += (self.was_provisional & (blk.state == COMMITTED) & ~self.rejected).sum(1)
         return keep

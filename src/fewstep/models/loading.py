@@ -8,8 +8,8 @@ of these runs code from the directory. A directory whose architecture exists onl
 (``auto_map``) loads only with ``trust_remote_code=True``.
 
 Decode defaults come from ``generation_config.json`` (the fewstep keys in it: ``gen_length``,
-``steps``, ...); directories written before that hold them in ``fewstep.json``
-(``{"decode_defaults": {...}}``), still read.
+``steps``, ..., and ``warm_start``: the settings recommended for a warm start); directories written
+before that hold them in ``fewstep.json`` (``{"decode_defaults": {...}}``), still read.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fewstep.errors import ModelLoadError
+from fewstep.errors import ConfigError, ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
 from fewstep.models.registry import ARCHITECTURES, find, native, target
 
@@ -142,8 +142,9 @@ DECODE_KEYS = ("gen_length", "block_length", "steps")  # fewstep's keys in gener
 
 def decode_defaults(path: Path) -> dict[str, Any]:
     """Decode defaults of a model directory: generation_config.json (``max_new_tokens`` is the
-    generation length; ``gen_length``, ``block_length`` and ``steps`` are fewstep's keys), over an
-    older directory's fewstep.json."""
+    generation length; ``gen_length``, ``block_length`` and ``steps`` are fewstep's keys;
+    ``warm_start``, an object of recommended warm-start settings, is checked: ModelLoadError names
+    a bad one), over an older directory's fewstep.json."""
     old = path / "fewstep.json"
     out: dict[str, Any] = dict(_read_json(old).get("decode_defaults", {})) if old.is_file() else {}
     gen = path / "generation_config.json"
@@ -152,15 +153,34 @@ def decode_defaults(path: Path) -> dict[str, Any]:
         if isinstance(g.get("max_new_tokens"), int):
             out["gen_length"] = g["max_new_tokens"]
         out.update({k: g[k] for k in DECODE_KEYS if isinstance(g.get(k), int)})
+        if "warm_start" in g:
+            out["warm_start"] = _warm_start(g["warm_start"], gen)
     return out
+
+
+def _warm_start(values: Any, where: Path) -> dict[str, Any]:
+    """A directory's recommended warm-start settings, checked (:func:`fewstep.config.check_warm_start`)."""
+    from fewstep.config import check_warm_start
+
+    try:
+        return check_warm_start(values)
+    except ConfigError as e:
+        raise ModelLoadError(f"{where}: {e}") from None
 
 
 def write_decode_defaults(path: Path, defaults: dict[str, Any]) -> None:
     """Write ``defaults`` into ``path``/generation_config.json (kept keys merged; atomic), where
-    transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json."""
+    transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json.
+    ``defaults["warm_start"]``: the recommended warm-start settings (a dict of DecodeConfig
+    settings, checked; a ConfigError names a bad one), applied when a drafter is given and no
+    warm-start setting is (:func:`fewstep.config.drafter_settings`)."""
+    from fewstep.config import check_warm_start
+
     gen = path / "generation_config.json"
     g = _read_json(gen) if gen.is_file() else {}
     g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS and k != "gen_length"})
+    if "warm_start" in defaults:
+        g["warm_start"] = check_warm_start(defaults["warm_start"])
     if "gen_length" in defaults:  # transformers' name for it, so that its generate() agrees
         g["max_new_tokens"] = defaults["gen_length"]
     tmp = gen.with_name(gen.name + ".tmp")

@@ -2,11 +2,14 @@
 
 The configuration goes through the CLI's own path: the request's ``settings`` become ``key=value``
 strings, checked by :func:`fewstep.config.check_settings` (NaN, infinities, integers beyond 64 bits)
-and applied by :func:`fewstep.config.override` (unknown keys, a parameter of another strategy,
-out-of-range values) on top of the server's configuration (:func:`fewstep.config.resolve_config`
-of ``--strategy`` / ``--set``), so a request is refused with exactly the message ``fewstep
-generate --set`` prints. ``max_tokens`` is the generation length; block length and llada's steps
-follow it where they equalled the old one (as a task's generation length does in ``fewstep eval``).
+and applied (unknown keys, a parameter of another strategy, out-of-range values are refused) on top
+of the server's configuration by the one function that resolves every configuration,
+:func:`fewstep.config.resolve_config` (``--strategy`` / ``--set`` / ``--drafter``, then the
+request), so a request is refused with exactly the message ``fewstep generate --set`` prints and
+a drafter brings the same warm-start settings as on the command line (the model's recommended ones
+where neither the server nor the request sets any). ``max_tokens`` is the generation length; block
+length and llada's steps follow it where they equalled the old one (as a task's generation length
+does in ``fewstep eval``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,9 @@ from typing import Any
 from fewstep.config import (
     DecodeConfig,
     check_settings,
-    override,
     resolve_config,
     setting_names,
     split_assignment,
-    with_gen_length,
 )
 from fewstep.errors import FewstepError
 from fewstep.serve.schemas import APIError, ChatRequest, CompletionRequest
@@ -58,7 +59,8 @@ def _assignment(key: str, value: Any) -> str:
 
 
 def request_config(model, server: ServerConfig, body: CompletionRequest | ChatRequest) -> DecodeConfig:
-    """The request's DecodeConfig: the server's, then ``max_tokens``, then the request's settings."""
+    """The request's DecodeConfig: the server's, then ``max_tokens``, then the request's settings
+    (:func:`fewstep.config.resolve_config`)."""
     settings = [_assignment(k, v) for k, v in (body.settings or {}).items()]
     if body.temperature is not None:
         settings.append(_assignment("temperature", float(body.temperature)))
@@ -71,10 +73,7 @@ def request_config(model, server: ServerConfig, body: CompletionRequest | ChatRe
         if body.strategy:  # the server's settings that the chosen strategy also has
             names = set(setting_names(body.strategy)) - {"strategy"}
             base_settings = [s for s in base_settings if split_assignment(s)[0] in names]
-        cfg = resolve_config(model, strategy, base_settings)
-        if body.max_tokens is not None:
-            cfg = with_gen_length(cfg, body.max_tokens)
-        cfg = override(cfg, settings)
+        cfg = resolve_config(model, strategy, base_settings, gen_length=body.max_tokens, request=settings)
     except FewstepError as e:
         raise APIError(400, str(e), "invalid_settings", "settings") from None
     if body.max_tokens is not None and cfg.gen_length != body.max_tokens:
