@@ -47,7 +47,6 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("fewstep.integrations.lm_eval needs lm-eval: pip install 'fewstep[lmeval]'") from e
 
-from fewstep.config import override
 from fewstep.decoding.likelihood import DEFAULT_MC_NUM, greedy_in_one_step, mc_loglikelihood, scored_region
 from fewstep.errors import ConfigError
 
@@ -163,7 +162,7 @@ class FewstepLM(LM):
             raise ConfigError(f"{pretrained!r} cannot be evaluated with lm-eval: it does not decode prompts")
         self.pretrained = str(pretrained)
         try:
-            self.cfg = override(resolve_config(self.model, strategy, ()), _decode_settings(decode))
+            self.cfg = resolve_config(self.model, strategy, (), request=_decode_settings(decode))
         except ConfigError as e:
             raise ConfigError(f"unknown fewstep model_args or bad value: {e} (model_args also take pretrained, "
                               "strategy, batch_size, device, dtype, mc_num, mc_padding, trust_remote_code)") from None

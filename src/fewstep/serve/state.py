@@ -141,7 +141,7 @@ class Server:
         drafter = sum(d.result.drafter_nfe for d in dones)
         if drafter:  # a warm start: the drafter's forwards and what became of its draft
             out["drafter_nfe"] = drafter
-            for k in ("injected", "confirmed", "revoked"):
+            for k in ("injected", "confirmed", "revoked", "edited"):
                 out[k] = sum(getattr(d.result, k) for d in dones)
         return out
 
