@@ -46,7 +46,7 @@ class DecodeConfig:
     right, so its tokens after an error were conditioned on it; revoking the whole suffix repairs
     chained errors instead of locking them in (:mod:`fewstep.decoding.revise`). ``reject=edit``:
     a rejected draft token takes the model's candidate at once, so with ``remask_threshold =
-    confirm_threshold`` one forward judges and repairs a whole draft (docs/warm-start.md).
+    confirm_threshold`` one forward judges and repairs a whole draft (docs/warm-starts.md).
     """
 
     strategy: str = param("llada", "the commit policy (fewstep list strategies); ar: greedy decoding of a causal model")
