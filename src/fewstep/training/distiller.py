@@ -219,7 +219,9 @@ class Distiller:
                 embeds = edit.interpolated_embeds(lambda t: torch.nn.functional.embedding(t, table), x, g,
                                                   draft_ids.to(self.device), masked.to(self.device), c, rows)
             logits = logits_of(model, x, att, self.teacher.shifted_logits, embeds)[:, -g:]  # [b, G, V]
-        w = torch.where(masked, 1.0, self.cfg.edit_visible_weight).to(self.device)
+        assert c.t is not None
+        w = edit.weights(masked, c.masked[rows], c.t[rows], self.cfg.edit_visible_weight,
+                         self.cfg.edit_inverse_t).to(self.device)
         visible = ~masked & (c.source[rows] == edit.DRAFTER)[:, None]
         judged = edit.visible_probs(logits.detach().cpu(), shown, clean, visible)
         return edit.token_loss(logits, clean.to(self.device), w), judged

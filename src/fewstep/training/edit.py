@@ -14,9 +14,10 @@ token-to-token editing and DiffusionGemma's uniform noise, and the on-policy err
 - each row masks a fraction t of its answer positions (t ~ U(eps, 1)); a corrupted row is fully
   visible (t = 0) with probability ``edit_visible``: the canvas a warm start's first forward sees;
 - the loss is cross-entropy against the reference at every answer position: at a masked position
-  (the diffusion objective), at a replaced one ("this token is wrong: write the right one") and at
-  a clean visible one ("keep it"), the visible ones weighted ``edit_visible_weight``, normalised
-  by the step's answer positions over every process;
+  (the diffusion objective, weighted 1/t as LLaDA's: a clean row's loss is exactly the masked
+  diffusion loss, which keeps the model's own decoding intact), at a replaced one ("this token is
+  wrong: write the right one") and at a clean visible one ("keep it"), the visible ones weighted
+  ``edit_visible_weight``, normalised by the step's answer positions over every process;
 - the alignment variant (``edit_interpolate`` > 0): in that fraction of the drafter rows, a masked
   position with a draft token gets the input embedding ``(1 - a) E[mask] + a E[draft]`` with
   a ~ U(0, 1) per row, so that ``init=interpolate`` decodes in distribution.
@@ -49,6 +50,7 @@ class Corruption:
     random_ids: torch.Tensor  # [B, G] the random tokens
     interpolate: torch.Tensor  # [B] bool: drafter rows fed interpolated embeddings at masked draft positions
     alpha: torch.Tensor  # [B] their interpolation weight
+    t: torch.Tensor | None = None  # [B] each row's mask ratio (0: fully visible)
 
 
 def draw(cfg, b: int, g: int, vocab: torch.Tensor, gen: torch.Generator, eps: float = 1e-3) -> Corruption:
@@ -67,7 +69,7 @@ def draw(cfg, b: int, g: int, vocab: torch.Tensor, gen: torch.Generator, eps: fl
     random_ids = vocab[torch.randint(len(vocab), (b, g), generator=gen)]
     interpolate = (source == DRAFTER) & (torch.rand(b, generator=gen) < cfg.edit_interpolate)
     alpha = torch.rand(b, generator=gen)
-    return Corruption(source, masked, replace, random_ids, interpolate, alpha)
+    return Corruption(source, masked, replace, random_ids, interpolate, alpha, t)
 
 
 def replaceable_ids(vocab_size: int, special: set[int]) -> torch.Tensor:
@@ -119,9 +121,15 @@ def interpolated_embeds(embed, x: torch.Tensor, g: int, draft_ids: torch.Tensor,
     return emb
 
 
-def weights(c: Corruption, visible_weight: float) -> torch.Tensor:
-    """[B, G] the loss weight of each answer position: 1 masked, ``visible_weight`` visible."""
-    return torch.where(c.masked, 1.0, visible_weight)
+def weights(masked: torch.Tensor, drawn: torch.Tensor, t: torch.Tensor, visible_weight: float,
+            inverse_t: bool) -> torch.Tensor:
+    """[b, G] the loss weight of each answer position: a position masked by the row's draw
+    (``drawn`` [b, G], ratio ``t`` [b]) weighs 1/t (the diffusion objective's weight: a clean
+    row's loss is then exactly LLaDA's) or 1 (``inverse_t`` False); any other masked position (one a
+    draft left empty: ``masked`` [b, G] but not drawn) weighs 1; a visible one ``visible_weight``."""
+    inv = (1.0 / torch.where(t > 0, t, 1.0))[:, None].expand_as(drawn)
+    w = torch.where(drawn & inverse_t, inv, torch.ones(drawn.shape))
+    return torch.where(masked, w, torch.full(drawn.shape, visible_weight))
 
 
 def token_loss(logits: torch.Tensor, clean: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
