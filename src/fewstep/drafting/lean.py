@@ -71,7 +71,7 @@ def supports(module: Any) -> bool:
         return False
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ()):
         return False
-    inner = getattr(module, "model", None)
+    inner: Any = getattr(module, "model", None)
     if not all(_has(inner, p) for p in ("embed_tokens", "layers", "norm", "rotary_emb")) or not _has(module, "lm_head"):
         return False
     return all(_has(layer, p) for layer in inner.layers for p in _LAYER_PARTS)
@@ -132,13 +132,8 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: tor
             scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v: q [A, H, T, D], keys/values [A, H_kv, S, D] (query head i reads
     key head i // (H / H_kv), as transformers' ``repeat_kv``), additive mask [A, 1, T, S]."""
-    a, h, t, d = q.shape
-    n_kv = keys.shape[1]
-    group = h // n_kv
-    scores = torch.matmul(q.reshape(a, n_kv, group * t, d), keys.transpose(-1, -2)) * scale  # [A, H_kv, G*T, S]
-    scores = scores.view(a, n_kv, group, t, -1) + mask[:, :, None]  # [A, H_kv, G, T, S]
-    weights = torch.softmax(scores, dim=-1).view(a, n_kv, group * t, -1)
-    return torch.matmul(weights, values).view(a, h, t, d)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != keys.shape[1])  # [A, H, T, D]
 
 
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
