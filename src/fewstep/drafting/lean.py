@@ -1,19 +1,23 @@
 """Lean batched greedy decoding for Llama-family causal drafters, without transformers' ``generate``.
 
-A drafter is tiny (``tiny-ar``: 0.76M parameters), so ``generate()``'s per-token bookkeeping costs
-far more than its forwards. :func:`greedy` runs the same greedy decode with its own small forward
+A drafter is tiny (``tiny-ar``: 0.76M parameters): ``generate()`` pays its general machinery (cache
+objects, attention-mask building, stopping criteria) at every token, and runs every row until the
+last one stops. :func:`greedy` runs the same greedy decode with its own small forward
 over the module's weights:
 
 - embedding; per layer RMSNorm, q/k/v projections (the module's own ``nn.Linear`` layers, biases
   included: Qwen2), per-head ``q_norm`` / ``k_norm`` where the layer has them (Qwen3), rotary
   embedding with cos/sin from the module's own rotary embedding (any rope scaling it applies),
-  attention, ``o_proj``, RMSNorm and the SiLU-gated MLP; final norm and ``lm_head``;
+  attention (``scaled_dot_product_attention``, grouped keys as ``repeat_kv``), ``o_proj``, RMSNorm
+  and the SiLU-gated MLP; final norm and ``lm_head``;
 - a key/value cache preallocated per layer as [B, H_kv, T_max, D] and written in place;
 - left-padded prompts as transformers reads them: position ids ``cumsum(attention) - 1``, padding
-  keys masked for every query; the prompt is one forward (prefill), then one token per step;
+  keys masked for every query; the prompt is one forward (prefill; its last layer runs queries and
+  MLP on the last position only), then one token per step;
 - greedy choice on the float32 logits (as ``generate`` does), with the probability of each chosen
-  token; a row that emits one of ``stops`` keeps emitting ``pad_id``; the loop ends when every row
-  has stopped or the budget is spent.
+  token; a row that emits one of ``stops`` emits ``pad_id`` from then on, and once a quarter of the
+  rows decoding have stopped they leave the forwards (:func:`_compact`); the loop ends when every
+  row has stopped or the budget is spent.
 
 Supported (:func:`supports`): ``model_type`` ``llama``, ``qwen2``, ``qwen3`` with ``hidden_act``
 ``silu``, full attention on every layer (no sliding-window layers) and transformers' usual module
