@@ -118,8 +118,17 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
             remove_results(out, BENCH_FILES)
         check_identity(out, plan, identity="bench_plan.json",
                        result_files=[out / "timing.jsonl", *(out / lab / "samples.jsonl" for lab in labels)])
+        loads = _load_drafters(model, cfgs)
         samples, timings = _measure(req, task, model, examples, labels, cfgs, out, progress)
-        return _report(req, plan, labels, cfgs, samples, timings, out)
+        return _report(req, plan, labels, cfgs, samples, timings, out, loads)
+
+
+def _load_drafters(model, cfgs: Sequence[DecodeConfig]) -> dict[str, float]:
+    """Every drafter of the bench loaded before anything is timed: its one-time seconds by name."""
+    from fewstep.evaluation.runner import preload_drafter
+
+    loads = {c.drafter: preload_drafter(model, c) for c in cfgs if c.drafter}
+    return {name: s for name, s in loads.items() if s is not None}
 
 
 def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[str], cfgs: list[DecodeConfig],
@@ -187,8 +196,10 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
 
 
 def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: list[DecodeConfig],
-            samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png."""
+            samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path,
+            loads: dict[str, float] | None = None) -> dict[str, Any]:
+    """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png.
+    ``loads``: each drafter's one-time load seconds (``drafter_load_s``, never in a timed unit)."""
     from fewstep.evaluation.summary import environment, summarise
     from fewstep.files import atomic_write_json, atomic_write_text
 
@@ -201,7 +212,9 @@ def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: li
         s = summarise(samples[lab], {"strategy": cfg.strategy, "spec": spec, "label": lab, "config": cfg.to_dict()})
         s["wall_s"] = statistics.median(w for w, _, _ in per_repeat)  # end to end: the drafter's time included
         s["model_s"] = statistics.median(m for _, m, _ in per_repeat)
-        s["drafter_s"] = statistics.median(d for _, _, d in per_repeat)
+        s["drafter_s"] = statistics.median(d for _, _, d in per_repeat)  # per problem: its load is not in it
+        if cfg.drafter and cfg.drafter in (loads or {}):
+            s["drafter_load_s"] = (loads or {})[cfg.drafter]
         s["wall_s_repeats"] = [w for w, _, _ in per_repeat]
         s["overhead_s"] = s["wall_s"] - s["model_s"] - s["drafter_s"]  # the engine's own time
         s["overhead_fraction"] = s["overhead_s"] / s["wall_s"] if s["wall_s"] else 0.0
@@ -255,15 +268,17 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"median of {result['repeats']} timed repeat(s); Δ: paired difference against the first strategy "
             f"with Newcombe's 95% interval; only first / only it: problems exactly one of the two solved; "
             f"McNemar: exact two-sided p-value; wall s is end to end (a drafter's time included), engine "
-            f"overhead is wall time outside the diffusion model's forwards and the drafter\n\n")
+            f"overhead is wall time outside the diffusion model's forwards and the drafter; drafter s and "
+            f"model s: the drafter's and the diffusion model's seconds on the same problems; drafter load s: "
+            f"its one-time load, in no other column\n\n")
     lines = [
         "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | only first / only it | McNemar p | NFE | "
         "tokens/forward | NFE ratio | wall s | wall ratio | engine overhead |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     drafted = any(s.get("drafter_nfe_mean") for s in result["results"])
-    if drafted:  # the drafter's forwards and seconds (already inside wall s and wall ratio)
-        lines = [lines[0] + " drafter NFE | drafter s |", lines[1] + "---:|---:|"]
+    if drafted:  # the drafter's forwards and seconds (already inside wall s and wall ratio) against the model's
+        lines = [lines[0] + " drafter NFE | drafter s | model s | drafter load s |", lines[1] + "---:|---:|---:|---:|"]
     cached = any("vs_uncached" in s for s in result["results"])
     if cached:  # each cached configuration against the same configuration without the cache
         lines = [lines[0] + " outputs ≠ uncached | Δ acc vs uncached | wall gain vs uncached |",
@@ -278,10 +293,16 @@ def markdown_table(result: dict[str, Any]) -> str:
             f"{_p_value(v.get('mcnemar_p'))} | {s['nfe_mean']:.2f} | "
             f"{s['tokens_per_forward']:.2f} | "
             f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
-            + (f" {s.get('drafter_nfe_mean', 0.0):.1f} | {s.get('drafter_s', 0.0):.2f} |" if drafted else "")
+            + (_drafter_cells(s) if drafted else "")
             + (_vs_uncached(s.get("vs_uncached")) if cached else "")
         )
     return head + "\n".join(lines) + "\n"
+
+
+def _drafter_cells(s: dict[str, Any]) -> str:
+    load = s.get("drafter_load_s")
+    return (f" {s.get('drafter_nfe_mean', 0.0):.1f} | {s.get('drafter_s', 0.0):.2f} | {s.get('model_s', 0.0):.2f} | "
+            f"{'-' if load is None else f'{load:.2f}'} |")
 
 
 def _vs_uncached(u: dict[str, Any] | None) -> str:

@@ -24,7 +24,9 @@ def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str
 
     ``wall_s`` / ``model_s``: ranks decode at the same time, so these are the largest per-rank sum
     of batch times (the plain sum for a one-process run); ``wall_s_per_rank`` lists every rank's
-    when there is more than one.
+    when there is more than one. ``wall_s`` is end to end: a drafter's per-problem seconds
+    (``drafter_s``, summed the same way) are inside it, ``model_s`` is the diffusion model's
+    forwards only. The drafter's one-time load (``drafter_load_s``, from the header) is in neither.
     """
     from fewstep.evaluation.stats import wilson
 
@@ -84,15 +86,26 @@ def environment() -> dict[str, Any]:
     }
 
 
-def summary_header(identity: dict[str, Any], world: int) -> dict[str, Any]:
-    """The fields of summary.json besides the scores: the run's identity, its process count and machine."""
-    return {**identity, "num_processes": world, "environment": environment()}
+def summary_header(identity: dict[str, Any], world: int, drafter_load_s: float | None = None) -> dict[str, Any]:
+    """The fields of summary.json besides the scores: the run's identity, its process count and machine,
+    and with a drafter the one-time seconds of loading it (``drafter_load_s``: transformers' import
+    included where the load needed it; never part of a problem's time)."""
+    extra = {} if drafter_load_s is None else {"drafter_load_s": drafter_load_s}
+    return {**identity, "num_processes": world, **extra, "environment": environment()}
+
+
+def drafter_cost(s: dict[str, Any]) -> str:
+    """The drafter's part of a summary in words: forwards, its seconds against the diffusion model's
+    of the same problems, and its one-time load apart."""
+    load = f", load {s['drafter_load_s']:.2f}s once" if "drafter_load_s" in s else ""
+    return (f"drafter NFE {s['drafter_nfe_mean']:.2f} | drafter {s.get('drafter_s', 0.0):.2f}s vs model "
+            f"{s['model_s']:.2f}s{load}")
 
 
 def one_line(s: dict[str, Any]) -> str:
+    """The summary printed at the end; wall time is end to end (a drafter's per-problem time inside it)."""
     lo, hi = s["accuracy_ci95"]
     return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
             f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
-            + (f"drafter NFE {s['drafter_nfe_mean']:.2f} ({s.get('drafter_s', 0.0):.1f}s) | "
-               if s.get("config", {}).get("drafter") else "")
+            + (f"{drafter_cost(s)} | " if s.get("config", {}).get("drafter") else "")
             + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")
