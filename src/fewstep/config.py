@@ -31,6 +31,7 @@ REMASKING = ("low_confidence", "random", "margin", "entropy")
 EOS_CONFIDENCE = ("keep", "last")
 INIT = ("mask", "inject", "interpolate")
 CACHE = ("none", "prefix", "dual")
+DRAFTER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 REJECT = ("mask", "edit")
 
 
@@ -72,6 +73,8 @@ class DecodeConfig:
                                lo=0, hi=1)
     draft_min_confidence: float = param(0.0, "keep only draft tokens whose drafter probability reaches this (0: all)",
                                         lo=0, hi=1)
+    drafter_dtype: str = param("auto", "the drafter's weights: auto (as its directory stores them, float32 for the "
+                                       "bundled tiny-ar), float32, bfloat16 or float16", choices=DRAFTER_DTYPES)
     drafter_max_tokens: int = param(0, "the drafter's token budget (0: its directory's gen_length, else gen_length)",
                                     lo=0)
     remask_threshold: float = param(0.0, "prior skepticism: a draft token goes back to mask when the model's "
@@ -280,8 +283,9 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
     return override(cfg, request) if request else cfg
 
 
-WARM_START = ("init", "rho", "alpha", "alpha_decay", "draft_min_confidence", "remask_threshold", "confirm_threshold",
-              "revise_threshold", "max_revisions", "verify_groups", "verify_prefix", "reject", "edit_min_confidence")
+WARM_START = ("init", "drafter_dtype", "rho", "alpha", "alpha_decay", "draft_min_confidence", "remask_threshold",
+              "confirm_threshold", "revise_threshold", "max_revisions", "verify_groups", "verify_prefix", "reject",
+              "edit_min_confidence")
 
 
 def drafter_settings(recommended: dict[str, Any] | None, given: Sequence[tuple[str, Any]]) -> dict[str, Any]:

@@ -45,6 +45,11 @@ def load_drafter(name_or_path: str, device: str | torch.device = "cpu", dtype: A
     return _LOADED[key]
 
 
+def drafter_dtype(cfg) -> str | None:
+    """The dtype a decode configuration asks the drafter in (None: as its directory stores it)."""
+    return None if cfg.drafter_dtype == "auto" else str(cfg.drafter_dtype)
+
+
 def load_seconds(name_or_path: str, device: str | torch.device = "cpu", dtype: Any = None) -> float:
     """One-time seconds of loading the drafter (loading it now if it is not yet): reading it,
     checking its tokenizer and importing transformers where that load was the first to need it.

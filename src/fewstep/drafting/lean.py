@@ -8,7 +8,7 @@ over the module's weights:
 - embedding; per layer RMSNorm, q/k/v projections (the module's own ``nn.Linear`` layers, biases
   included: Qwen2), per-head ``q_norm`` / ``k_norm`` where the layer has them (Qwen3), rotary
   embedding with cos/sin from the module's own rotary embedding (any rope scaling it applies),
-  attention (``scaled_dot_product_attention``, grouped keys as ``repeat_kv``), ``o_proj``, RMSNorm
+  attention (two batched products, grouped keys as ``repeat_kv``), ``o_proj``, RMSNorm
   and the SiLU-gated MLP; final norm and ``lm_head``;
 - a key/value cache preallocated per layer as [B, H_kv, T_max, D] and written in place;
 - left-padded prompts as transformers reads them: position ids ``cumsum(attention) - 1``, padding
@@ -135,9 +135,16 @@ def _attention(attn: Any, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tenso
 def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
             scale: float) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v: q [A, H, T, D], keys/values [A, H_kv, S, D] (query head i reads
-    key head i // (H / H_kv), as transformers' ``repeat_kv``), additive mask [A, 1, T, S]."""
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
-                                          enable_gqa=q.shape[1] != keys.shape[1])  # [A, H, T, D]
+    key head i // (H / H_kv), as transformers' ``repeat_kv``), additive mask [A, 1, T, S].
+
+    Two batched matrix products rather than ``scaled_dot_product_attention``: with one query per row
+    (every step after the prompt) its CPU kernel costs several times more than the products."""
+    a, h, t, d = q.shape
+    g = h // keys.shape[1]  # query heads per key head
+    qg = q.reshape(a, keys.shape[1], g * t, d)  # [A, H_kv, g*T, D] (head i = kv head i // g, then its T rows)
+    scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale + (mask.repeat(1, 1, g, 1) if g > 1 else mask)
+    out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), values)  # [A, H_kv, g*T, D]
+    return out.reshape(a, h, t, d)
 
 
 def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:

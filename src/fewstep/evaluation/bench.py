@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fewstep.config import DecodeConfig, parse_strategy_spec
+from fewstep.config import DecodeConfig
 from fewstep.errors import ConfigError
 
 BENCH_FILES = ("bench_plan.json", "timing.jsonl", "bench.json", "bench.md", "pareto.png", "[0-9][0-9]-*/samples.jsonl")
@@ -66,15 +66,20 @@ def paired_comparison(first: list[bool], second: list[bool]) -> dict[str, Any]:
 
 def bench_configs(model, strategies: Sequence[str], settings: Sequence[str],
                   default_gen_length: int | None) -> list[DecodeConfig]:
-    """One configuration per strategy spec. ``settings`` (``--set``) apply to every strategy: the
-    loop's settings to all, a strategy parameter to the strategies that have it (a key that no
-    strategy of the bench has is an error)."""
+    """One configuration per strategy spec, resolved as ``eval`` resolves its settings (a spec's own
+    settings count as explicit ones: a spec with a drafter injects its draft and, when it sets no
+    warm-start setting, takes the model's recommended ones). ``settings`` (``--set``) apply to every
+    strategy: the loop's settings to all, a strategy parameter to the strategies that have it (a key
+    that no strategy of the bench has is an error)."""
     from fewstep.config import applicable, override, resolve_config, split_assignment
 
     pairs = [split_assignment(s) for s in settings]
     loop = [f"{k}={v}" for k, v in pairs if k in DecodeConfig.__dataclass_fields__]
-    base = resolve_config(model, None, loop, default_gen_length)
-    cfgs = [parse_strategy_spec(s, base) for s in strategies]
+    cfgs = []
+    for spec in strategies:
+        name, _, own = spec.strip().partition(":")
+        cfgs.append(resolve_config(model, name.strip(), loop, default_gen_length,
+                                   request=[s for s in own.split(",") if s.strip()]))
     rest = {k: v for k, v in pairs if k not in DecodeConfig.__dataclass_fields__}
     for key in rest:
         if not any(applicable(c, {key: None}) for c in cfgs):
@@ -127,8 +132,13 @@ def _load_drafters(model, cfgs: Sequence[DecodeConfig]) -> dict[str, float]:
     """Every drafter of the bench loaded before anything is timed: its one-time seconds by name."""
     from fewstep.evaluation.runner import preload_drafter
 
-    loads = {c.drafter: preload_drafter(model, c) for c in cfgs if c.drafter}
-    return {name: s for name, s in loads.items() if s is not None}
+    loads = {_drafter_key(c): preload_drafter(model, c) for c in cfgs if c.drafter}
+    return {key: s for key, s in loads.items() if s is not None}
+
+
+def _drafter_key(cfg: DecodeConfig) -> str:
+    """A drafter as loaded: its name and the dtype the configuration asks it in."""
+    return f"{cfg.drafter}@{cfg.drafter_dtype}"
 
 
 def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[str], cfgs: list[DecodeConfig],
@@ -213,8 +223,8 @@ def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: li
         s["wall_s"] = statistics.median(w for w, _, _ in per_repeat)  # end to end: the drafter's time included
         s["model_s"] = statistics.median(m for _, m, _ in per_repeat)
         s["drafter_s"] = statistics.median(d for _, _, d in per_repeat)  # per problem: its load is not in it
-        if cfg.drafter and cfg.drafter in (loads or {}):
-            s["drafter_load_s"] = (loads or {})[cfg.drafter]
+        if cfg.drafter and _drafter_key(cfg) in (loads or {}):
+            s["drafter_load_s"] = (loads or {})[_drafter_key(cfg)]
         s["wall_s_repeats"] = [w for w, _, _ in per_repeat]
         s["overhead_s"] = s["wall_s"] - s["model_s"] - s["drafter_s"]  # the engine's own time
         s["overhead_fraction"] = s["overhead_s"] / s["wall_s"] if s["wall_s"] else 0.0

@@ -84,11 +84,11 @@ def prepare(req: EvalRequest) -> _Run:
 def preload_drafter(model, cfg: DecodeConfig) -> float | None:
     """Load ``cfg.drafter`` now, where the decode would load it, so that no batch's time holds the
     load; its one-time seconds (None: no drafter, or a model that does not decode)."""
-    from fewstep.drafting.drafter import load_seconds
+    from fewstep.drafting.drafter import drafter_dtype, load_seconds
 
     if not cfg.drafter or model.kind != "diffusion":  # gold and causal models never draft
         return None
-    return load_seconds(cfg.drafter, device=model.device)
+    return load_seconds(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg))
 
 
 def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,
