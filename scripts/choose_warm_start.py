@@ -68,7 +68,10 @@ def main() -> int:
                                                                  "strategy": args.strategy,
                                                                  "tolerance": args.tolerance}, indent=2) + "\n")
     if args.write and best is not None:
+        from fewstep.config import check_warm_start
+
         path = Path(args.model)
+        check_warm_start(best)
         write_decode_defaults(path, {**decode_defaults(path), "warm_start": best})
         print(f"written to {path / 'generation_config.json'}")
     return 0 if best is not None else 1

@@ -13,7 +13,7 @@ import pytest
 import fewstep
 from fewstep import ConfigError, ModelLoadError
 from fewstep.cli import main
-from fewstep.config import resolve_config
+from fewstep.config import check_warm_start, resolve_config
 from fewstep.models.loading import write_decode_defaults
 
 RECOMMENDED = {"init": "inject", "remask_threshold": 0.5, "confirm_threshold": 0.5, "reject": "edit"}
@@ -51,12 +51,15 @@ def test_generate_with_a_drafter_takes_the_recommendation(recommending_dir, caps
 def test_a_bad_recommendation_is_refused_with_one_line(tmp_path, random_dlm_dir):
     path = Path(shutil.copytree(random_dlm_dir, tmp_path / "m"))
     (path / "generation_config.json").write_text(json.dumps({"warm_start": {"remask_threshold": 2}}))
-    with pytest.raises(ModelLoadError, match=r"generation_config.json: warm_start: remask_threshold must be in "
-                                             r"\[0, 1\], got 2") as e:
-        fewstep.load_model(path)
+    model = fewstep.load_model(path)  # the settings are checked where a configuration is resolved
+    with pytest.raises(ConfigError, match=r"generation_config.json: warm_start: remask_threshold must be in "
+                                          r"\[0, 1\], got 2") as e:
+        resolve_config(model, "threshold", ["drafter=tiny-ar"])
     assert "\n" not in str(e.value)
     (path / "generation_config.json").write_text(json.dumps({"warm_start": "edit"}))
     with pytest.raises(ModelLoadError, match="warm_start must be an object of warm-start settings"):
         fewstep.load_model(path)
     with pytest.raises(ConfigError, match="'steps' is not a warm-start setting"):
-        write_decode_defaults(path, {"warm_start": {"steps": 4}})
+        check_warm_start({"steps": 4})
+    with pytest.raises(ConfigError, match="warm_start must be an object"):
+        write_decode_defaults(path, {"warm_start": "edit"})

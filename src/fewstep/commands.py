@@ -122,6 +122,11 @@ def serve_command(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout must be > 0 and --max-wait-ms >= 0")
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     settings = settings_of(args)
+    if args.drafter:  # loaded before the first request, so that no request's latency holds the load
+        from fewstep.config import resolve_config
+        from fewstep.evaluation.runner import preload_drafter
+
+        preload_drafter(model, resolve_config(model, args.strategy, settings))
     drafters = tuple(dict.fromkeys([n for n in BUNDLED if n == "tiny-ar"] + ([args.drafter] if args.drafter else [])))
     limits = Limits(max_tokens=args.max_tokens, max_prompt_tokens=args.max_prompt_tokens,
                     max_body_bytes=args.max_body_bytes, max_queue=args.max_queue, timeout_s=args.timeout,

@@ -276,7 +276,7 @@ def resolve_config(model: Any, strategy: str | None, settings: list[str] | tuple
         cfg = with_gen_length(cfg, default_gen_length)
     cfg = override(cfg, applicable(cfg, dict(model.decode_defaults)))
     later = list(request.items()) if isinstance(request, dict) else [split_assignment(s) for s in request]
-    cfg = override(cfg, drafter_settings(model.decode_defaults.get("warm_start"), pairs + later))
+    cfg = override(cfg, drafter_settings(_recommended(model), pairs + later))
     cfg = override(cfg, settings)
     if gen_length is not None:
         cfg = with_gen_length(cfg, gen_length)
@@ -307,6 +307,17 @@ def drafter_settings(recommended: dict[str, Any] | None, given: Sequence[tuple[s
     if not explicit and recommended:
         brought.update(check_warm_start(recommended))
     return brought
+
+
+def _recommended(model: Any) -> dict[str, Any] | None:
+    """The model directory's recommended warm-start settings, checked (a bad one is named with its file)."""
+    values = model.decode_defaults.get("warm_start")
+    if values is None:
+        return None
+    try:
+        return check_warm_start(values)
+    except ConfigError as e:
+        raise ConfigError(f"{model.name}: generation_config.json: {e}") from None
 
 
 def check_warm_start(values: Any) -> dict[str, Any]:

@@ -143,8 +143,9 @@ DECODE_KEYS = ("gen_length", "block_length", "steps")  # fewstep's keys in gener
 def decode_defaults(path: Path) -> dict[str, Any]:
     """Decode defaults of a model directory: generation_config.json (``max_new_tokens`` is the
     generation length; ``gen_length``, ``block_length`` and ``steps`` are fewstep's keys;
-    ``warm_start``, an object of recommended warm-start settings, is checked: ModelLoadError names
-    a bad one), over an older directory's fewstep.json."""
+    ``warm_start``, an object of recommended warm-start settings: anything else is a
+    ModelLoadError; its settings are checked where a configuration is resolved,
+    :func:`fewstep.config.resolve_config`), over an older directory's fewstep.json."""
     old = path / "fewstep.json"
     out: dict[str, Any] = dict(_read_json(old).get("decode_defaults", {})) if old.is_file() else {}
     gen = path / "generation_config.json"
@@ -159,28 +160,26 @@ def decode_defaults(path: Path) -> dict[str, Any]:
 
 
 def _warm_start(values: Any, where: Path) -> dict[str, Any]:
-    """A directory's recommended warm-start settings, checked (:func:`fewstep.config.check_warm_start`)."""
-    from fewstep.config import check_warm_start
-
-    try:
-        return check_warm_start(values)
-    except ConfigError as e:
-        raise ModelLoadError(f"{where}: {e}") from None
+    """A directory's recommended warm-start settings: an object (its settings are checked by
+    :func:`fewstep.config.check_warm_start` when a configuration is resolved)."""
+    if not isinstance(values, dict):
+        raise ModelLoadError(f"{where}: warm_start must be an object of warm-start settings, got {values!r}")
+    return dict(values)
 
 
 def write_decode_defaults(path: Path, defaults: dict[str, Any]) -> None:
     """Write ``defaults`` into ``path``/generation_config.json (kept keys merged; atomic), where
     transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json.
     ``defaults["warm_start"]``: the recommended warm-start settings (a dict of DecodeConfig
-    settings, checked; a ConfigError names a bad one), applied when a drafter is given and no
-    warm-start setting is (:func:`fewstep.config.drafter_settings`)."""
-    from fewstep.config import check_warm_start
-
+    settings, which the caller checks with :func:`fewstep.config.check_warm_start`), applied when
+    a drafter is given and no warm-start setting is (:func:`fewstep.config.drafter_settings`)."""
     gen = path / "generation_config.json"
     g = _read_json(gen) if gen.is_file() else {}
     g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS and k != "gen_length"})
     if "warm_start" in defaults:
-        g["warm_start"] = check_warm_start(defaults["warm_start"])
+        if not isinstance(defaults["warm_start"], dict):
+            raise ConfigError(f"warm_start must be an object of warm-start settings, got {defaults['warm_start']!r}")
+        g["warm_start"] = dict(defaults["warm_start"])
     if "gen_length" in defaults:  # transformers' name for it, so that its generate() agrees
         g["max_new_tokens"] = defaults["gen_length"]
     tmp = gen.with_name(gen.name + ".tmp")
