@@ -65,11 +65,15 @@ def test_edit_min_confidence_falls_back_to_mask():
     assert edited[-1].nfe.item() == 1 and counts(edited[-1])["edited"] == 1
 
 
-def test_verify_prefix_edits_the_revoked_suffix():
-    """The first failure at position 1 revokes it and everything after; each takes its candidate."""
-    last = run(verify(reject="edit", verify_prefix=True), ONE_WRONG)[-1]
-    assert last.canvas[0].tolist() == WANTED and last.nfe.item() == 1
-    assert counts(last) == {"injected": 6, "confirmed": 1, "revoked": 5, "edited": 5}
+def test_verify_prefix_edits_the_first_failure_and_decodes_the_suffix_again():
+    """The first failure at position 1 revokes it and everything after; it takes its candidate at
+    once, the rest of the suffix goes back to mask and is decoded from the next forward (its
+    candidates saw the rejected draft)."""
+    events = run(verify(reject="edit", verify_prefix=True), ONE_WRONG)
+    assert events[0].canvas[0, 1].item() == WANTED[1] and (events[0].canvas[0, 2:] == MASK).all()
+    last = events[-1]
+    assert last.canvas[0].tolist() == WANTED and last.nfe.item() == 2
+    assert counts(last) == {"injected": 6, "confirmed": 1, "revoked": 5, "edited": 1}
 
 
 def test_the_strategy_continues_with_what_is_still_masked():

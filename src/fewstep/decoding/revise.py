@@ -55,9 +55,14 @@ def revise(token_prob: torch.Tensor, state: torch.Tensor, revisions: torch.Tenso
 def edits(rejected: torch.Tensor, cand: torch.Tensor, probs: torch.Tensor, cfg) -> torch.Tensor:
     """rejected [B, L] (draft tokens revoked at this step), cand [B, L], probs [B, L, V] -> [B, L]
     those that take their candidate at once (``reject=edit``, where the model's probability for
-    the candidate reaches ``edit_min_confidence``); the others go back to mask."""
+    the candidate reaches ``edit_min_confidence``); the others go back to mask. With
+    ``verify_prefix`` only the first rejected token of a row is edited: the candidates of the
+    suffix after it were computed from a canvas that still held the rejected draft (a wrong
+    result and its copies), so they are decoded again, conditioned on the repaired token."""
     if cfg.reject != "edit":
         return torch.zeros_like(rejected)
+    if cfg.verify_prefix:
+        rejected = rejected & (rejected.long().cumsum(1) == 1)  # [B, L] the first rejected token
     if cfg.edit_min_confidence > 0:
         return rejected & (token_probability(probs, cand) >= cfg.edit_min_confidence)
     return rejected

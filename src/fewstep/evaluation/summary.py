@@ -46,7 +46,7 @@ def summarise(samples: list[dict[str, Any]], header: dict[str, Any]) -> dict[str
         "drafter_nfe_mean": sum(s.get("drafter_nfe", 0) for s in samples) / n if n else 0.0,
         "drafter_s": max(_per_rank([s for s in samples if "drafter_s" in s], "drafter_s").values(), default=0.0),
         **{f"{k}_mean": sum(s.get(k, 0) for s in samples) / n if n else 0.0
-           for k in ("injected", "confirmed", "revoked")},
+           for k in ("injected", "confirmed", "revoked", "edited")},
         "wall_s": max(walls.values(), default=0.0),
         "model_s": max(_per_rank(samples, "model_s").values(), default=0.0),
     }
@@ -63,7 +63,7 @@ def sample_rows(task, batch, results, wall: float, model_s: float, rank: int = 0
         rows.append({"id": e.id, "prompt": e.prompt, "output": r.text, "reference": e.reference,
                      "extracted": sc.extracted, "correct": sc.correct, "nfe": r.nfe,
                      "answer_tokens": r.answer_tokens, "drafter_nfe": r.drafter_nfe, "drafter_s": r.drafter_s,
-                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked,
+                     "injected": r.injected, "confirmed": r.confirmed, "revoked": r.revoked, "edited": r.edited,
                      "wall_s": wall / len(batch), "model_s": model_s / len(batch), "rank": rank})
     return rows
 
