@@ -114,10 +114,14 @@ def test_an_edit_run_with_every_source_trains_validates_and_resumes(tmp_path, ra
     assert any(not torch.equal(a[k], teacher[k]) for k in a)
 
 
-def test_masked_positions_weigh_one_over_t_so_a_clean_rows_loss_is_llada_s():
+def test_masked_positions_weigh_one_over_t_and_a_clean_rows_loss_is_llada_s():
     drawn = torch.tensor([[True, False, True], [False, False, False]])
     masked = drawn | torch.tensor([[False, False, False], [False, False, True]])  # row 1: a draft left one empty
     t = torch.tensor([0.5, 0.0])
-    w = edit.weights(masked, drawn, t, 0.25, inverse_t=True)
+    corrupted = torch.tensor([True, True])
+    w = edit.weights(masked, drawn, t, corrupted, 0.25, inverse_t=True)
     assert w.tolist() == [[2.0, 0.25, 2.0], [0.25, 0.25, 1.0]]
-    assert edit.weights(masked, drawn, t, 0.25, inverse_t=False).tolist() == [[1.0, 0.25, 1.0], [0.25, 0.25, 1.0]]
+    assert edit.weights(masked, drawn, t, corrupted, 0.25, inverse_t=False).tolist() == \
+        [[1.0, 0.25, 1.0], [0.25, 0.25, 1.0]]
+    clean = edit.weights(masked, drawn, t, torch.tensor([False, True]), 0.25, inverse_t=True)
+    assert clean[0].tolist() == [2.0, 0.0, 2.0]  # a clean row's visible tokens carry no loss

@@ -112,7 +112,7 @@ class DistillConfig:
     edit_self: float = 0.2  # edit: fraction of rows showing the model's own few-step answer (on-policy errors)
     edit_drafter: float = 0.3  # edit: fraction of rows showing edit_drafter's draft (its errors)
     edit_rate: float = 0.3  # edit: a random row replaces each visible token with probability U(0, edit_rate)
-    edit_visible: float = 0.5  # edit: probability that a corrupted row has no masked position (a warm start's canvas)
+    edit_visible: float = 1.0  # edit: probability that a corrupted row has no masked position (a warm start's canvas)
     edit_visible_weight: float = 1.0  # edit: loss weight of a visible position
     edit_inverse_t: bool = True  # edit: a masked position weighs 1/t (LLaDA's objective); False: 1
     edit_self_steps: int = 4  # edit: llada steps of the model's own answers

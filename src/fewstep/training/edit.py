@@ -16,8 +16,9 @@ token-to-token editing and DiffusionGemma's uniform noise, and the on-policy err
 - the loss is cross-entropy against the reference at every answer position: at a masked position
   (the diffusion objective, weighted 1/t as LLaDA's: a clean row's loss is exactly the masked
   diffusion loss, which keeps the model's own decoding intact), at a replaced one ("this token is
-  wrong: write the right one") and at a clean visible one ("keep it"), the visible ones weighted
-  ``edit_visible_weight``, normalised by the step's answer positions over every process;
+  wrong: write the right one") and at a clean visible one of a corrupted row ("keep it"), the
+  visible ones weighted ``edit_visible_weight`` (a clean row's visible tokens carry no loss: its
+  loss is LLaDA's), normalised by the step's answer positions over every process;
 - the alignment variant (``edit_interpolate`` > 0): in that fraction of the drafter rows, a masked
   position with a draft token gets the input embedding ``(1 - a) E[mask] + a E[draft]`` with
   a ~ U(0, 1) per row, so that ``init=interpolate`` decodes in distribution.
@@ -121,15 +122,20 @@ def interpolated_embeds(embed, x: torch.Tensor, g: int, draft_ids: torch.Tensor,
     return emb
 
 
-def weights(masked: torch.Tensor, drawn: torch.Tensor, t: torch.Tensor, visible_weight: float,
-            inverse_t: bool) -> torch.Tensor:
+def weights(masked: torch.Tensor, drawn: torch.Tensor, t: torch.Tensor, corrupted: torch.Tensor,
+            visible_weight: float, inverse_t: bool) -> torch.Tensor:
     """[b, G] the loss weight of each answer position: a position masked by the row's draw
-    (``drawn`` [b, G], ratio ``t`` [b]) weighs 1/t (the diffusion objective's weight: a clean
-    row's loss is then exactly LLaDA's) or 1 (``inverse_t`` False); any other masked position (one a
-    draft left empty: ``masked`` [b, G] but not drawn) weighs 1; a visible one ``visible_weight``."""
+    (``drawn`` [b, G], ratio ``t`` [b]) weighs 1/t (the diffusion objective's weight) or 1
+    (``inverse_t`` False); any other masked position (one a draft left empty: ``masked`` [b, G] but
+    not drawn) weighs 1; a visible one ``visible_weight`` in a corrupted row (``corrupted`` [b]) and
+    0 in a clean one, whose loss is then exactly LLaDA's masked diffusion loss. (A loss on the
+    visible tokens of clean rows, "copy what you see", cost the model 4 to 8 points of its own
+    accuracy on arith-val within 100 steps, where plain masked diffusion at the same settings
+    kept it.)"""
     inv = (1.0 / torch.where(t > 0, t, 1.0))[:, None].expand_as(drawn)
     w = torch.where(drawn & inverse_t, inv, torch.ones(drawn.shape))
-    return torch.where(masked, w, torch.full(drawn.shape, visible_weight))
+    seen = torch.where(corrupted[:, None], visible_weight, 0.0).expand_as(drawn)
+    return torch.where(masked, w, seen)
 
 
 def token_loss(logits: torch.Tensor, clean: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
