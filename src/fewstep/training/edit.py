@@ -19,8 +19,9 @@ token-to-token editing and DiffusionGemma's uniform noise, and the on-policy err
   wrong: write the right one") and at a clean visible one of a corrupted row ("keep it"), the
   visible ones weighted ``edit_visible_weight`` (a clean row's visible tokens carry no loss: its
   loss is LLaDA's), normalised by the step's answer positions over every process;
-- the alignment variant (``edit_interpolate`` > 0): in that fraction of the drafter rows, a masked
-  position with a draft token gets the input embedding ``(1 - a) E[mask] + a E[draft]`` with
+- the alignment variant (``edit_interpolate`` > 0): in that fraction of the drafter rows (masked
+  with ratio t even where other corrupted rows are fully visible), a masked position with a draft
+  token gets the input embedding ``(1 - a) E[mask] + a E[draft]`` with
   a ~ U(0, 1) per row, so that ``init=interpolate`` decodes in distribution.
 
 Every random draw of a step (sources, ratios, masks, replacements) comes from the step's seeded
@@ -63,13 +64,13 @@ def draw(cfg, b: int, g: int, vocab: torch.Tensor, gen: torch.Generator, eps: fl
     source = torch.tensor([RANDOM, SELF, DRAFTER, CLEAN])[source]
     t = torch.rand(b, generator=gen) * (1 - eps) + eps  # [B]
     visible = (source != CLEAN) & (torch.rand(b, generator=gen) < cfg.edit_visible)
-    t = torch.where(visible, torch.zeros_like(t), t)
-    masked = torch.rand((b, g), generator=gen) < t[:, None]  # [B, G]
     rate = torch.rand(b, generator=gen) * cfg.edit_rate  # [B]
-    replace = (source == RANDOM)[:, None] & ~masked & (torch.rand((b, g), generator=gen) < rate[:, None])
-    random_ids = vocab[torch.randint(len(vocab), (b, g), generator=gen)]
     interpolate = (source == DRAFTER) & (torch.rand(b, generator=gen) < cfg.edit_interpolate)
     alpha = torch.rand(b, generator=gen)
+    t = torch.where(visible & ~interpolate, torch.zeros_like(t), t)  # interpolating rows keep their masks
+    masked = torch.rand((b, g), generator=gen) < t[:, None]  # [B, G]
+    replace = (source == RANDOM)[:, None] & ~masked & (torch.rand((b, g), generator=gen) < rate[:, None])
+    random_ids = vocab[torch.randint(len(vocab), (b, g), generator=gen)]
     return Corruption(source, masked, replace, random_ids, interpolate, alpha, t)
 
 
