@@ -125,3 +125,14 @@ def test_masked_positions_weigh_one_over_t_and_a_clean_rows_loss_is_llada_s():
         [[1.0, 0.25, 1.0], [0.25, 0.25, 1.0]]
     clean = edit.weights(masked, drawn, t, torch.tensor([False, True]), 0.25, inverse_t=True)
     assert clean[0].tolist() == [2.0, 0.0, 2.0]  # a clean row's visible tokens carry no loss
+
+
+def test_interpolating_rows_show_the_reference_and_carry_llada_s_loss():
+    c = edit.Corruption(torch.tensor([edit.DRAFTER, edit.DRAFTER]), torch.tensor([[False, True, False]] * 2),
+                        torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.long),
+                        torch.tensor([True, False]), torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.0]))
+    rows, clean = torch.arange(2), torch.tensor([[1, 2, 3]] * 2)
+    draft = torch.tensor([[4, 5, -1]] * 2)
+    assert edit.proposal(clean, c, rows, None, draft).tolist() == [[1, 2, 3], [4, 5, 3]]
+    assert edit.unproposed(c, rows, draft).tolist() == [[False] * 3, [False, False, True]]
+    assert edit.judging(c, rows).tolist() == [False, True]

@@ -220,9 +220,10 @@ class Distiller:
                                                   draft_ids.to(self.device), masked.to(self.device), c, rows)
             logits = logits_of(model, x, att, self.teacher.shifted_logits, embeds)[:, -g:]  # [b, G, V]
         assert c.t is not None
-        w = edit.weights(masked, c.masked[rows], c.t[rows], c.source[rows] != edit.CLEAN,
-                         self.cfg.edit_visible_weight, self.cfg.edit_inverse_t).to(self.device)
-        visible = ~masked & (c.source[rows] == edit.DRAFTER)[:, None]
+        judged_rows = edit.judging(c, rows)
+        w = edit.weights(masked, c.masked[rows], c.t[rows], judged_rows, self.cfg.edit_visible_weight,
+                         self.cfg.edit_inverse_t).to(self.device)
+        visible = ~masked & (judged_rows & (c.source[rows] == edit.DRAFTER))[:, None]
         judged = edit.visible_probs(logits.detach().cpu(), shown, clean, visible)
         return edit.token_loss(logits, clean.to(self.device), w), judged
 

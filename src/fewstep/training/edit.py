@@ -19,10 +19,11 @@ token-to-token editing and DiffusionGemma's uniform noise, and the on-policy err
   wrong: write the right one") and at a clean visible one of a corrupted row ("keep it"), the
   visible ones weighted ``edit_visible_weight`` (a clean row's visible tokens carry no loss: its
   loss is LLaDA's), normalised by the step's answer positions over every process;
-- the alignment variant (``edit_interpolate`` > 0): in that fraction of the drafter rows (masked
-  with ratio t even where other corrupted rows are fully visible), a masked position with a draft
-  token gets the input embedding ``(1 - a) E[mask] + a E[draft]`` with
-  a ~ U(0, 1) per row, so that ``init=interpolate`` decodes in distribution.
+- the alignment variant (``edit_interpolate`` > 0): that fraction of the drafter rows is not
+  judged; it is a clean row (the reference at visible positions, masked with ratio t, LLaDA's
+  loss) whose masked positions with a draft token get the input embedding
+  ``(1 - a) E[mask] + a E[draft]`` with a ~ U(0, 1) per row: the canvas ``init=interpolate``
+  decodes from (visible tokens are the model's own commitments, the draft only a hint).
 
 Every random draw of a step (sources, ratios, masks, replacements) comes from the step's seeded
 generator over the whole batch, so a resumed or data-parallel run sees the same corruption; the
@@ -81,12 +82,18 @@ def replaceable_ids(vocab_size: int, special: set[int]) -> torch.Tensor:
     return keep.nonzero().squeeze(1)
 
 
+def judging(c: Corruption, rows: torch.Tensor) -> torch.Tensor:
+    """[b] rows whose visible tokens are corrupted (and judged): every source but clean and the
+    interpolating drafter rows (those show the reference and hint the draft at masked positions)."""
+    return (c.source[rows] != CLEAN) & ~c.interpolate[rows]
+
+
 def proposal(clean: torch.Tensor, c: Corruption, rows: torch.Tensor, self_ids: torch.Tensor | None,
              draft_ids: torch.Tensor | None) -> torch.Tensor:
-    """The visible answer tokens of ``rows`` before masking: clean [b, G] with each row's source
-    written in (``self_ids`` / ``draft_ids`` [b, G], -1 where the source proposes nothing: the
-    reference stays there but the position is masked, see :func:`inputs`)."""
-    src = c.source[rows][:, None]  # [b, 1]
+    """The visible answer tokens of ``rows`` before masking: clean [b, G] with each judged row's
+    source written in (``self_ids`` / ``draft_ids`` [b, G], -1 where the source proposes nothing:
+    the reference stays there but the position is masked, see :func:`unproposed`)."""
+    src = torch.where(judging(c, rows), c.source[rows], CLEAN)[:, None]  # [b, 1]
     out = torch.where(c.replace[rows], c.random_ids[rows], clean)
     for kind, ids in ((SELF, self_ids), (DRAFTER, draft_ids)):
         if ids is not None:
@@ -95,10 +102,10 @@ def proposal(clean: torch.Tensor, c: Corruption, rows: torch.Tensor, self_ids: t
 
 
 def unproposed(c: Corruption, rows: torch.Tensor, draft_ids: torch.Tensor | None) -> torch.Tensor:
-    """[b, G] drafter-row positions the draft leaves empty: masked, as a warm start leaves them."""
+    """[b, G] judged drafter-row positions the draft leaves empty: masked, as a warm start leaves them."""
     if draft_ids is None:
         return torch.zeros_like(c.masked[rows])
-    return (c.source[rows] == DRAFTER)[:, None] & (draft_ids < 0)
+    return ((c.source[rows] == DRAFTER) & ~c.interpolate[rows])[:, None] & (draft_ids < 0)
 
 
 def inputs(ids: torch.Tensor, g: int, answer: torch.Tensor, masked: torch.Tensor, mask_id: int) -> torch.Tensor:
