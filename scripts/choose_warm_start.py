@@ -18,13 +18,21 @@ import json
 from pathlib import Path
 
 
+def interpolation_candidates() -> list[dict[str, object]]:
+    """Warm-start settings of the alignment variant: the canvas masked, the draft an embedding hint."""
+    return [{"init": "interpolate", "drafter_dtype": "bfloat16", "alpha": a, "alpha_decay": d}
+            for a in (0.3, 0.5, 0.7, 0.9) for d in (0.0, 0.5)]
+
+
 def candidates() -> list[dict[str, object]]:
     """Warm-start settings to try: one-forward verification (every draft token judged in place at
     the first forward, accepted at probability ``tau``), token by token or as a prefix (the longest
     accepted prefix kept, the rest decoded again), rejected tokens masked or (prefix) the first one
-    edited, and with the drafter's own confidence as a first filter."""
+    edited, and with the drafter's own confidence as a first filter. The drafter runs in bfloat16
+    (its drafts of arith-val are as accurate as in float32, 74.0% against 73.4%, and cheaper)."""
     def verify(tau: float, **kw: object) -> dict[str, object]:
-        return {"init": "inject", "remask_threshold": tau, "confirm_threshold": tau, **kw}
+        return {"init": "inject", "drafter_dtype": "bfloat16", "remask_threshold": tau, "confirm_threshold": tau,
+                **kw}
 
     return [*(verify(t) for t in (0.5, 0.7, 0.9)),
             *(verify(t, verify_prefix=True) for t in (0.3, 0.5, 0.7)),
@@ -58,12 +66,14 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--out", required=True)
     ap.add_argument("--write", action="store_true", help="store the choice in the model directory")
+    ap.add_argument("--init", choices=("inject", "interpolate"), default="inject",
+                    help="which kind of warm start to choose among")
     args = ap.parse_args()
 
     from fewstep.evaluation.bench import BenchRequest, run_bench
     from fewstep.models.loading import decode_defaults, write_decode_defaults
 
-    settings = candidates()
+    settings = candidates() if args.init == "inject" else interpolation_candidates()
     specs = (args.strategy, *(spec(args.strategy, args.drafter, s) for s in settings))
     req = BenchRequest(task=args.task, model=args.model, strategies=specs, out=args.out, limit=args.limit,
                        batch_size=args.batch_size, repeats=1)
