@@ -47,7 +47,7 @@ lint: setup
 lab-models: setup
 	$(FEWSTEP) train --kind dlm --steps 3000 --lr 0.0015 --snapshot-every 250 --stop-at 2500 --out runs/tiny-dlm --export src/fewstep/assets/tiny-dlm
 	$(FEWSTEP) train --kind ar --steps 1000 --batch-size 64 --d-model 128 --n-layers 4 --n-heads 4 --mlp-hidden 320 --lr 0.002 --snapshot-every 100 --stop-at 900 --out runs/tiny-ar --export src/fewstep/assets/tiny-ar
-	$(FEWSTEP) distill --teacher tiny-dlm --objective edit --steps 800 --batch-size 64 --lr 3e-4 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --patience 0 --threads 1 --save-dtype bfloat16 --out runs/tiny-dlm-edit --export src/fewstep/assets/tiny-dlm-edit
+	$(FEWSTEP) distill --teacher tiny-dlm --objective edit --edit-random 0.05 --edit-self 0.05 --edit-drafter 0.15 --steps 500 --batch-size 64 --lr 5e-5 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --patience 0 --threads 1 --save-dtype bfloat16 --out runs/tiny-dlm-edit --export src/fewstep/assets/tiny-dlm-edit
 	$(PY) scripts/choose_warm_start.py --model src/fewstep/assets/tiny-dlm-edit --out runs/choose-tiny-dlm-edit --write
 	$(FEWSTEP) distill --teacher tiny-dlm --steps 600 --batch-size 64 --lr 2e-4 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --threads 1 --out runs/tiny-dlm-cd --export src/fewstep/assets/tiny-dlm-cd
 

@@ -27,7 +27,7 @@ from fewstep.models.adapter import CausalModel, DiffusionModel
 from fewstep.models.registry import ARCHITECTURES, find, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd")
+BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd", "tiny-dlm-edit")
 
 
 def resolve(name_or_path: str | Path) -> Path:

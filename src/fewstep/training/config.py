@@ -108,9 +108,9 @@ class DistillConfig:
     rt_min: float = 0.1
     rt_max: float = 0.6
     visible_target: str = "clean"  # teacher target where the teacher sees the token: "clean" (one-hot) or "logits"
-    edit_random: float = 0.2  # edit: fraction of rows whose visible answer tokens are randomly replaced
-    edit_self: float = 0.2  # edit: fraction of rows showing the model's own few-step answer (on-policy errors)
-    edit_drafter: float = 0.3  # edit: fraction of rows showing edit_drafter's draft (its errors)
+    edit_random: float = 0.05  # edit: fraction of rows whose visible answer tokens are randomly replaced
+    edit_self: float = 0.05  # edit: fraction of rows showing the model's own few-step answer (on-policy errors)
+    edit_drafter: float = 0.15  # edit: fraction of rows showing edit_drafter's draft (its errors)
     edit_rate: float = 0.3  # edit: a random row replaces each visible token with probability U(0, edit_rate)
     edit_visible: float = 1.0  # edit: probability that a corrupted row has no masked position (a warm start's canvas)
     edit_visible_weight: float = 1.0  # edit: loss weight of a visible position

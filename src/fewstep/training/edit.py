@@ -65,13 +65,15 @@ def draw(cfg, b: int, g: int, vocab: torch.Tensor, gen: torch.Generator, eps: fl
     source = torch.tensor([RANDOM, SELF, DRAFTER, CLEAN])[source]
     t = torch.rand(b, generator=gen) * (1 - eps) + eps  # [B]
     visible = (source != CLEAN) & (torch.rand(b, generator=gen) < cfg.edit_visible)
+    u_mask = torch.rand((b, g), generator=gen)  # [B, G]
     rate = torch.rand(b, generator=gen) * cfg.edit_rate  # [B]
+    u_replace = torch.rand((b, g), generator=gen)  # [B, G]
+    random_ids = vocab[torch.randint(len(vocab), (b, g), generator=gen)]
     interpolate = (source == DRAFTER) & (torch.rand(b, generator=gen) < cfg.edit_interpolate)
     alpha = torch.rand(b, generator=gen)
     t = torch.where(visible & ~interpolate, torch.zeros_like(t), t)  # interpolating rows keep their masks
-    masked = torch.rand((b, g), generator=gen) < t[:, None]  # [B, G]
-    replace = (source == RANDOM)[:, None] & ~masked & (torch.rand((b, g), generator=gen) < rate[:, None])
-    random_ids = vocab[torch.randint(len(vocab), (b, g), generator=gen)]
+    masked = u_mask < t[:, None]  # [B, G]
+    replace = (source == RANDOM)[:, None] & ~masked & (u_replace < rate[:, None])
     return Corruption(source, masked, replace, random_ids, interpolate, alpha, t)
 
 
