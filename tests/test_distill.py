@@ -269,4 +269,4 @@ def test_bundled_student_loads_and_the_bundle_stays_small(bundled, tiny_dlm_cd, 
     a, b = load_file(path / "model.safetensors"), load_file(bundled("tiny-dlm") / "model.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     total = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())  # the assets folder
-    assert total < 30_000_000, f"bundled models take {total / 1e6:.1f} MB"
+    assert total < 45_000_000, f"bundled models take {total / 1e6:.1f} MB"
