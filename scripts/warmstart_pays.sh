@@ -20,22 +20,25 @@ OUT=${OUT:-runs/results/warmstart-pays/$TASK}
 FEWSTEP=${FEWSTEP:-fewstep}
 PYTHON=${PYTHON:-python}
 W="drafter=$DRAFTER"
+B16="drafter_dtype=bfloat16"
 VARIANTS=(  # explicit warm-start settings, each added to the policy after "$W,"
-  "init=inject,remask_threshold=0.5,confirm_threshold=0.5"
-  "init=inject,rho=0.5,remask_threshold=0.5,confirm_threshold=0.5"
-  "init=inject,remask_threshold=0.5,confirm_threshold=0.9"
-  "init=inject,remask_threshold=0.1,confirm_threshold=0.5"
+  "$B16,init=inject,remask_threshold=0.5,confirm_threshold=0.5"            # prior skepticism at 0.5
+  "$B16,init=inject,remask_threshold=0.9,confirm_threshold=0.9"            # one-forward verification at 0.9
+  "$B16,init=inject,verify_prefix=true,remask_threshold=0.7,confirm_threshold=0.7"  # prefix verification
+  "$B16,init=inject,verify_prefix=true,remask_threshold=0.5,confirm_threshold=0.5,reject=edit,edit_min_confidence=0.5"
+  "$B16,init=interpolate,alpha=0.3,alpha_decay=0.5"                        # the embedding prior
 )
+POLICIES=${POLICIES:-"threshold:threshold=0.9 llada"}
 for model in $MODELS; do
   if ! "$PYTHON" -c "import sys; from fewstep.models.loading import resolve; resolve(sys.argv[1])" "$model" 2>/dev/null; then
     echo "warmstart_pays: skipping $model (not installed)" >&2
     continue
   fi
-  for base in "threshold:threshold=0.9" "llada"; do
+  for base in $POLICIES; do
     sep=$([[ $base == *:* ]] && echo "," || echo ":")
     S="$base;$base$sep$W"
     for v in "${VARIANTS[@]}"; do S+=";$base$sep$W,$v"; done
     "$FEWSTEP" bench --task "$TASK" --model "$model" --batch-size 100 --repeats 1 \
-      --out "$OUT/$model-${base%%:*}" --strategies "$S" "$@"
+      --out "$OUT/$(basename "$model")-${base%%:*}" --strategies "$S" "$@"
   done
 done
