@@ -39,6 +39,6 @@ for model in $MODELS; do
     S="$base;$base$sep$W"
     for v in "${VARIANTS[@]}"; do S+=";$base$sep$W,$v"; done
     "$FEWSTEP" bench --task "$TASK" --model "$model" --batch-size 100 --repeats 1 \
-      --out "$OUT/$(basename "$model")-${base%%:*}" --strategies "$S" "$@"
+      --out "$OUT/$(echo "$model" | sed 's#^runs/##; s#/#-#g')-${base%%:*}" --strategies "$S" "$@"
   done
 done
