@@ -75,8 +75,8 @@ def test_console_script_exit_status(random_dlm_dir):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "fewstep: error: unknown model '/no/such/dir': not a bundled name (tiny-dlm, tiny-ar, tiny-dlm-cd) "
-        "nor a model directory"
+        "fewstep: error: unknown model '/no/such/dir': not a bundled name (tiny-dlm, tiny-ar, tiny-dlm-cd, "
+        "tiny-dlm-edit) nor a model directory"
     ]
     assert "Traceback" not in proc.stderr
 
