@@ -110,8 +110,9 @@ class Distiller:
         return dscd.token_terms(s_logits, t_logits, ids, sm, tm, self.cfg.temperature, self.cfg.kl_clip,
                                 self.cfg.ce_clip, self.cfg.visible_target)
 
-    def _mdlm_micro(self, batch: data.Batch, rows: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """The plain masked-diffusion loss of one micro-batch (mean over its rows)."""
+    def _mdlm_micro(self, batch: data.Batch, rows: torch.Tensor, t: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """The plain masked-diffusion loss of one micro-batch (rows of the step's batch, with the
+        step's masks): the sum of its rows' losses."""
         sub = data.Batch(batch.input_ids[rows].to(self.device), batch.attention_mask[rows].to(self.device),
                          batch.answer_mask[rows].to(self.device))
         shifted = self.teacher.shifted_logits
@@ -120,7 +121,7 @@ class Distiller:
             return SimpleNamespace(logits=logits_of(self.model, input_ids, attention_mask, shifted))
 
         with _autocast(self.device, self.cfg.autocast_bf16):
-            return objectives.mdlm_loss(call, sub, self.teacher.mask_id, gen)
+            return objectives.mdlm_row_losses(call, sub, t[rows], masked[rows], self.teacher.mask_id).sum()
 
     def train_step(self, step: int) -> dict[str, float]:
         """One optimiser step; returns the logged values (identical on every process)."""
@@ -137,6 +138,8 @@ class Distiller:
             return self._edit_step(batch, problems, gen, lam, lr)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
         total = int(s_mask.sum())  # masked tokens of the whole step, over every process
+        # the ablation's masks: the whole step's, from its own seed (never the rank or micro-batch)
+        mdlm = objectives.mdlm_masks(batch.answer_mask, self._generator(step, 2)) if cfg.objective == "mdlm" else ()
         micro = self._slices(len(batch.input_ids))
         sums = torch.zeros(3, dtype=torch.float64)  # loss, kl, ce (token sums; mdlm: row-weighted loss)
         self.opt.zero_grad(set_to_none=True)
@@ -145,10 +148,9 @@ class Distiller:
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
                 if cfg.objective == "mdlm":
-                    loss = self._mdlm_micro(batch, rows, self._generator(step, self.place.rank, i))
-                    share = len(rows) / len(batch.input_ids)
-                    (loss * share * self.place.world).backward()
-                    sums += torch.tensor([loss.item() * share, 0.0, 0.0], dtype=torch.float64)
+                    loss = self._mdlm_micro(batch, rows, *mdlm)
+                    (loss * (self.place.world / len(batch.input_ids))).backward()
+                    sums += torch.tensor([loss.item() / len(batch.input_ids), 0.0, 0.0], dtype=torch.float64)
                 else:
                     kl, ce = self._terms(batch, rows, s_mask, t_mask, self.model)
                     per_token = dscd.combine(kl, ce, lam)
