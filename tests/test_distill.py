@@ -286,3 +286,14 @@ def test_bundled_student_loads_and_the_bundle_stays_small(bundled, tiny_dlm_cd, 
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
     total = sum(f.stat().st_size for f in path.parent.rglob("*") if f.is_file())  # the assets folder
     assert total < 45_000_000, f"bundled models take {total / 1e6:.1f} MB"
+
+
+def test_the_clipped_fraction_of_each_dscd_term_is_logged(tmp_path, random_dlm_dir):
+    distill(tiny(random_dlm_dir, steps=2, val_size=0, ce_clip=1e-3), tmp_path / "tight", progress=False)
+    rows = [r for r in metrics(tmp_path / "tight") if "loss" in r]
+    assert all(r["ce_clipped"] == pytest.approx(1.0) and 0 <= r["kl_clipped"] <= 1 for r in rows)
+    distill(tiny(random_dlm_dir, steps=2, val_size=0, kl_clip=1e6, ce_clip=1e6), tmp_path / "loose", progress=False)
+    assert all(r["kl_clipped"] == 0 and r["ce_clipped"] == 0 for r in metrics(tmp_path / "loose") if "loss" in r)
+    assert (tmp_path / "tight" / "loss.png").stat().st_size > 0
+    distill(tiny(random_dlm_dir, steps=1, val_size=0, objective="mdlm"), tmp_path / "mdlm", progress=False)
+    assert "kl_clipped" not in metrics(tmp_path / "mdlm")[0]

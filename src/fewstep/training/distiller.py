@@ -141,7 +141,8 @@ class Distiller:
         # the ablation's masks: the whole step's, from its own seed (never the rank or micro-batch)
         mdlm = objectives.mdlm_masks(batch.answer_mask, self._generator(step, 2)) if cfg.objective == "mdlm" else ()
         micro = self._slices(len(batch.input_ids))
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, kl, ce (token sums; mdlm: row-weighted loss)
+        # loss, kl, ce, kl_clipped, ce_clipped (token means over the step; mdlm: row-weighted loss)
+        sums = torch.zeros(5, dtype=torch.float64)
         self.opt.zero_grad(set_to_none=True)
         for i, rows in enumerate(micro):
             sync = i == len(micro) - 1 or self.place.world == 1
@@ -150,20 +151,23 @@ class Distiller:
                 if cfg.objective == "mdlm":
                     loss = self._mdlm_micro(batch, rows, *mdlm)
                     (loss * (self.place.world / len(batch.input_ids))).backward()
-                    sums += torch.tensor([loss.item() / len(batch.input_ids), 0.0, 0.0], dtype=torch.float64)
+                    sums[0] += loss.item() / len(batch.input_ids)
                 else:
                     kl, ce = self._terms(batch, rows, s_mask, t_mask, self.model)
                     per_token = dscd.combine(kl, ce, lam)
                     (per_token.sum() * (self.place.world / total)).backward()
-                    sums += torch.tensor([per_token.sum().item(), kl.sum().item(), ce.sum().item()],
+                    clipped = [(kl >= cfg.kl_clip).sum().item(), (ce >= cfg.ce_clip).sum().item()]
+                    sums += torch.tensor([per_token.sum().item(), kl.sum().item(), ce.sum().item(), *clipped],
                                          dtype=torch.float64) / total
         return self._apply(sums, lam, lr)
 
     def _apply(self, sums: torch.Tensor, lam: float, lr: float) -> dict[str, float]:
-        """All-reduce the step's logged sums, clip and take the optimiser step (unless not finite)."""
+        """All-reduce the step's logged sums (loss, kl, ce and, for DSCD, the fractions of its
+        student-masked tokens whose KL and CE terms hit their clips and so pass no gradient), clip
+        the gradient and take the optimiser step (unless not finite)."""
         cfg = self.cfg
-        loss_v, kl_v, ce_v = all_sum(self.place, sums.tolist(), self.device if self.device.type == "cuda"
-                                      else torch.device("cpu"))
+        loss_v, kl_v, ce_v, *clipped = all_sum(self.place, sums.tolist(), self.device if self.device.type == "cuda"
+                                                else torch.device("cpu"))
         params = [p for p in self.student.parameters() if p.requires_grad]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         if math.isfinite(loss_v) and math.isfinite(grad_norm):
@@ -171,8 +175,11 @@ class Distiller:
         else:  # NaN / Inf guard: the same decision on every process (the values are all-reduced)
             self.opt.zero_grad(set_to_none=True)
             self.state.skipped += 1
-        return {"loss": loss_v, "kl": kl_v, "ce": ce_v, "lambda": lam, "lr": lr, "grad_norm": grad_norm,
-                "skipped": self.state.skipped}
+        out = {"loss": loss_v, "kl": kl_v, "ce": ce_v, "lambda": lam, "lr": lr, "grad_norm": grad_norm,
+               "skipped": self.state.skipped}
+        if cfg.objective == "dscd":
+            out.update(kl_clipped=clipped[0], ce_clipped=clipped[1])
+        return out
 
     # -- the edit objective (fewstep.training.edit)
 
@@ -236,7 +243,7 @@ class Distiller:
         c = edit.draw(self.cfg, b, self.gen_length, self.vocab, gen)
         total = b * self.gen_length
         micro = self._slices(b)
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(5, dtype=torch.float64)
         self.opt.zero_grad(set_to_none=True)
         for i, rows in enumerate(micro):
             sync = i == len(micro) - 1 or self.place.world == 1

@@ -44,7 +44,8 @@ def _smooth(xs: list[float], window: int = 20) -> list[float]:
 
 
 def plot_metrics(log: Path, out: Path) -> None:
-    """loss.png: training loss (and its KL / CE parts) and validation loss against the step."""
+    """loss.png: training loss (and its KL / CE parts) and validation loss against the step; for
+    DSCD, on a second axis, the fractions of KL and CE terms clipped (no gradient through them)."""
     try:
         import matplotlib
 
@@ -62,6 +63,13 @@ def plot_metrics(log: Path, out: Path) -> None:
             ax.plot(steps, _smooth([r[key] for r in train]), style, lw=1, label=f"train {key} (mean of 20)")
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    if train and all("kl_clipped" in r for r in train):
+        ax2 = ax.twinx()
+        for key, style in (("kl_clipped", "r:"), ("ce_clipped", "m--")):
+            ax2.plot(steps, _smooth([r[key] for r in train]), style, lw=1, label=f"{key} (fraction)")
+        ax2.set_ylabel("fraction of terms clipped")
+        ax2.set_ylim(0, max(0.05, *(r["kl_clipped"] for r in train), *(r["ce_clipped"] for r in train)) * 1.1)
+        ax2.legend(loc="lower left")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
