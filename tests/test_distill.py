@@ -192,11 +192,12 @@ def test_the_ablation_objective_trains_without_a_teacher(tmp_path, random_dlm_di
     assert len(rows) == 2 and all(r["kl"] == 0 and r["loss"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("objective", ["dscd", "mdlm", "edit"])
+@pytest.mark.parametrize("objective", ["dscd", "mdlm", "edit", "trajectory"])
 def test_gradient_accumulation_gives_the_same_step(tmp_path, random_dlm_dir, random_ar_dir, objective):
     """The step's loss, gradient norm and weights do not depend on how its rows are split (every
     objective draws its masks for the whole batch from the step's seed)."""
     kw = dict(steps=2, val_size=0, objective=objective, edit_drafter_name=str(random_ar_dir), edit_self_steps=2,
+              traj_steps=6, traj_verified=False,
               autocast_bf16=False)  # float32: the splits may differ only by summation order
     distill(tiny(random_dlm_dir, **kw), tmp_path / "one", progress=False)
     distill(tiny(random_dlm_dir, grad_accum=4, **kw), tmp_path / "four", progress=False)

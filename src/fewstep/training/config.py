@@ -83,7 +83,8 @@ class DistillConfig:
 
     teacher: str = "tiny-dlm"  # bundled name or model directory (a masked diffusion model)
     objective: str = "dscd"  # "dscd"; "mdlm": the plain masked-diffusion loss (the ablation); "edit": judge visible
-    # tokens (fewstep.training.edit: masking mixed with replaced visible tokens, the edit_* options)
+    # tokens (fewstep.training.edit: masking mixed with replaced visible tokens, the edit_* options); "trajectory":
+    # from states of the teacher's own decoding to its final answer (fewstep.training.trajectory, traj_* options)
     task: str = "arith"  # training data: the arith training split, unless `data` names a JSONL file
     data: str = ""  # JSONL with "question" and "answer" (or "solution") fields
     gen_length: int = 0  # answer region: answer + EOS up to this length; 0: the teacher's decode default
@@ -118,6 +119,9 @@ class DistillConfig:
     edit_self_steps: int = 4  # edit: llada steps of the model's own answers
     edit_drafter_name: str = "tiny-ar"  # edit: the drafter (bundled name or causal LM directory)
     edit_interpolate: float = 0.0  # edit: fraction of drafter rows fed interpolated embeddings at masked positions
+    traj_steps: int = 0  # trajectory: the teacher's llada steps per rollout (0: one token per step)
+    traj_verified: bool = True  # trajectory: only rollouts whose answer is right count
+    certainty_weight: float = 0.0  # trajectory: weight of the entropy at masked positions predicted right
     lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank through peft
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -141,8 +145,8 @@ class DistillConfig:
             raise ConfigError(f"batch_size {self.batch_size} is smaller than grad_accum {self.grad_accum}")
 
     def _check_choices(self) -> None:
-        if self.objective not in ("dscd", "mdlm", "edit"):
-            raise ConfigError(f"objective must be 'dscd', 'mdlm' or 'edit', got {self.objective!r}")
+        if self.objective not in ("dscd", "mdlm", "edit", "trajectory"):
+            raise ConfigError(f"objective must be 'dscd', 'mdlm', 'edit' or 'trajectory', got {self.objective!r}")
         if self.visible_target not in ("clean", "logits"):
             raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
@@ -167,6 +171,8 @@ class DistillConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.edit_random + self.edit_self + self.edit_drafter > 1:
             raise ConfigError("edit_random + edit_self + edit_drafter must not exceed 1 (the other rows are clean)")
+        if self.traj_steps < 0 or self.certainty_weight < 0:
+            raise ConfigError("traj_steps and certainty_weight must be >= 0")
         if self.edit_visible_weight < 0 or self.edit_self_steps <= 0:
             raise ConfigError("edit_visible_weight must be >= 0 and edit_self_steps positive")
         if not 0 < self.rs_min <= self.rs_max <= 1:

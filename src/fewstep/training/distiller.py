@@ -23,7 +23,7 @@ from fewstep.errors import ConfigError
 from fewstep.evaluation.calibration import auroc
 from fewstep.files import atomic_save
 from fewstep.parallel import Place, all_gather, all_sum, rank_device
-from fewstep.training import data, dscd, edit, objectives
+from fewstep.training import data, dscd, edit, objectives, trajectory
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset, encode
 from fewstep.training.loop import warmup_cosine
@@ -83,6 +83,7 @@ class Distiller:
         special = {self.teacher.mask_id, self.teacher.pad_id, *self.tok.all_special_ids} - {self.teacher.eos_id}
         self.vocab = edit.replaceable_ids(self.teacher.embedding_table().shape[0], special)
         self._val_drafts: torch.Tensor | None = None
+        self._val_rollouts: trajectory.Rollouts | None = None
 
     # -- one step
 
@@ -136,6 +137,8 @@ class Distiller:
         gen = self._generator(step)
         if cfg.objective == "edit":
             return self._edit_step(batch, problems, gen, lam, lr)
+        if cfg.objective == "trajectory":
+            return self._trajectory_step(batch, problems, gen, lam, lr)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
         total = int(s_mask.sum())  # masked tokens of the whole step, over every process
         # the ablation's masks: the whole step's, from its own seed (never the rank or micro-batch)
@@ -282,15 +285,74 @@ class Distiller:
                 "val_p_wrong": sum(p for p, r in zip(probs, right) if not r) / max(len(right) - n_right, 1),
                 "val_wrong_tokens": len(right) - n_right, "val_auroc": auroc(probs, right) or 0.0}
 
+    # -- the trajectory objective (fewstep.training.trajectory)
+
+    def _traj_terms(self, batch: data.Batch, rows: torch.Tensor, r: trajectory.Rollouts, masked: torch.Tensor,
+                    model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ce [M], entropy [M]) of one micro-batch on its trajectory states (visible: the teacher's tokens)."""
+        g = self.gen_length
+        x = batch.input_ids[rows].clone()
+        x[:, -g:] = r.tokens[rows].masked_fill(masked[rows], self.teacher.mask_id)
+        with _autocast(self.device, self.cfg.autocast_bf16):
+            logits = logits_of(model, x.to(self.device), batch.attention_mask[rows].to(self.device),
+                               self.teacher.shifted_logits)[:, -g:]  # [b, G, V]
+        return trajectory.token_terms(logits, r.tokens[rows].to(self.device), masked[rows].to(self.device))
+
+    def _trajectory_step(self, batch: data.Batch, problems: list[Any], gen: torch.Generator, lam: float,
+                         lr: float) -> dict[str, float]:
+        """One optimiser step of the trajectory objective. Every process rolls the teacher out on
+        the whole batch (deterministic), so the states and the normaliser are the one-process ones."""
+        cfg, b = self.cfg, len(batch.input_ids)
+        r = trajectory.rollouts(self.teacher, problems, self.gen_length, cfg.traj_steps or self.gen_length)
+        masked = trajectory.states(r, gen)
+        if cfg.traj_verified:
+            masked &= r.right[:, None]
+        total = max(int(masked.sum()), 1)
+        sums = torch.zeros(5, dtype=torch.float64)  # loss, entropy (certainty forcing's support), ce
+        self.opt.zero_grad(set_to_none=True)
+        micro = self._slices(b)
+        for i, rows in enumerate(micro):
+            sync = i == len(micro) - 1 or self.place.world == 1
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                ce, entropy = self._traj_terms(batch, rows, r, masked, self.model)
+                loss = ce.sum() + cfg.certainty_weight * entropy.sum()
+                (loss * (self.place.world / total)).backward()
+                sums += torch.tensor([loss.item(), entropy.sum().item(), ce.sum().item(), 0.0, 0.0],
+                                     dtype=torch.float64) / total
+        out = self._apply(sums, lam, lr)
+        out.update(kl=0.0, entropy=float(sums[1]), rollout_nfe=r.nfe / b, rollout_s=r.seconds,
+                   rollout_right=float(r.right.float().mean()))
+        return out
+
+    def _validate_trajectory(self) -> dict[str, float]:
+        """Cross-entropy on fixed states of the teacher's trajectories of the validation problems."""
+        val, g = self.dataset.val, self.gen_length
+        batch = encode(self.tok, val, g)
+        if self._val_rollouts is None:
+            self._val_rollouts = trajectory.rollouts(self.teacher, val, g, self.cfg.traj_steps or g)
+        r = self._val_rollouts
+        masked = trajectory.states(r, self._generator(-1))
+        if self.cfg.traj_verified:
+            masked &= r.right[:, None]
+        mine = torch.arange(self.place.rank, len(val), self.place.world)
+        sums = [0.0, 0.0]
+        for rows in torch.split(mine, max(1, self.cfg.batch_size // self.cfg.grad_accum)):
+            ce, _ = self._traj_terms(batch, rows, r, masked, self.student)
+            sums[0] += ce.sum().item()
+            sums[1] += len(ce)
+        ce_s, n = all_sum(self.place, sums, self.device if self.device.type == "cuda" else torch.device("cpu"))
+        return {"val_loss": ce_s / max(n, 1.0), "val_kl": 0.0, "val_ce": ce_s / max(n, 1.0),
+                "val_rollout_right": float(r.right.float().mean())}
+
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss on the fixed validation set with fixed masks: the DSCD loss at ``lambda_end`` (the
         schedule moves; the monitored quantity must not), or the masked-token CE for ``mdlm``."""
         cfg, val = self.cfg, self.dataset.val
         self.student.eval()
-        if cfg.objective == "edit":
+        if cfg.objective in ("edit", "trajectory"):
             try:
-                return self._validate_edit()
+                return self._validate_edit() if cfg.objective == "edit" else self._validate_trajectory()
             finally:
                 self.student.train()
         sums = [0.0, 0.0, 0.0]
