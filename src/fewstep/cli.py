@@ -117,7 +117,9 @@ def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
     """One option per field of a config dataclass (``--field-name``), its default the field's."""
     for f in fields(cls):
         kind = _TRAIN_TYPES[str(f.type)]
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default, help=f"(default {f.default})")
+        text = f.metadata.get("help", "")
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default,
+                       help=f"{text} (default {f.default})" if text else f"(default {f.default})")
 
 
 def _add_run_args(p: argparse.ArgumentParser, out_help: str) -> None:

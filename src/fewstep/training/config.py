@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fewstep.errors import ConfigError
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its command-line help text (``fewstep train|distill --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "dlm"  # "dlm" (masked diffusion) or "ar" (causal drafter)
-    steps: int = 4000
-    batch_size: int = 256
-    lr: float = 1e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_hidden: int = 704
-    gen_length: int = 24
-    seed: int = 0
-    save_every: int = 50
-    snapshot_every: int = 500
-    log_every: int = 10
-    autocast_bf16: bool = True
-    threads: int = 0  # 0: leave torch's default
-    init_from: str = ""  # a model directory (Hugging Face layout) to start from instead of random weights
-    attention_block_length: int = 0  # dlm: 0 full attention; N > 0 block-causal attention in blocks of N
+    kind: str = option("dlm", "what to train: dlm (a masked diffusion model) or ar (a causal drafter)")
+    steps: int = option(4000, "optimiser steps")
+    batch_size: int = option(256, "examples per optimiser step")
+    lr: float = option(1e-3, "peak learning rate (AdamW)")
+    warmup: int = option(100, "linear warm-up steps")
+    min_lr_ratio: float = option(0.1, "cosine decay after warm-up down to lr times this")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    grad_clip: float = option(1.0, "clip the gradient norm to this")
+    d_model: int = option(256, "hidden size")
+    n_layers: int = option(4, "transformer layers")
+    n_heads: int = option(4, "attention heads (d_model must be a multiple)")
+    mlp_hidden: int = option(704, "hidden size of the SwiGLU MLP")
+    gen_length: int = option(24, "answer region in tokens (answer + EOS, padded with EOS)")
+    seed: int = option(0, "seed of the weights and of every step's data")
+    save_every: int = option(50, "steps between resumable checkpoints")
+    snapshot_every: int = option(500, "steps between exported snapshots (snapshots/step-N)")
+    log_every: int = option(10, "steps between log lines")
+    autocast_bf16: bool = option(True, "run forwards under bfloat16 autocast (weights and optimiser stay float32)")
+    threads: int = option(0, "CPU threads (0: torch's default)")
+    init_from: str = option("", "a model directory (Hugging Face layout) to start from instead of random weights")
+    attention_block_length: int = option(0, "dlm: 0 full attention; N > 0 block-causal attention in blocks of N")
 
     def __post_init__(self) -> None:
         if self.kind not in ("dlm", "ar"):
@@ -81,61 +87,71 @@ class DistillConfig:
     would be a third of its 600 (README "tiny-dlm-cd").
     """
 
-    teacher: str = "tiny-dlm"  # bundled name or model directory (a masked diffusion model)
-    objective: str = "dscd"  # "dscd"; "mdlm": the plain masked-diffusion loss (the ablation); "edit": judge visible
-    # tokens (fewstep.training.edit: masking mixed with replaced visible tokens, the edit_* options); "trajectory":
-    # from states of the teacher's own decoding to its final answer (fewstep.training.trajectory, traj_* options)
-    task: str = "arith"  # training data: the arith training split, unless `data` names a JSONL file
-    data: str = ""  # JSONL with "question" and "answer" (or "solution") fields
-    gen_length: int = 0  # answer region: answer + EOS up to this length; 0: the teacher's decode default
-    steps: int = 1000  # not given by the paper
-    batch_size: int = 64  # examples per optimiser step over all processes (not given by the paper)
-    grad_accum: int = 1  # micro-batches per optimiser step (per process)
-    lr: float = 5e-6
-    warmup: int = 200
-    min_lr_ratio: float = 1.0  # cosine decay after warm-up down to lr * this (1.0: constant; not given)
-    weight_decay: float = 0.0  # not given by the paper
-    grad_clip: float = 1.0
-    temperature: float = 2.0
-    kl_clip: float = 5.0
-    ce_clip: float = 5.0
-    lambda_start: float = 0.9
-    lambda_end: float = 0.5
-    lambda_hold: float = 0.1  # fraction of the steps at lambda_start before the cosine
-    rs_min: float = 0.4  # student mask ratio r_s ~ U(rs_min, rs_max)
-    rs_max: float = 0.9
-    rt_scale_min: float = 0.3  # teacher ratio r_t = clip(r_s * U(rt_scale_min, rt_scale_max), rt_min, rt_max)
-    rt_scale_max: float = 0.7
-    rt_min: float = 0.1
-    rt_max: float = 0.6
-    visible_target: str = "clean"  # teacher target where the teacher sees the token: "clean" (one-hot) or "logits"
-    edit_random: float = 0.05  # edit: fraction of rows whose visible answer tokens are randomly replaced
-    edit_self: float = 0.05  # edit: fraction of rows showing the model's own few-step answer (on-policy errors)
-    edit_drafter: float = 0.15  # edit: fraction of rows showing edit_drafter's draft (its errors)
-    edit_rate: float = 0.3  # edit: a random row replaces each visible token with probability U(0, edit_rate)
-    edit_visible: float = 1.0  # edit: probability that a corrupted row has no masked position (a warm start's canvas)
-    edit_visible_weight: float = 1.0  # edit: loss weight of a visible position
-    edit_inverse_t: bool = True  # edit: a masked position weighs 1/t (LLaDA's objective); False: 1
-    edit_self_steps: int = 4  # edit: llada steps of the model's own answers
-    edit_drafter_name: str = "tiny-ar"  # edit: the drafter (bundled name or causal LM directory)
-    edit_interpolate: float = 0.0  # edit: fraction of drafter rows fed interpolated embeddings at masked positions
-    traj_steps: int = 0  # trajectory: the teacher's llada steps per rollout (0: one token per step)
-    traj_verified: bool = True  # trajectory: only rollouts whose answer is right count
-    certainty_weight: float = 0.0  # trajectory: weight of the entropy at masked positions predicted right
-    lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA of this rank through peft
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: str = "q_proj,k_proj,v_proj,attn_out"  # comma-separated module names
-    val_size: int = 256  # held-out examples (not given by the paper)
-    val_every: int = 50
-    patience: int = 5  # validations without improvement before stopping; 0: never stop early
-    seed: int = 0
-    save_every: int = 25
-    log_every: int = 1
-    autocast_bf16: bool = True
-    device: str = "cpu"  # "cuda": one GPU per process (cuda:LOCAL_RANK under a launcher)
-    threads: int = 0  # 0: leave torch's default (one per process under a launcher on CPU)
-    save_dtype: str = "float32"  # dtype of the exported student weights
+    teacher: str = option("tiny-dlm", "the teacher: a bundled name or a masked diffusion model directory")
+    objective: str = option("dscd", "dscd (CD4LM); mdlm, the plain masked-diffusion loss (the ablation); edit, judge "
+                            "visible tokens (edit_* options); trajectory, from states of the teacher's own "
+                            "decoding to its answer (traj_* options)")
+    task: str = option("arith", "training data: this task's training split, unless --data names a JSONL file")
+    data: str = option("", "JSONL training data with question and answer (or solution) fields")
+    gen_length: int = option(0, "answer region: answer + EOS up to this length; 0: the teacher's decode default")
+    steps: int = option(1000, "optimiser steps (not given by the paper)")
+    batch_size: int = option(64, "examples per optimiser step over all processes (not given by the paper)")
+    grad_accum: int = option(1, "micro-batches per optimiser step and process")
+    lr: float = option(5e-6, "peak learning rate (AdamW)")
+    warmup: int = option(200, "linear warm-up steps")
+    min_lr_ratio: float = option(1.0, "cosine decay after warm-up down to lr times this (1.0: constant; not given by "
+                                 "the paper)")
+    weight_decay: float = option(0.0, "AdamW weight decay (not given by the paper)")
+    grad_clip: float = option(1.0, "clip the gradient norm to this")
+    temperature: float = option(2.0, "DSCD: distillation temperature T")
+    kl_clip: float = option(5.0, "DSCD: clip of each position's KL term")
+    ce_clip: float = option(5.0, "DSCD: clip of each position's cross-entropy term")
+    lambda_start: float = option(0.9, "DSCD: weight of the distillation term at the start")
+    lambda_end: float = option(0.5, "DSCD: weight of the distillation term at the end")
+    lambda_hold: float = option(0.1, "DSCD: fraction of the steps held at lambda_start before the cosine")
+    rs_min: float = option(0.4, "DSCD: student mask ratio r_s ~ U(rs_min, rs_max)")
+    rs_max: float = option(0.9, "DSCD: upper end of the student mask ratio")
+    rt_scale_min: float = option(0.3, "DSCD: teacher ratio r_t = clip(r_s * U(rt_scale_min, rt_scale_max), rt_min, "
+                                 "rt_max)")
+    rt_scale_max: float = option(0.7, "DSCD: upper end of the teacher ratio's scale")
+    rt_min: float = option(0.1, "DSCD: smallest teacher mask ratio")
+    rt_max: float = option(0.6, "DSCD: largest teacher mask ratio")
+    visible_target: str = option("clean", "DSCD: target where the teacher sees the token: clean (one-hot) or logits")
+    edit_random: float = option(0.05, "edit: fraction of rows whose visible answer tokens are randomly replaced")
+    edit_self: float = option(0.05, "edit: fraction of rows showing the model's own few-step answer (on-policy errors)")
+    edit_drafter: float = option(0.15, "edit: fraction of rows showing edit_drafter's draft (its errors)")
+    edit_rate: float = option(0.3, "edit: a random row replaces each visible token with probability U(0, edit_rate)")
+    edit_visible: float = option(1.0, "edit: probability that a corrupted row has no masked position (a warm start's "
+                                 "canvas)")
+    edit_visible_weight: float = option(1.0, "edit: loss weight of a visible position")
+    edit_inverse_t: bool = option(True, "edit: a masked position weighs 1/t (LLaDA's objective); false: 1")
+    edit_self_steps: int = option(4, "edit: llada steps of the model's own answers")
+    edit_drafter_name: str = option("tiny-ar", "edit: the drafter (bundled name or causal LM directory)")
+    edit_interpolate: float = option(0.0, "edit: fraction of drafter rows fed interpolated embeddings at masked "
+                                     "positions")
+    traj_steps: int = option(0, "trajectory: the teacher's llada steps per rollout (0: one token per step)")
+    traj_verified: bool = option(True, "trajectory: only rollouts whose answer is right count")
+    certainty_weight: float = option(0.0, "trajectory: weight of the entropy at masked positions the student predicts "
+                                     "right (dParallel's certainty forcing)")
+    lora_r: int = option(0, "0: full fine-tuning; > 0: LoRA of this rank through peft")
+    lora_alpha: int = option(16, "LoRA scaling alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_targets: str = option("q_proj,k_proj,v_proj,attn_out", "comma-separated module names LoRA adapts")
+    val_size: int = option(256, "held-out examples (not given by the paper)")
+    val_every: int = option(50, "steps between validations")
+    patience: int = option(5, "validations without improvement before stopping; 0: never stop early")
+    seed: int = option(0, "seed of every step's data and masks")
+    save_every: int = option(25, "steps between resumable checkpoints")
+    log_every: int = option(1, "steps between lines of metrics.jsonl")
+    autocast_bf16: bool = option(True, "run forwards under bfloat16 autocast")
+    device: str = option("cpu", "cpu or cuda (one GPU per process: cuda:LOCAL_RANK under a launcher)")
+    threads: int = option(0, "CPU threads (0: torch's default, one per process under a launcher on CPU)")
+    save_dtype: str = option("float32", "dtype of the exported student weights")
+    dtype: str = option("float32", "dtype of the weights the run holds (float32 or bfloat16); the optimiser's "
+                        "states stay float32 where the sharding engine keeps a float32 master copy")
+    sharding: str = option("none", "none: a full replica per process (data parallel); fsdp: PyTorch FSDP shards the "
+                           "student, its gradients and optimiser states over the processes")
+    gradient_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass")
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -149,6 +165,10 @@ class DistillConfig:
             raise ConfigError(f"objective must be 'dscd', 'mdlm', 'edit' or 'trajectory', got {self.objective!r}")
         if self.visible_target not in ("clean", "logits"):
             raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.sharding not in ("none", "fsdp"):
+            raise ConfigError(f"sharding must be 'none' or 'fsdp', got {self.sharding!r}")
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
 
