@@ -26,6 +26,7 @@ from fewstep.commands import (
     generate_command,
     list_command,
     lm_eval_command,
+    rollouts_command,
     serve_command,
     train_command,
 )
@@ -198,6 +199,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_fields(d, DistillConfig)
     _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
 
+    r = sub.add_parser("rollouts", help="write the teacher's decoding trajectories for distill --objective trajectory "
+                       "--rollouts (resumable; sharded over a launcher's processes)",
+                       description="Roll the teacher out, with any strategy, on every training step of the distill "
+                                   "run with the same teacher, data, seed, --steps, --batch-size, --val-size and "
+                                   "--gen-length; each step's forwards and seconds are stored and count in the "
+                                   "distill run's cost.")
+    from fewstep.training.rollouts import RolloutConfig
+
+    _add_fields(r, RolloutConfig)
+    r.add_argument("--out", required=True, help="rollout directory (rollouts.json, shard-R-of-N/step-*.pt)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list the tasks, the models (bundled ones and the architectures fewstep "
                         "implements), the decoding strategies (with their parameters) or the loop's settings")
     ls.add_argument("what", choices=("tasks", "models", "strategies", "settings"))
@@ -262,7 +275,8 @@ def _main(argv: list[str]) -> int:
         check_settings([*getattr(args, "settings", []), getattr(args, "strategies", "")])
         allow_unsafe_exec(args)
         commands = {"generate": generate_command, "eval": eval_command, "bench": bench_command, "train": train_command,
-                    "list": list_command, "distill": distill_command, "serve": serve_command}
+                    "list": list_command, "distill": distill_command, "serve": serve_command,
+                    "rollouts": rollouts_command}
         return commands[args.command](args)
     except FewstepError as e:
         print(f"fewstep: error: {e}", file=sys.stderr)

@@ -232,3 +232,15 @@ def distill_command(args: argparse.Namespace) -> int:
         exported = f" (exported to {args.export})" if args.export else ""
         print(f"distilled {cfg.teacher} ({cfg.objective}): {result}{exported}")
     return 0
+
+
+def rollouts_command(args: argparse.Namespace) -> int:
+    from fewstep.parallel import is_main_process
+    from fewstep.training.rollouts import RolloutConfig, write_rollouts
+
+    rc = RolloutConfig(**{f.name: getattr(args, f.name) for f in fields(RolloutConfig)})
+    done = write_rollouts(rc, args.out, progress=not args.no_progress)
+    if is_main_process():
+        print(f"rolled out {rc.teacher} ({rc.strategy}) on {done['steps']} steps into {args.out}: "
+              f"{done['nfe']} teacher forwards, {done['seconds']:.1f} s")
+    return 0

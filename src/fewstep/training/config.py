@@ -133,6 +133,8 @@ class DistillConfig:
     traj_verified: bool = option(True, "trajectory: only rollouts whose answer is right count")
     certainty_weight: float = option(0.0, "trajectory: weight of the entropy at masked positions the student predicts "
                                      "right (dParallel's certainty forcing)")
+    rollouts: str = option("", "trajectory: a directory of the teacher's rollouts written beforehand by fewstep "
+                           "rollouts (any strategy); empty: roll out at every step")
     lora_r: int = option(0, "0: full fine-tuning; > 0: LoRA of this rank through peft")
     lora_alpha: int = option(16, "LoRA scaling alpha")
     lora_dropout: float = option(0.0, "LoRA dropout")
@@ -163,6 +165,8 @@ class DistillConfig:
     def _check_choices(self) -> None:
         if self.objective not in ("dscd", "mdlm", "edit", "trajectory"):
             raise ConfigError(f"objective must be 'dscd', 'mdlm', 'edit' or 'trajectory', got {self.objective!r}")
+        if self.rollouts and self.objective != "trajectory":
+            raise ConfigError("rollouts are the trajectory objective's: add --objective trajectory")
         if self.visible_target not in ("clean", "logits"):
             raise ConfigError(f"visible_target must be 'clean' or 'logits', got {self.visible_target!r}")
         if self.dtype not in ("float32", "bfloat16"):

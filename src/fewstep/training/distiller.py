@@ -27,6 +27,7 @@ from fewstep.training import data, dscd, edit, objectives, trajectory
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset, encode
 from fewstep.training.loop import warmup_cosine
+from fewstep.training.rollouts import source
 from fewstep.training.student import load_teacher, logits_of, make_student, plain_module, save_model
 
 
@@ -84,6 +85,7 @@ class Distiller:
         self.vocab = edit.replaceable_ids(self.teacher.embedding_table().shape[0], special)
         self._val_drafts: torch.Tensor | None = None
         self._val_rollouts: trajectory.Rollouts | None = None
+        self.rollouts = source(cfg, self.teacher, self.gen_length)  # the trajectory objective's
 
     # -- one step
 
@@ -138,7 +140,7 @@ class Distiller:
         if cfg.objective == "edit":
             return self._edit_step(batch, problems, gen, lam, lr)
         if cfg.objective == "trajectory":
-            return self._trajectory_step(batch, problems, gen, lam, lr)
+            return self._trajectory_step(batch, self.rollouts.step(step, problems), gen, lam, lr)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
         total = int(s_mask.sum())  # masked tokens of the whole step, over every process
         # the ablation's masks: the whole step's, from its own seed (never the rank or micro-batch)
@@ -298,12 +300,11 @@ class Distiller:
                                self.teacher.shifted_logits)[:, -g:]  # [b, G, V]
         return trajectory.token_terms(logits, r.tokens[rows].to(self.device), masked[rows].to(self.device))
 
-    def _trajectory_step(self, batch: data.Batch, problems: list[Any], gen: torch.Generator, lam: float,
+    def _trajectory_step(self, batch: data.Batch, r: trajectory.Rollouts, gen: torch.Generator, lam: float,
                          lr: float) -> dict[str, float]:
-        """One optimiser step of the trajectory objective. Every process rolls the teacher out on
-        the whole batch (deterministic), so the states and the normaliser are the one-process ones."""
+        """One optimiser step of the trajectory objective on the whole batch's rollouts ``r`` (every
+        process has them all, so the states and the normaliser are the one-process ones)."""
         cfg, b = self.cfg, len(batch.input_ids)
-        r = trajectory.rollouts(self.teacher, problems, self.gen_length, cfg.traj_steps or self.gen_length)
         masked = trajectory.states(r, gen)
         if cfg.traj_verified:
             masked &= r.right[:, None]
@@ -329,7 +330,7 @@ class Distiller:
         val, g = self.dataset.val, self.gen_length
         batch = encode(self.tok, val, g)
         if self._val_rollouts is None:
-            self._val_rollouts = trajectory.rollouts(self.teacher, val, g, self.cfg.traj_steps or g)
+            self._val_rollouts = self.rollouts.val(val)
         r = self._val_rollouts
         masked = trajectory.states(r, self._generator(-1))
         if self.cfg.traj_verified:
