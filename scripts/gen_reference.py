@@ -9,7 +9,7 @@
 
 Run it as ``python scripts/gen_reference.py`` (``make docs`` does, then builds the site), or
 ``--check`` to exit 1 when a page is out of date. It is also the site's mkdocs hook (``hooks:`` in
-mkdocs.yml): ``on_pre_build`` rewrites whichever page changed, so ``mkdocs build`` alone is current.
+mkdocs.yml): ``on_files`` gives the site the pages as generated now, so ``mkdocs build`` alone is current.
 """
 
 from __future__ import annotations
@@ -181,9 +181,18 @@ def write_pages(root: Path = ROOT) -> list[str]:
     return written
 
 
-def on_pre_build(config: Any, **kwargs: Any) -> None:
-    """mkdocs hook: bring the generated pages up to date before the site's files are collected."""
-    write_pages(Path(config["config_file_path"]).resolve().parent)
+def on_files(files: Any, config: Any, **kwargs: Any) -> Any:
+    """mkdocs hook: the site gets each generated page as the code declares it now (in place of the file
+    under docs/, which is left as it is: ``--check`` and the tests say when it is stale)."""
+    from mkdocs.structure.files import File
+
+    for rel, render in PAGES.items():
+        uri = rel.removeprefix("docs/")
+        old = files.get_file_from_path(uri)
+        if old is not None:
+            files.remove(old)
+        files.append(File.generated(config, uri, content=render()))
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
