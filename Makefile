@@ -15,7 +15,7 @@ EXTRAS ?= dev,eval,lmeval,serve
 PY := $(VENV)/bin/python
 FEWSTEP := $(VENV)/bin/fewstep
 
-.PHONY: setup demo test test-fast lint lab-models clean
+.PHONY: setup demo test test-fast lint docs lab-models clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/mypy
+
+# The documentation site (mkdocs-material): the reference pages are generated from the parser and the
+# declarations first (scripts/gen_reference.py), then every page, link and anchor is checked (--strict).
+docs: setup
+	$(PY) scripts/gen_reference.py
+	$(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # Reproduce the bundled lab models (hours on 2 CPU cores; resumable: rerun after an interruption).
 lab-models: setup

@@ -97,6 +97,9 @@ def _add_drafter_arg(p: argparse.ArgumentParser) -> None:
                         "drafter=...; with no --set init=..., injects its draft (init=inject)")
 
 
+_NO_PROGRESS = "no progress bar (for logs and scripts)"
+
+
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -129,7 +132,7 @@ def _add_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
     p.add_argument("--export", default=None, help="also save the trained model to this directory")
     p.add_argument("--stop-at", type=_count, default=None,
                    help="end at this step, keeping the schedules of --steps (a later run without it continues)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="answer one prompt")
-    g.add_argument("prompt")
+    g.add_argument("prompt", help="the question, as plain text (the model's chat template is applied when it has one)")
     _add_model_args(g)
     g.add_argument("--stats", action="store_true", help="also print NFE and tokens per forward (to stderr)")
     g.add_argument("--stream", action="store_true", help="redraw the canvas at every step as it fills in")
@@ -151,32 +154,32 @@ def _parser() -> argparse.ArgumentParser:
                         "a second thread only adds waiting, unless OMP_NUM_THREADS is set; else torch's default)")
 
     b = sub.add_parser("bench", help="compare strategies side by side on a task")
-    b.add_argument("--task", required=True)
-    b.add_argument("--model", default="tiny-dlm")
+    b.add_argument("--task", required=True, help="the task to measure on (fewstep list tasks)")
+    b.add_argument("--model", default="tiny-dlm", help="bundled name or model directory (default: tiny-dlm)")
     b.add_argument("--strategies", required=True,
                    help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"')
     b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a decode setting applied to every strategy (repeatable)")
-    b.add_argument("--limit", type=_count, default=None)
-    b.add_argument("--batch-size", type=_count, default=32)
+    b.add_argument("--limit", type=_count, default=None, help="first N problems only")
+    b.add_argument("--batch-size", type=_count, default=32, help="problems decoded together (default: 32)")
     b.add_argument("--repeats", type=_count, default=3, help="timed repeats (median reported)")
-    b.add_argument("--out", required=True)
-    b.add_argument("--data", default=None)
-    b.add_argument("--device", default="cpu")
-    b.add_argument("--dtype", default=None)
+    b.add_argument("--out", required=True, help="result directory (bench.json, bench.md, pareto.png); rerun to resume")
+    b.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
+    b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    b.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
     _add_trust_remote_code(b)
     _add_drafter_arg(b)
     b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
     _add_unsafe_exec(b)
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
                        description="Evaluate a model and strategy on a task. --model gold answers every problem "
                                    "with its reference solution, to check a task's pipeline end to end.")
-    e.add_argument("--task", required=True)
+    e.add_argument("--task", required=True, help="the task to evaluate on (fewstep list tasks)")
     _add_model_args(e)
     e.add_argument("--limit", type=_count, default=None, help="first N problems only")
-    e.add_argument("--batch-size", type=_count, default=32)
+    e.add_argument("--batch-size", type=_count, default=32, help="problems decoded together (default: 32)")
     e.add_argument("--out", required=True, help="result directory (summary.json, samples.jsonl)")
     e.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
     e.add_argument("--num-processes", type=_count, default=1, metavar="N",
@@ -185,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true",
                    help="remove the results already in --out (of any run) instead of resuming them")
     _add_unsafe_exec(e)
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
 
     t = sub.add_parser("train", help="train a lab model (resumes from --out when interrupted)")
     from fewstep.training.config import DistillConfig, TrainConfig
@@ -213,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list the tasks, the models (bundled ones and the architectures fewstep "
                         "implements), the decoding strategies (with their parameters) or the loop's settings")
-    ls.add_argument("what", choices=("tasks", "models", "strategies", "settings"))
+    ls.add_argument("what", choices=("tasks", "models", "strategies", "settings"), help="what to list")
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
     ls.add_argument("--markdown", action="store_true", help="settings: the Markdown reference (docs/settings.md)")
 
@@ -224,7 +227,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "with its own strategy and settings fields. Needs the serve extra.")
     _add_model_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    sv.add_argument("--port", type=_count, default=8000)
+    sv.add_argument("--port", type=_count, default=8000, help="TCP port (default: 8000)")
     sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on every API request")
     sv.add_argument("--max-batch-size", type=_count, default=32, help="rows decoded together at most")
     sv.add_argument("--max-wait-ms", type=_finite, default=10.0,
@@ -232,10 +235,13 @@ def _parser() -> argparse.ArgumentParser:
                          "10 times this, or it is full)")
     sv.add_argument("--max-queue", type=_count, default=256, help="queued rows at most (then 429)")
     sv.add_argument("--max-tokens", type=_count, default=512, help="largest max_tokens (generation length) allowed")
-    sv.add_argument("--max-prompt-tokens", type=_count, default=4096)
-    sv.add_argument("--max-body-bytes", type=_count, default=1 << 20)
+    sv.add_argument("--max-prompt-tokens", type=_count, default=4096,
+                    help="longest prompt accepted, in tokens (default: 4096; the model's context also bounds it)")
+    sv.add_argument("--max-body-bytes", type=_count, default=1 << 20,
+                    help="largest request body in bytes (default: 1 MiB; larger ones get 413)")
     sv.add_argument("--timeout", type=_finite, default=600.0, help="seconds per request, arrival to last byte")
-    sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                    help="the server's log level (default: info)")
 
     sub.add_parser("lm-eval", add_help=False,
                    help="lm-eval's command line with the fewstep model registered (all arguments passed through)")
