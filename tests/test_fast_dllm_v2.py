@@ -97,8 +97,9 @@ def reference_logits(w, c, ids: list[int], block: int) -> torch.Tensor:
         att = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(dh) + additive, dim=-1)
         x = x + (att @ v).transpose(0, 1).reshape(t, -1) @ w[f"{p}.o_proj.weight"].T
         m = rms(x, w[f"model.layers.{i}.post_attention_layernorm.weight"], eps)
-        gate = torch.nn.functional.silu(m @ w[f"model.layers.{i}.mlp.gate_proj.weight"].T)
-        x = x + (gate * (m @ w[f"model.layers.{i}.mlp.up_proj.weight"].T)) @ w[f"model.layers.{i}.mlp.down_proj.weight"].T
+        f = f"model.layers.{i}.mlp"
+        gate = torch.nn.functional.silu(m @ w[f"{f}.gate_proj.weight"].T)
+        x = x + (gate * (m @ w[f"{f}.up_proj.weight"].T)) @ w[f"{f}.down_proj.weight"].T
     return rms(x, w["model.norm.weight"], eps) @ w["model.embed_tokens.weight"].T  # tied head
 
 

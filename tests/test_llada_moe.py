@@ -30,7 +30,8 @@ CONFIG = {
     "attention_bias": False, "rope_theta": 50000, "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-5,
     "hidden_act": "silu", "tie_word_embeddings": False, "max_position_embeddings": 256, "rope_scaling": None,
     "use_cache": False, "output_router_logits": False, "router_aux_loss_coef": 0.01,
-    "auto_map": {"AutoConfig": "configuration_lladamoe.LLaDAMoEConfig", "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM"},
+    "auto_map": {"AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
+                 "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM"},
 }
 # the published 7B-A1B shape, scaled down: every layer MoE, no shared expert, no bias, full rotary
 PUBLISHED_LIKE = {**CONFIG, "model_type": "lladamoe", "moe_layer_freq": [1, 1, 1], "num_key_value_heads": 4,

@@ -25,7 +25,8 @@ CONFIG = {
     "tie_word_embeddings": False, "max_position_embeddings": 256, "rope_scaling": None, "use_sliding_window": False,
     "sliding_window": None, "max_window_layers": 2, "attention_dropout": 0.0, "block_size": 4,
     "fuse_cross_entropy": True, "use_cache": True, "torch_dtype": "float32",
-    "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig", "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
+    "auto_map": {"AutoConfig": "configuration_sdar.SDARConfig",
+                 "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"},
 }
 
 

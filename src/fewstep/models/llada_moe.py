@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -76,7 +76,7 @@ class LLaDAMoEConfig:
     shared_expert_intermediate_size: int | None = None
     num_experts: int = 64
     num_experts_per_tok: int = 8
-    moe_layer_freq: tuple[int, ...] = field(default_factory=tuple)
+    moe_layer_freq: tuple[int, ...] = ()
     moe_router_enable_expert_bias: bool = False
     qk_layernorm: bool = True
     clip_qkv: float | None = None
