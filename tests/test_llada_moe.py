@@ -198,3 +198,15 @@ def test_unimplemented_config_values_are_refused(moe_dir, tmp_path, field, value
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=field):
         fewstep.load_model(bad)
+
+
+def test_auto_classes_open_the_lladamoe_model_type(tmp_path):
+    import transformers
+
+    path = make_dir(tmp_path, PUBLISHED_LIKE)
+    fewstep.register_auto_classes()
+    auto = transformers.AutoModelForMaskedLM.from_pretrained(path, trust_remote_code=False)
+    assert type(auto).__name__ == "LLaDAMoEForMaskedLM"
+    ids = torch.randint(5, 100, (1, 7))
+    want = fewstep.load_model(path).module(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(auto(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, want)

@@ -157,3 +157,14 @@ def test_unimplemented_config_values_are_refused(sdar_dir, tmp_path, field, valu
     (bad / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match=field):
         fewstep.load_model(bad)
+
+
+def test_auto_classes_open_it_with_fewsteps_logits(sdar_dir):
+    import transformers
+
+    fewstep.register_auto_classes()
+    auto = transformers.AutoModelForMaskedLM.from_pretrained(sdar_dir, trust_remote_code=False)
+    assert type(auto).__module__ == "fewstep.models.hf_block"
+    ids = torch.randint(5, 100, (1, 10))
+    want = fewstep.load_model(sdar_dir).module(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    torch.testing.assert_close(auto(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, want)

@@ -64,18 +64,19 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         name="LLaDA-MoE", model_type="lladamoe", architectures=("LLaDAMoEModelLM",),
         config="fewstep.models.llada_moe:LLaDAMoEConfig", module="fewstep.models.llada_moe:LLaDAMoEModel",
         builder="fewstep.models.llada_moe:load_llada_moe", attention=BIDIRECTIONAL,
-        tokenizer_fallback="PreTrainedTokenizerFast",
+        tokenizer_fallback="PreTrainedTokenizerFast", hf_model="fewstep.models.hf_block:LLaDAMoEForMaskedLM",
     ),
     Architecture(
         name="SDAR", model_type="sdar", architectures=("SDARForCausalLM",),
         config="fewstep.models.sdar:SDARConfig", module="fewstep.models.qwen_block:QwenBlockModel",
         builder="fewstep.models.sdar:load_sdar", attention=BLOCK_CAUSAL, tokenizer_fallback="Qwen2Tokenizer",
+        hf_model="fewstep.models.hf_block:SDARForMaskedLM",
     ),
     Architecture(
         name="Fast-dLLM v2", model_type="Fast_dLLM_Qwen", architectures=("Fast_dLLM_QwenForCausalLM",),
         config="fewstep.models.fast_dllm_v2:FastDLLMV2Config", module="fewstep.models.qwen_block:QwenBlockModel",
         builder="fewstep.models.fast_dllm_v2:load_fast_dllm_v2", attention=BLOCK_CAUSAL,
-        tokenizer_fallback="Qwen2Tokenizer",
+        tokenizer_fallback="Qwen2Tokenizer", hf_model="fewstep.models.hf_block:FastDLLMV2ForMaskedLM",
     ),
 )
 
