@@ -178,7 +178,7 @@ def test_the_architecture_registry_matches_each_config_class():
 
     from fewstep.models import registry
 
-    assert registry.model_types() == ("llada", "Dream", "llada2_moe")
+    assert registry.model_types() == ("llada", "Dream", "llada2_moe", "lladamoe", "sdar", "Fast_dLLM_Qwen")
     for arch in registry.ARCHITECTURES:
         cls = registry.target(arch.config)
         written = cls(**{f.name: 1 for f in fields(cls) if f.default is MISSING}).to_dict()
@@ -186,7 +186,7 @@ def test_the_architecture_registry_matches_each_config_class():
         assert callable(registry.target(arch.module)) and callable(registry.target(arch.builder))
         for spelling in (arch.model_type, arch.model_type.upper()):
             assert registry.find(spelling) is arch and registry.native({"model_type": spelling})
-    assert [a.model_type for a in registry.ARCHITECTURES if a.block_causal] == ["llada2_moe"]
+    assert [a.model_type for a in registry.ARCHITECTURES if a.block_causal] == ["llada2_moe", "sdar", "Fast_dLLM_Qwen"]
     assert registry.find("llama") is None and not registry.native({})
 
 

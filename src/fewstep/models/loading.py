@@ -1,7 +1,8 @@
 """``fewstep.load_model``: bundled lab models by name, or a directory in Hugging Face layout.
 
-Directories are recognised by config.json's ``model_type``: an architecture fewstep implements
-(:mod:`fewstep.models.registry`: ``llada``, ``Dream``, ``llada2_moe``) loads with fewstep's own code,
+Directories are recognised by config.json's ``architectures`` or ``model_type``
+(:func:`fewstep.models.registry.for_config`): an architecture fewstep implements (``llada``, ``Dream``,
+``llada2_moe``, ``lladamoe``, ``sdar``, ``Fast_dLLM_Qwen``) loads with fewstep's own code,
 through its registry entry's builder here (real checkpoints and ``tiny-dlm`` alike, sharded
 safetensors included); any causal LM that transformers knows loads as a :class:`CausalModel`. None
 of these runs code from the directory. A directory whose architecture exists only as its own code
@@ -24,7 +25,7 @@ import torch
 
 from fewstep.errors import ConfigError, ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
-from fewstep.models.registry import ARCHITECTURES, find, native, target
+from fewstep.models.registry import ARCHITECTURES, find, for_config, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd", "tiny-dlm-edit")
@@ -253,7 +254,7 @@ def load_model(
     defaults = decode_defaults(path)
     dtype = _dtype(dtype)
     _check_device(device)
-    arch = find(config.get("model_type"))
+    arch = for_config(config)
     if arch is not None:
         return target(arch.builder)(path, config, defaults, str(name_or_path), device, dtype, trust_remote_code)
     _check_causal(path, config, trust_remote_code)
@@ -286,7 +287,7 @@ def load_lab_model(
         return None
     path = resolve(name)
     config = _read_json(path / "config.json")
-    if find(config.get("model_type")) is not find("llada"):
+    if for_config(config) is not find("llada"):
         return None
     from fewstep.models.lab_tokenizer import LabTokenizer
 
@@ -324,7 +325,7 @@ def _native(path: Path, config: dict[str, Any], tied_head: str | None, device, d
     """fewstep's own module for ``config`` (its registry entry's config and module classes) with the
     directory's weights (``tied_head``: the output head's name when it is tied to the embeddings,
     dropped if a checkpoint stores it anyway)."""
-    arch = find(config.get("model_type"))
+    arch = for_config(config)
     assert arch is not None, "a builder is called for its own architecture"
     config_cls, model_cls = target(arch.config), target(arch.module)
     cfg = _build(path, arch.name, lambda: config_cls.from_dict(config))
@@ -338,7 +339,7 @@ def _native(path: Path, config: dict[str, Any], tied_head: str | None, device, d
 
 def _fallback(config: dict[str, Any]) -> str | None:
     """The transformers tokenizer class that reads the directory's tokenizer files without their code."""
-    arch = find(config.get("model_type"))
+    arch = for_config(config)
     return arch.tokenizer_fallback if arch is not None else None
 
 

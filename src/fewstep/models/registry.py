@@ -60,6 +60,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         builder="fewstep.models.loading:load_llada2", attention=BLOCK_CAUSAL,
         tokenizer_fallback="PreTrainedTokenizerFast",
     ),
+    Architecture(
+        name="LLaDA-MoE", model_type="lladamoe", architectures=("LLaDAMoEModelLM",),
+        config="fewstep.models.llada_moe:LLaDAMoEConfig", module="fewstep.models.llada_moe:LLaDAMoEModel",
+        builder="fewstep.models.llada_moe:load_llada_moe", attention=BIDIRECTIONAL,
+        tokenizer_fallback="PreTrainedTokenizerFast", hf_model="fewstep.models.hf_block:LLaDAMoEForMaskedLM",
+    ),
+    Architecture(
+        name="SDAR", model_type="sdar", architectures=("SDARForCausalLM",),
+        config="fewstep.models.sdar:SDARConfig", module="fewstep.models.qwen_block:QwenBlockModel",
+        builder="fewstep.models.sdar:load_sdar", attention=BLOCK_CAUSAL, tokenizer_fallback="Qwen2Tokenizer",
+        hf_model="fewstep.models.hf_block:SDARForMaskedLM",
+    ),
+    Architecture(
+        name="Fast-dLLM v2", model_type="Fast_dLLM_Qwen", architectures=("Fast_dLLM_QwenForCausalLM",),
+        config="fewstep.models.fast_dllm_v2:FastDLLMV2Config", module="fewstep.models.qwen_block:QwenBlockModel",
+        builder="fewstep.models.fast_dllm_v2:load_fast_dllm_v2", attention=BLOCK_CAUSAL,
+        tokenizer_fallback="Qwen2Tokenizer", hf_model="fewstep.models.hf_block:FastDLLMV2ForMaskedLM",
+    ),
 )
 
 _BY_TYPE = {a.model_type.lower(): a for a in ARCHITECTURES}
@@ -70,9 +88,23 @@ def find(model_type: Any) -> Architecture | None:
     return _BY_TYPE.get(str(model_type).lower())
 
 
+_BY_ARCHITECTURE = {name: a for a in ARCHITECTURES for name in a.architectures}
+
+
+def for_config(config: dict[str, Any]) -> Architecture | None:
+    """The architecture of a config.json: the first of its ``architectures`` fewstep implements, else
+    its ``model_type`` (LLaDA-MoE's published config says ``model_type: llada`` beside
+    ``architectures: ["LLaDAMoEModelLM"]``: the architecture decides)."""
+    names = config.get("architectures")
+    for name in names if isinstance(names, list) else []:
+        if isinstance(name, str) and name in _BY_ARCHITECTURE:
+            return _BY_ARCHITECTURE[name]
+    return find(config.get("model_type"))
+
+
 def native(config: dict[str, Any]) -> bool:
     """Whether fewstep implements the architecture of a config.json."""
-    return find(config.get("model_type")) is not None
+    return for_config(config) is not None
 
 
 def model_types() -> tuple[str, ...]:

@@ -1,0 +1,287 @@
+"""Qwen decoder layers run as a block diffusion model: the shared module of SDAR
+(:mod:`fewstep.models.sdar`, Qwen3 layers) and Fast-dLLM v2 (:mod:`fewstep.models.fast_dllm_v2`, Qwen2.5
+layers), written from the published modelling code's equations.
+
+Parameter names are those of the published checkpoints (and of transformers' Qwen2 / Qwen3):
+``model.embed_tokens``, ``model.layers.{i}.self_attn.{q,k,v,o}_proj`` (and, with query/key norms,
+``self_attn.{q,k}_norm``), ``model.layers.{i}.mlp.{gate,up,down}_proj``,
+``model.layers.{i}.{input_layernorm,post_attention_layernorm}``, ``model.norm``, ``lm_head`` (absent
+when tied to the embeddings).
+
+Per layer: ``h = x + o_proj(Attn(input_layernorm(x)))``, ``out = h + down(act(gate(m)) * up(m))`` with
+``m = post_attention_layernorm(h)``. RMSNorm ``w * (x / rms(x))`` computed in float32 and cast back
+before the weight. Attention: H query and Hk key/value heads of ``head_dim``; with query/key norms
+(SDAR) an RMSNorm over the head dimension of each head before rotary; rotary embedding on the whole
+head ("rotate half", inverse frequencies ``theta^(-2j/head_dim)``, angles in float32); scale
+``1/sqrt(head_dim)``; block-causal mask: a query attends to keys whose attention block (blocks of the
+family's block size counted from the sequence start) is its own or an earlier one. The output head
+gives logits in float32; which position a row of logits predicts is the family's business (SDAR:
+position i; Fast-dLLM v2: position i + 1, realigned by the adapter).
+
+Shapes: B batch, T sequence, W window, D hidden, H heads, Hk key/value heads, Dh head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewstep.errors import ModelLoadError
+from fewstep.models.blockcausal import block_causal_mask
+from fewstep.models.dream import ACTIVATIONS, RMSNorm, rotary_tables, rotate
+from fewstep.models.kvcache import KVCache
+from fewstep.models.positions import key_mask_and_positions
+
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
+@dataclass(frozen=True)
+class QwenBlockConfig:
+    """What the module computes with; each family's config class (a subclass) reads its published
+    config.json into it and says which attention block and biases it has."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    head_dim: int = 16
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    mask_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+
+    # each family: (q/k/v bias, o bias, query/key norms) and its attention block length
+    @property
+    def qkv_bias(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def o_bias(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def qk_norm(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def attention_block_length(self) -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def common_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """The fields of a Qwen2 / Qwen3 config.json this class keeps, after the checks every family
+        shares (:class:`ModelLoadError` naming a field whose value is not implemented)."""
+        missing = [k for k in REQUIRED if d.get(k) is None]
+        if missing:
+            raise ModelLoadError(f"config.json lacks {', '.join(missing)}")
+        d = dict(d)
+        d.setdefault("num_key_value_heads", d["num_attention_heads"])
+        params = d.get("rope_parameters") or {}
+        if "rope_theta" not in d and "rope_theta" in params:
+            d["rope_theta"] = params["rope_theta"]
+        if d.get("head_dim") is None:
+            d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
+        check_common(d, params)
+        names = {f.name for f in fields(cls)}
+        return {k: v for k, v in d.items() if k in names and v is not None}
+
+
+def refuse(field: str, value: Any, why: str) -> ModelLoadError:
+    return ModelLoadError(f"config field {field}={value!r} is not implemented ({why})")
+
+
+def check_common(d: dict[str, Any], params: dict[str, Any]) -> None:
+    """The values of a Qwen config.json this implementation does not reproduce."""
+    if d.get("rope_scaling") is not None:
+        raise refuse("rope_scaling", d["rope_scaling"], "plain rotary embeddings only")
+    if params.get("rope_type", "default") != "default":
+        raise refuse("rope_parameters.rope_type", params["rope_type"], "only the default rotary embedding")
+    if d.get("use_sliding_window"):
+        raise refuse("use_sliding_window", d["use_sliding_window"], "full (block-causal) attention only")
+    kinds = set(d.get("layer_types") or ["full_attention"])
+    if kinds != {"full_attention"}:
+        raise refuse("layer_types", sorted(kinds), "every layer full_attention")
+    if d.get("hidden_act", "silu") not in ACTIVATIONS:
+        raise refuse("hidden_act", d["hidden_act"], "choose one of " + ", ".join(ACTIVATIONS))
+    if d["num_attention_heads"] % d["num_key_value_heads"]:
+        raise refuse("num_key_value_heads", d["num_key_value_heads"],
+                     f"must divide num_attention_heads={d['num_attention_heads']}")
+
+
+def positive_block(field: str, value: Any) -> int:
+    """An attention block length from config.json: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise refuse(field, value, "the attention block length must be an integer >= 1")
+    return value
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: QwenBlockConfig):
+        super().__init__()
+        d, dh = cfg.hidden_size, cfg.head_dim
+        self.h, self.hk, self.dh = cfg.num_attention_heads, cfg.num_key_value_heads, dh
+        self.q_proj = nn.Linear(d, self.h * dh, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, self.hk * dh, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, self.hk * dh, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.h * dh, d, bias=cfg.o_bias)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(dh, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(dh, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
+        """x [B, W, D] -> [B, W, D]; ``kv`` (the cache's update for this layer) maps the window's keys
+        and values [B, Hk, W, Dh] to the ones attended to [B, Hk, T, Dh]; mask [B, 1, W, T]."""
+        b, w, _ = x.shape
+        q = self.q_proj(x).view(b, w, self.h, self.dh)
+        k = self.k_proj(x).view(b, w, self.hk, self.dh)
+        v = self.v_proj(x).view(b, w, self.hk, self.dh).transpose(1, 2)  # [B, Hk, W, Dh]
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q.transpose(1, 2), *rope), rotate(k.transpose(1, 2), *rope)  # [B, H|Hk, W, Dh]
+        if kv is not None:
+            k, v = kv(k, v)
+        if self.hk != self.h:
+            k, v = k.repeat_interleave(self.h // self.hk, dim=1), v.repeat_interleave(self.h // self.hk, dim=1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(Dh)
+        return self.o_proj(a.transpose(1, 2).reshape(b, w, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: QwenBlockConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: QwenBlockConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, rope, mask, kv=None) -> torch.Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), rope, mask, kv)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class _Base(nn.Module):
+    def __init__(self, cfg: QwenBlockConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+@dataclass
+class BlockLMOutput:
+    logits: torch.Tensor
+
+
+class QwenBlockModel(nn.Module):
+    """``module(input_ids=..., attention_mask=...).logits`` [B, T, V]: the fewstep model protocol of
+    :class:`fewstep.models.llada.LLaDAModel` (positions from the attention mask, so left padding
+    changes nothing; ``logits_positions``; a key/value ``cache`` with ``cache_rows`` / ``window``,
+    exact here since attention is block-causal, :mod:`fewstep.models.blockcausal`)."""
+
+    supports_logits_positions = True
+    supports_cache = True
+
+    def __init__(self, cfg: QwenBlockConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _Base(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_positions: slice | None = None,
+        cache: KVCache | None = None,
+        cache_rows: torch.Tensor | None = None,
+        window: slice | None = None,
+    ) -> BlockLMOutput:
+        """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
+        attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
+        x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
+        b, w, _ = x.shape
+        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, False)
+        mask = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
+        if key_mask is not None:
+            mask = mask & key_mask
+        if window is not None:
+            if cache is None:
+                raise ValueError("a window forward needs a cache")
+            position_ids = position_ids[:, window]
+        rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, Dh]
+        for i, layer in enumerate(self.model.layers):
+            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
+            x = layer(x, rope, mask, kv)
+        if logits_positions is not None:
+            x = x[:, logits_positions]
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return BlockLMOutput(logits=F.linear(x, head).float())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def load_directory(path, config: dict[str, Any], defaults: dict[str, Any], name: str, device, dtype,
+                   trust_remote_code: bool, mask_tokens: tuple[str, ...], shifted: bool,
+                   authors: dict[str, Any]):
+    """A directory of a Qwen block diffusion family as a :class:`~fewstep.models.adapter.DiffusionModel`
+    (fewstep's own module, no code from the directory). The mask id: the tokenizer's mask token,
+    else ``mask_token_id`` in config.json, else the first of ``mask_tokens`` in the vocabulary.
+    ``authors``: the published decoding settings, under the directory's own decode defaults."""
+    from fewstep.models.adapter import DiffusionModel
+    from fewstep.models.loading import _fallback, _native, _tokenizer
+
+    tied = "lm_head.weight" if config.get("tie_word_embeddings") else None
+    cfg, module = _native(path, config, tied, device, dtype)
+    tok = _tokenizer(path, trust_remote_code, fallback=_fallback(config))
+    vocab = tok.get_vocab()
+    found = [vocab[t] for t in mask_tokens if t in vocab]
+    mask = next((i for i in (tok.mask_token_id, cfg.mask_token_id, *found) if i is not None), None)
+    if mask is None:
+        raise ModelLoadError(f"{path}: no mask token (neither the tokenizer's mask_token, mask_token_id in "
+                             f"config.json, nor {' / '.join(mask_tokens)} in the vocabulary)")
+    eos = tok.eos_token_id if tok.eos_token_id is not None else cfg.eos_token_id
+    if eos is None:
+        raise ModelLoadError(f"{path}: neither the tokenizer nor config.json names an EOS token")
+    pad = next(i for i in (tok.pad_token_id, cfg.pad_token_id, eos) if i is not None)
+    stop = tuple(vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab and vocab[t] != eos)
+    return DiffusionModel(module=module, tokenizer=tok, name=name, eos_id=int(eos), pad_id=int(pad),
+                          max_length=cfg.max_position_embeddings, stop_ids=stop,
+                          decode_defaults={**authors, **defaults}, mask_id=int(mask), shifted_logits=shifted)
