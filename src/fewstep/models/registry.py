@@ -21,6 +21,7 @@ from typing import Any
 BIDIRECTIONAL = "bidirectional"
 BLOCK_CAUSAL = "block-causal"
 CONFIGURED = "bidirectional or block-causal (attention_block_length)"
+ENCODER_DECODER = "causal encoder over the prefix, bidirectional decoder over the canvas"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,11 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         config="fewstep.models.llada2:LLaDA2Config", module="fewstep.models.llada2:LLaDA2Model",
         builder="fewstep.models.loading:load_llada2", attention=BLOCK_CAUSAL,
         tokenizer_fallback="PreTrainedTokenizerFast",
+    ),
+    Architecture(  # transformers' own implementation (no remote code), a uniform-state model
+        name="DiffusionGemma", model_type="diffusion_gemma", architectures=("DiffusionGemmaForBlockDiffusion",),
+        config="transformers:DiffusionGemmaConfig", module="transformers:DiffusionGemmaForBlockDiffusion",
+        builder="fewstep.models.diffusion_gemma:load_diffusion_gemma", attention=ENCODER_DECODER,
     ),
 )
 
