@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dgemma_helpers import make_tiny_dgemma
 
 import fewstep
+from dgemma_helpers import make_tiny_dgemma
 from fewstep.cli import main
 from fewstep.config import DecodeConfig, resolve_config
 from fewstep.decoding.canvas import CanvasInit

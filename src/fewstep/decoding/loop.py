@@ -23,6 +23,12 @@ step at which it was committed and the row's forward count (NFE), all in one
   on gets EOS in every later position without further forwards;
 - **event**: a :class:`StepEvent` (a snapshot only when the consumer asks for every step).
 
+A uniform-state model (DiffusionGemma: undecided positions hold tokens, never masks; policies with
+``canvas = "uniform"``, :mod:`fewstep.strategies.uniform_eb`) takes the same phases with two
+differences: a block starts from random tokens (or a draft's), and **resample** replaces
+candidates, revise and commit: the policy gives every position of the block in the rows that took
+the forward its next token, and the rows it stops (all of them at its last step) commit the block.
+
 Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, L block length, V vocabulary.
 """
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -156,7 +162,7 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
 
 def _check(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig) -> None:
     kind, have = model_kind(cfg.strategy), getattr(model, "kind", "diffusion")
-    if kind != "diffusion" or have == "uniform":
+    if kind != "diffusion" or have == "uniform":  # a uniform-state model decodes with its own strategies only
         if kind != have:
             raise ConfigError(f"strategy {cfg.strategy!r} needs a {_KINDS.get(kind, kind)} model; {model.name} is a "
                               f"{_KINDS.get(have, have)} model (fewstep list strategies)")
@@ -188,9 +194,10 @@ def _forward(model: DiffusionModel, st: DecodeState, rows: Rows, x: torch.Tensor
              kv: StepCache | None, init: CanvasInit | None, s: int, uniform=None) -> torch.Tensor:
     """Logits [b, L, V] of the block for the rows that take the forward (``uniform``: the policy of
     a uniform-state model, which conditions each step on the previous step's processed logits)."""
-    if uniform is not None:
-        return model.logits(input_ids=rows.pick(x), attention_mask=rows.pick(st.att), positions=blk.window,
-                            self_conditioning=uniform.conditioning(rows.index, s)).float()
+    if uniform is not None:  # fewstep.models.diffusion_gemma
+        conditioned: Any = model
+        return conditioned.logits(input_ids=rows.pick(x), attention_mask=rows.pick(st.att), positions=blk.window,
+                                  self_conditioning=uniform.conditioning(rows.index, s)).float()
     embeds = None
     if init is not None and init.embeds is not None:
         embeds = _prior_embeds(model, rows.pick(x), st.p, init, rows.pick(undecided(st.state)), s, rows)

@@ -170,7 +170,7 @@ def load_diffusion_gemma(path: Path, config: dict[str, Any], defaults: dict[str,
     gen = module.generation_config
     eos = gen.eos_token_id if gen.eos_token_id is not None else text.eos_token_id
     eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos])]
-    pad = next((int(i) for i in (gen.pad_token_id, text.pad_token_id, eos_ids[0]) if i is not None))
+    pad = next(int(i) for i in (gen.pad_token_id, text.pad_token_id, eos_ids[0]) if i is not None)
     canvas = int(module.config.canvas_length)
     merged = {**decode_defaults(gen, canvas), **{k: v for k, v in defaults.items() if k != "gen_length"}}
     if "gen_length" in defaults:  # max_new_tokens of generation_config.json, in whole canvases
