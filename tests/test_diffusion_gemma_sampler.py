@@ -85,12 +85,14 @@ def test_stop_is_transformers(k):
     params = Params(max_denoising_steps=len(seq), stability_threshold=k, confidence_threshold=2.0, sample=False)
     pol = UniformEntropyBound(params, seed=0)
     pol.start_block(torch.ones(2, 5, dtype=torch.bool))
-    rows = torch.arange(2)
+    rows, fired = torch.arange(2), []
     for s, x in enumerate(seq[:-1]):
         processed = x / uniform_eb.temperature(s, len(seq), 0.4, 0.8)
         ref = crit(processed.argmax(-1), processed)
         _, done = pol.resample(x, rows, s, eos_id=999)
         assert done.tolist() == ref.tolist(), s
+        fired.append(done.tolist())
+    assert [True, True] in fired  # the criterion fires (the comparison above is not vacuous)
 
 
 def test_a_stopped_row_ends_at_its_first_eos_and_conditioning_is_the_processed_logits():
