@@ -203,3 +203,15 @@ def test_cli_generate_stats_and_stream(capsys, dg_dir, dg):
 def test_cli_bad_input_is_one_line_exit_2(capsys, dg_dir, argv):
     code, out, err = run(capsys, "generate", PROMPTS[0], "--model", str(dg_dir), *argv)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_stop_rule_ends_blocks_early_as_transformers_does(tmp_path):
+    """stability_threshold=0 and a loose confidence threshold: every block stops at its first step."""
+    path = make_tiny_dgemma(tmp_path / "stop", std=0.5, stability_threshold=0, confidence_threshold=3.0,
+                            max_new_tokens=24, entropy_bound=2.0)
+    model = load_model(path)
+    ids = model.encode_prompt(PROMPTS[2])
+    for seed in (0, 1):
+        [ours] = generate(model, [ids], DecodeConfig(**{**resolve_config(model, None, []).to_dict(), "seed": seed}))
+        ref, tokens_per_forward = reference(model, ids, seed)
+        assert ours.token_ids == ref and ours.nfe == 3 and tokens_per_forward == pytest.approx(24 / 3)
