@@ -23,6 +23,12 @@ step at which it was committed and the row's forward count (NFE), all in one
   on gets EOS in every later position without further forwards;
 - **event**: a :class:`StepEvent` (a snapshot only when the consumer asks for every step).
 
+A uniform-state model (DiffusionGemma: undecided positions hold tokens, never masks; policies with
+``canvas = "uniform"``, :mod:`fewstep.strategies.uniform_eb`) takes the same phases with two
+differences: a block starts from random tokens (or a draft's), and **resample** replaces
+candidates, revise and commit: the policy gives every position of the block in the rows that took
+the forward its next token, and the rows it stops (all of them at its last step) commit the block.
+
 Shapes: B rows, P padded prompt length, G = gen_length, T = P + G, L block length, V vocabulary.
 """
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -99,6 +105,9 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     _check(model, prompts, cfg)
     st = DecodeState.start(model, prompts, cfg.gen_length, init, guided=cfg.cfg_scale > 0)
     policy = make_policy(cfg)
+    uniform = getattr(policy, "canvas", "mask") == "uniform"
+    if uniform:  # a draft is the starting canvas itself: judged as every visible token is, no revise stage
+        st.state.masked_fill_(st.state == PROVISIONAL, MASKED)
     revise = ReviseStage.build(cfg, st.state, st.mask_id)
     kv = None if cfg.cache == "none" else StepCache(model, cfg.cache, cfg.cache_refresh, st.batch,
                                                     cfg.cfg_scale > 0, st.ids.device)
@@ -106,6 +115,8 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
     for index in range(cfg.num_blocks):
         blk = st.block(index, cfg.block_length)
         policy.start_block(blk.state == MASKED)
+        if uniform:  # open positions that hold no draft token start as random tokens
+            policy.start_canvas(blk.tokens, undecided(blk.state), model.embedding_table().shape[0])
         if kv is not None:
             kv.start_block()
         budget = policy.max_steps()
@@ -119,18 +130,22 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
                 continue
             # forward and candidates
             x, judging = (st.ids, None) if revise is None else revise.model_input(st.ids, blk, s)
-            logits = _forward(model, st, rows, x, blk, cfg, kv, init, s)
-            scored = Scored(*candidates_and_confidence(logits, cfg, st.eos_id, rng, st.mask_id))
-            scored = Scored(rows.scatter(scored.cand, 0), rows.scatter(scored.conf, float("-inf")),
-                            rows.scatter(scored.probs, 0.0))
-            # revise: judge draft tokens (what it revokes is decoded from the next forward on; at the
-            # block's last step, or at once with reject=edit, it takes this step's candidate)
-            judged = None
-            if revise is not None:
-                assert judging is not None
-                judged = Judged(*revise.judge(blk, scored.probs, scored.cand, judging, rows.mask, st.step))
-            # commit, and count the forward
-            change = _commit(policy, st, blk, scored, rows.mask, judged, revise, s, last)
+            logits = _forward(model, st, rows, x, blk, cfg, kv, init, s, policy if uniform else None)
+            if uniform:  # every position of the block judged and given its next token; stopped rows commit
+                change = _resample(policy, st, blk, logits, rows, s)
+            else:
+                scored = Scored(*candidates_and_confidence(logits, cfg, st.eos_id, rng, st.mask_id))
+                scored = Scored(rows.scatter(scored.cand, 0), rows.scatter(scored.conf, float("-inf")),
+                                rows.scatter(scored.probs, 0.0))
+                # revise: judge draft tokens (what it revokes is decoded from the next forward on; at the
+                # block's last step, or at once with reject=edit, it takes this step's candidate)
+                judged = None
+                if revise is not None:
+                    assert judging is not None
+                    judged = Judged(*revise.judge(blk, scored.probs, scored.cand, judging, rows.mask, st.step))
+                # commit
+                change = _commit(policy, st, blk, scored, rows.mask, judged, revise, s, last)
+            # count the forward
             st.nfe += rows.mask if cfg.cfg_scale == 0 else rows.mask.long() * 2  # guidance: two forwards
             # early stop, then the event
             stopped = _early_stop(st, blk) if cfg.early_stop else None
@@ -146,13 +161,18 @@ def decode(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeC
 
 
 def _check(model: DiffusionModel, prompts: Sequence[Sequence[int]], cfg: DecodeConfig) -> None:
-    if model_kind(cfg.strategy) != "diffusion":
-        raise ConfigError(f"strategy {cfg.strategy!r} needs a {model_kind(cfg.strategy)} model; {model.name} is a "
-                          f"diffusion model")
-    if getattr(model, "mask_id", -1) < 0:
+    kind, have = model_kind(cfg.strategy), getattr(model, "kind", "diffusion")
+    if kind != "diffusion" or have == "uniform":  # a uniform-state model decodes with its own strategies only
+        if kind != have:
+            raise ConfigError(f"strategy {cfg.strategy!r} needs a {_KINDS.get(kind, kind)} model; {model.name} is a "
+                              f"{_KINDS.get(have, have)} model (fewstep list strategies)")
+    elif getattr(model, "mask_id", -1) < 0:
         raise ConfigError(f"{model.name} is not a masked diffusion model")
     check_prompts(model, prompts, cfg.gen_length)
     check_decode(model, cfg.block_length)  # block-causal models: decode blocks within an attention block
+
+
+_KINDS = {"diffusion": "masked diffusion", "uniform": "uniform-state diffusion (no mask token)"}
 
 
 def _rows_with_work(blk: Block, policy, revise: ReviseStage | None, s: int, last: bool) -> Rows:
@@ -171,8 +191,13 @@ def _rows_with_work(blk: Block, policy, revise: ReviseStage | None, s: int, last
 
 
 def _forward(model: DiffusionModel, st: DecodeState, rows: Rows, x: torch.Tensor, blk: Block, cfg: DecodeConfig,
-             kv: StepCache | None, init: CanvasInit | None, s: int) -> torch.Tensor:
-    """Logits [b, L, V] of the block for the rows that take the forward."""
+             kv: StepCache | None, init: CanvasInit | None, s: int, uniform=None) -> torch.Tensor:
+    """Logits [b, L, V] of the block for the rows that take the forward (``uniform``: the policy of
+    a uniform-state model, which conditions each step on the previous step's processed logits)."""
+    if uniform is not None:  # fewstep.models.diffusion_gemma
+        conditioned: Any = model
+        return conditioned.logits(input_ids=rows.pick(x), attention_mask=rows.pick(st.att), positions=blk.window,
+                                  self_conditioning=uniform.conditioning(rows.index, s)).float()
     embeds = None
     if init is not None and init.embeds is not None:
         embeds = _prior_embeds(model, rows.pick(x), st.p, init, rows.pick(undecided(st.state)), s, rows)
@@ -217,6 +242,17 @@ def _commit(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Ten
     if judged is None:
         return Change(commit, extra)
     return Change(commit | judged.committed, judged.revoked if extra is None else judged.revoked | extra)
+
+
+def _resample(policy, st: DecodeState, blk: Block, logits: torch.Tensor, rows: Rows, s: int) -> Change:
+    """The commit phase on a uniform-state canvas (``policy.canvas == "uniform"``): the policy
+    gives every position of the block in the rows that took the forward its next token; the rows
+    it stops (all of them at the block's last step) commit the block as it now stands."""
+    tokens, stop = policy.resample(logits, rows.index, s, st.eos_id)  # [b, L], [b]
+    blk.tokens.copy_(torch.where(rows.mask[:, None], rows.scatter(tokens, 0), blk.tokens))
+    commit = rows.scatter(stop, False)[:, None] & undecided(blk.state)
+    blk.apply(commit, None, None, st.mask_id, st.step)
+    return Change(commit)
 
 
 def _decide(policy, st: DecodeState, blk: Block, scored: Scored, rows: torch.Tensor, todo: torch.Tensor,

@@ -1,5 +1,6 @@
-"""fewstep's own architectures, one entry each: the registry that loading, ``fewstep list models`` and
-transformers' Auto classes read.
+"""fewstep's own architectures (and DiffusionGemma, which transformers implements and fewstep decodes in
+its own loop), one entry each: the registry that loading, ``fewstep list models`` and transformers'
+Auto classes read.
 
 An entry names what a config.json calls the architecture (``model_type``, matched without regard to
 case, and the ``architectures`` fewstep writes), its config and module classes, the builder that
@@ -21,6 +22,7 @@ from typing import Any
 BIDIRECTIONAL = "bidirectional"
 BLOCK_CAUSAL = "block-causal"
 CONFIGURED = "bidirectional or block-causal (attention_block_length)"
+ENCODER_DECODER = "causal encoder over the prefix, bidirectional decoder over the canvas"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Architecture:
     attention: str  # BIDIRECTIONAL, BLOCK_CAUSAL or CONFIGURED
     tokenizer_fallback: str | None = None  # transformers' class for tokenizer files that are remote code
     hf_model: str | None = None  # the transformers wrapper (its config_class is the Auto classes' key)
+    implementation: str = "fewstep"  # whose modelling code runs: fewstep's, or transformers' own classes
 
     @property
     def block_causal(self) -> bool:
@@ -77,6 +80,12 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         config="fewstep.models.fast_dllm_v2:FastDLLMV2Config", module="fewstep.models.qwen_block:QwenBlockModel",
         builder="fewstep.models.fast_dllm_v2:load_fast_dllm_v2", attention=BLOCK_CAUSAL,
         tokenizer_fallback="Qwen2Tokenizer", hf_model="fewstep.models.hf_block:FastDLLMV2ForMaskedLM",
+    ),
+    Architecture(  # transformers' own implementation (no remote code), a uniform-state model
+        name="DiffusionGemma", model_type="diffusion_gemma", architectures=("DiffusionGemmaForBlockDiffusion",),
+        config="transformers:DiffusionGemmaConfig", module="transformers:DiffusionGemmaForBlockDiffusion",
+        builder="fewstep.models.diffusion_gemma:load_diffusion_gemma", attention=ENCODER_DECODER,
+        implementation="transformers",
     ),
 )
 

@@ -2,12 +2,14 @@
 
 - scorers (``scorers.py``): confidence per position;
 - commit policies, one module per strategy: ``llada`` (fixed schedule), ``threshold``, ``factor``,
-  ``cad``, ``eb``; plus ``ar`` (greedy decoding of causal models, no policy).
+  ``cad``, ``eb``; plus ``ar`` (greedy decoding of causal models, no policy) and ``uniform_eb``
+  (DiffusionGemma's sampler: ``"uniform"`` models, whose undecided positions hold tokens, not masks).
 
 Each strategy module declares ``SUMMARY``, ``Params`` (a frozen dataclass of its parameters that
 validates itself), ``policy(params, cfg)`` (a :class:`fewstep.strategies.base.CommitPolicy`),
 optionally ``check(params, cfg)`` for rules that involve the loop's settings, and optionally
-``MODEL_KIND`` (default ``"diffusion"``; ``ar`` decodes ``"causal"`` models).
+``MODEL_KIND`` (default ``"diffusion"``; ``ar`` decodes ``"causal"`` models, ``uniform_eb``
+``"uniform"`` ones).
 :data:`REGISTRY` maps a strategy's name to its module; adding a
 strategy is one file and one line here. Importing this package loads no torch.
 """
@@ -29,6 +31,7 @@ REGISTRY: dict[str, str] = {
     "eb": "fewstep.strategies.eb",
     "block_threshold": "fewstep.strategies.block_threshold",
     "ar": "fewstep.strategies.ar",
+    "uniform_eb": "fewstep.strategies.uniform_eb",
 }
 
 

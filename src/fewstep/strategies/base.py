@@ -59,6 +59,8 @@ class CommitPolicy(Protocol):
     revokes: bool  # whether a committed token can still change (revoked or edited): streamed text then waits
     always_commits: bool  # every row that takes a forward commits at least one position (the loop then skips
     # its check for rows whose step changed nothing)
+    canvas: str  # "mask": undecided positions hold the mask token; "uniform": they hold tokens and the policy
+    # resamples every one at each step (start_canvas, conditioning, resample: fewstep.strategies.uniform_eb)
 
     def start_block(self, eligible: torch.Tensor) -> None:
         """eligible [B, L]: the masked positions of the block that starts now."""
@@ -81,6 +83,7 @@ class Policy:
     uses_progress = False
     revokes = False
     always_commits = False
+    canvas = "mask"
     budget: int
 
     def start_block(self, eligible: torch.Tensor) -> None:
