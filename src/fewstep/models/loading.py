@@ -333,7 +333,8 @@ def _native(path: Path, config: dict[str, Any], tied_head: str | None, device, d
     if tied_head is not None:
         state.pop(tied_head, None)
     _checked_state(path, module, state)
-    return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
+    # dtype None: each weight in its stored precision (a bfloat16 checkpoint stays bfloat16)
+    return cfg, (module.to(device=device) if dtype is None else module.to(device=device, dtype=dtype)).eval()
 
 
 def _fallback(config: dict[str, Any]) -> str | None:
@@ -419,7 +420,7 @@ def _load_causal(path, config, defaults, name, device, dtype, trust_remote_code)
     try:
         with _quiet_transformers():
             module = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+                str(path), dtype=dtype or "auto", trust_remote_code=trust_remote_code
             )
     except Exception as e:  # unknown architecture, corrupt or missing weights
         first_line = str(e).splitlines()[0] if str(e) else repr(e)
