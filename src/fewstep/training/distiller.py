@@ -386,6 +386,8 @@ class Distiller:
         if not (self.place.main or self.sharded):
             return
         model, optim = sharding.full_state(self.student, self.opt, self.cfg, self.place)
+        if self.cfg.lora_r:  # the adapters only: the base is the teacher's, unchanged
+            model = {k: v for k, v in model.items() if ".lora_" in k}
         if self.place.main:
             ckpt = {"student": model, "optimizer": optim, "state": asdict(self.state)}
             atomic_save(path, functools.partial(torch.save, ckpt))

@@ -107,8 +107,7 @@ def full_state(student: torch.nn.Module, opt: torch.optim.Optimizer | None, cfg:
     process calls it; rank 0 gets them, the others empty dicts), else the module's own."""
     if not sharded(cfg, place):
         return student.state_dict(), None if opt is None else opt.state_dict()
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model = get_model_state_dict(student, options=options)
@@ -119,11 +118,10 @@ def load_full_state(student: torch.nn.Module, opt: torch.optim.Optimizer, model:
                     optim: dict[str, Any], cfg: DistillConfig, place: Place) -> None:
     """Load whole state dicts (every process holds them) into the student and optimiser, sharding them."""
     if not sharded(cfg, place):
-        student.load_state_dict(model)
+        student.load_state_dict(model, strict=not cfg.lora_r)  # a LoRA checkpoint holds the adapters only
         opt.load_state_dict(optim)
         return
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(student, model, options=options)

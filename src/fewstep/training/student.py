@@ -91,13 +91,13 @@ def is_lora(student: torch.nn.Module) -> bool:
     return hasattr(student, "peft_config")
 
 
-def teacher_view(student: torch.nn.Module) -> contextlib.AbstractContextManager:
+def teacher_view(student: Any) -> contextlib.AbstractContextManager:
     """The block in which the teacher's module is the teacher: with LoRA, the shared base with the
     adapters disabled; else nothing to do (the teacher is its own module)."""
     return student.disable_adapter() if is_lora(student) else contextlib.nullcontext()
 
 
-def merged_state(student: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_state(student: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """The student's weights under the teacher's names, LoRA merged one weight at a time (only the
     adapted weights are new tensors); a plain student's own state."""
     if not is_lora(student):
