@@ -126,9 +126,9 @@ def _add_fields(p: argparse.ArgumentParser, cls: type) -> None:
                        help=f"{text} (default {f.default})" if text else f"(default {f.default})")
 
 
-def _add_run_args(p: argparse.ArgumentParser, out_help: str) -> None:
+def _add_run_args(p: argparse.ArgumentParser, out_help: str, out_required: bool = True) -> None:
     """The options of a resumable training run: its directory, the export, an early stop, no progress bar."""
-    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--out", required=out_required, help=out_help)
     p.add_argument("--export", default=None, help="also save the trained model to this directory")
     p.add_argument("--stop-at", type=_count, default=None,
                    help="end at this step, keeping the schedules of --steps (a later run without it continues)")
@@ -200,7 +200,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="CD4LM discrete-space consistency distillation. Defaults are the paper's; "
                                    "runs unchanged under torchrun / accelerate launch (data parallel).")
     _add_fields(d, DistillConfig)
-    _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)")
+    _add_run_args(d, "run directory (checkpoint.pt, metrics.jsonl, loss.png, best/, last/)", out_required=False)
+    d.add_argument("--plan", action="store_true",
+                   help="print the memory plan per device as JSON (from the teacher's config.json only) and exit")
+    d.add_argument("--plan-devices", type=_count, default=None, metavar="N",
+                   help="--plan: the number of processes (default: the launcher's, else 1)")
+    d.add_argument("--plan-prompt-length", type=_count, default=256, metavar="TOKENS",
+                   help="--plan: prompt tokens assumed per row (default 256)")
 
     r = sub.add_parser("rollouts", help="write the teacher's decoding trajectories for distill --objective trajectory "
                        "--rollouts (resumable; sharded over a launcher's processes)",

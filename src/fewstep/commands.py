@@ -225,6 +225,10 @@ def distill_command(args: argparse.Namespace) -> int:
     from fewstep.training.distill import distill, export
 
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)})
+    if args.plan:
+        return _print_plan(cfg, args)
+    if not args.out:
+        raise ConfigError("distill needs --out (the run directory), unless --plan")
     result = distill(cfg, args.out, progress=not args.no_progress, stop_at=args.stop_at)
     if is_main_process():
         if args.export:
@@ -243,4 +247,16 @@ def rollouts_command(args: argparse.Namespace) -> int:
     if is_main_process():
         print(f"rolled out {rc.teacher} ({rc.strategy}) on {done['steps']} steps into {args.out}: "
               f"{done['nfe']} teacher forwards, {done['seconds']:.1f} s")
+    return 0
+
+
+def _print_plan(cfg, args: argparse.Namespace) -> int:
+    """``fewstep distill --plan``: one JSON object, the memory per device (fewstep.training.plan)."""
+    import json
+
+    from fewstep.parallel import ALONE, launched
+    from fewstep.training.plan import plan_for
+
+    devices = args.plan_devices or (launched() or ALONE).world
+    print(json.dumps(plan_for(cfg, devices, args.plan_prompt_length)))
     return 0

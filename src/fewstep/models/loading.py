@@ -239,7 +239,9 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
-    the stored precision; ``device`` to the CPU. The name ``gold`` gives the built-in
+    the stored precision on an accelerator and to float32 on the CPU (where half-precision matmuls
+    are slower and round more: ask for them explicitly; the bundled bfloat16 lab models are stored so
+    only to stay small); ``device`` to the CPU. The name ``gold`` gives the built-in
     :class:`~fewstep.evaluation.gold.GoldModel` (a directory called gold: pass ``./gold``).
 
     ``trust_remote_code``: run modelling or tokenizer code shipped in the directory, for an
@@ -252,8 +254,8 @@ def load_model(
     path = resolve(name_or_path)
     config = _read_json(path / "config.json")
     defaults = decode_defaults(path)
-    dtype = _dtype(dtype)
     _check_device(device)
+    dtype = _dtype(dtype) or (torch.float32 if torch.device(device).type == "cpu" else None)
     arch = for_config(config)
     if arch is not None:
         return target(arch.builder)(path, config, defaults, str(name_or_path), device, dtype, trust_remote_code)
@@ -334,7 +336,8 @@ def _native(path: Path, config: dict[str, Any], tied_head: str | None, device, d
     if tied_head is not None:
         state.pop(tied_head, None)
     _checked_state(path, module, state)
-    return cfg, module.to(device=device, dtype=dtype or torch.float32).eval()
+    # dtype None: each weight in its stored precision (a bfloat16 checkpoint stays bfloat16)
+    return cfg, (module.to(device=device) if dtype is None else module.to(device=device, dtype=dtype)).eval()
 
 
 def _fallback(config: dict[str, Any]) -> str | None:
@@ -420,7 +423,7 @@ def _load_causal(path, config, defaults, name, device, dtype, trust_remote_code)
     try:
         with _quiet_transformers():
             module = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+                str(path), dtype=dtype or "auto", trust_remote_code=trust_remote_code
             )
     except Exception as e:  # unknown architecture, corrupt or missing weights
         first_line = str(e).splitlines()[0] if str(e) else repr(e)

@@ -149,8 +149,8 @@ class DistillConfig:
     device: str = option("cpu", "cpu or cuda (one GPU per process: cuda:LOCAL_RANK under a launcher)")
     threads: int = option(0, "CPU threads (0: torch's default, one per process under a launcher on CPU)")
     save_dtype: str = option("float32", "dtype of the exported student weights")
-    dtype: str = option("float32", "dtype of the weights the run holds (float32 or bfloat16); the optimiser's "
-                        "states stay float32 where the sharding engine keeps a float32 master copy")
+    dtype: str = option("float32", "dtype of the frozen weights the run holds (the teacher, LoRA's base) and, with "
+                        "bfloat16, of the forwards; trained weights, gradients and AdamW states stay float32")
     sharding: str = option("none", "none: a full replica per process (data parallel); fsdp: PyTorch FSDP shards the "
                            "student, its gradients and optimiser states over the processes")
     gradient_checkpointing: bool = option(False, "recompute each layer's activations in the backward pass")

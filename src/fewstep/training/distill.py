@@ -45,11 +45,13 @@ import torch
 
 from fewstep.errors import ConfigError, FewstepError
 from fewstep.files import atomic_write_json
-from fewstep.parallel import ALONE, Place, all_gather, barrier, launched, process_group
+from fewstep.parallel import ALONE, Place, all_gather, barrier, broadcast, launched, process_group, rank_device
+from fewstep.training import sharding
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset
 from fewstep.training.distiller import Distiller
 from fewstep.training.metrics import MetricsLog, plot_metrics, trim_log
+from fewstep.training.plan import check_device_memory
 from fewstep.training.student import weights_digest
 
 CONFIG_FILE = "distill_config.json"
@@ -88,6 +90,9 @@ def distill(cfg: DistillConfig, out_dir: str | os.PathLike, progress: bool = Tru
     place = launched() or ALONE
     if place.world == 1:
         place = ALONE
+    sharding.check_launcher(cfg)
+    sharding.check_objective(cfg)
+    check_device_memory(cfg, place.world, rank_device(cfg.device, place.local_rank))
     backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
     with process_group(backend) if place.world > 1 else nullcontext():
         run = _start(cfg, out, place)
@@ -153,7 +158,7 @@ def _validate(run: Distiller, out: Path, log: MetricsLog) -> None:
     st.best_val, st.bad_vals = (v["val_loss"], 0) if better else (st.best_val, st.bad_vals + 1)
     st.stopped_early = bool(cfg.patience) and st.bad_vals >= cfg.patience
     log.write({"step": st.step, **v, "best": better, "stopped_early": st.stopped_early})
-    if better and run.place.main:
+    if better:
         run.export(out / "best")
     if run.place.main:
         plot_metrics(log.path, out / "loss.png")
@@ -161,14 +166,17 @@ def _validate(run: Distiller, out: Path, log: MetricsLog) -> None:
 
 def _checkpoint(run: Distiller, out: Path, elapsed: Callable[[], float]) -> None:
     run.state.elapsed_s = elapsed()
-    if run.place.main:
-        run.save_checkpoint(out / CHECKPOINT)
+    run.save_checkpoint(out / CHECKPOINT)
     barrier(run.place)
 
 
 def _agreed_digest(run: Distiller) -> str:
-    """The SHA-256 of the student's weights, checked to be the same on every process."""
-    digests = all_gather(run.place, weights_digest(run.student))
+    """The SHA-256 of the student's weights, checked to be the same on every process (under FSDP,
+    of the gathered weights: rank 0's, the only whole copy)."""
+    state = run.full_weights()
+    if state is not None:
+        return str(broadcast(run.place, weights_digest(state) if run.place.main else None))
+    digests = all_gather(run.place, weights_digest(run.student.state_dict()))
     if len(set(digests)) != 1:
         raise FewstepError(f"the processes ended with different weights: {digests}")
     return digests[0]
@@ -179,12 +187,11 @@ def _finish(run: Distiller, out: Path, digest: str) -> Path:
     cfg, st, main = run.cfg, run.state, run.place.main
     if st.step < cfg.steps and not st.stopped_early:  # stopped by stop_at: the state of that step
         result = out / "snapshots" / f"step_{st.step}"
-        if main:
-            run.export(result)
+        run.export(result)
         return result
     result = out / ("best" if cfg.val_size and (out / "best").is_dir() else "last")
+    run.export(out / "last")
     if main:
-        run.export(out / "last")
         plot_metrics(out / METRICS, out / "loss.png")
         summary = {"steps_done": st.step, "steps": cfg.steps, "stopped_early": st.stopped_early,
                    "best_val_loss": st.best_val if cfg.val_size else None, "skipped_steps": st.skipped,

@@ -23,12 +23,12 @@ from fewstep.errors import ConfigError
 from fewstep.evaluation.calibration import auroc
 from fewstep.files import atomic_save
 from fewstep.parallel import Place, all_gather, all_sum, rank_device
-from fewstep.training import data, dscd, edit, objectives, trajectory
+from fewstep.training import data, dscd, edit, objectives, sharding, trajectory
 from fewstep.training.config import DistillConfig
 from fewstep.training.distill_data import Dataset, encode
 from fewstep.training.loop import warmup_cosine
 from fewstep.training.rollouts import source
-from fewstep.training.student import load_teacher, logits_of, make_student, plain_module, save_model
+from fewstep.training.student import load_teacher, logits_of, make_student, plain_module, save_model, teacher_view
 
 
 def seed_of(*key: int) -> int:
@@ -69,12 +69,8 @@ class Distiller:
         self.student = make_student(self.teacher.module, cfg)
         # The ablation (mdlm) never asks the teacher.
         self.teacher_module: torch.nn.Module | None = self.teacher.module if cfg.objective == "dscd" else None
-        self.model: Any = self.student
-        if place.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.student, device_ids=ids)
+        self.sharded = sharding.sharded(cfg, place)
+        self.model: Any = sharding.wrap(self.student, cfg, place, self.device)
         params = [p for p in self.student.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -95,7 +91,8 @@ class Distiller:
     def _slices(self, n: int) -> list[torch.Tensor]:
         """This process's rows of an n-row batch, in ``grad_accum`` micro-batches."""
         mine = torch.arange(self.place.rank, n, self.place.world)
-        return [c for c in torch.tensor_split(mine, self.cfg.grad_accum) if len(c)]
+        # under FSDP every process runs grad_accum micro-batches (empty ones idle)
+        return [c for c in torch.tensor_split(mine, self.cfg.grad_accum) if len(c) or self.sharded]
 
     def _terms(self, batch: data.Batch, rows: torch.Tensor, s_mask: torch.Tensor, t_mask: torch.Tensor,
                model: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +104,7 @@ class Distiller:
         with _autocast(self.device, self.cfg.autocast_bf16):
             t_logits = None
             if self.teacher_module is not None:
-                with torch.no_grad():
+                with torch.no_grad(), teacher_view(self.student):
                     t_logits = logits_of(self.teacher_module, ids.masked_fill(tm, mask_id), att, shifted)
             s_logits = logits_of(model, ids.masked_fill(sm, mask_id), att, shifted)
         return dscd.token_terms(s_logits, t_logits, ids, sm, tm, self.cfg.temperature, self.cfg.kl_clip,
@@ -140,7 +137,9 @@ class Distiller:
         if cfg.objective == "edit":
             return self._edit_step(batch, problems, gen, lam, lr)
         if cfg.objective == "trajectory":
-            return self._trajectory_step(batch, self.rollouts.step(step, problems), gen, lam, lr)
+            with teacher_view(self.student):  # LoRA: the base weights, adapters off
+                r = self.rollouts.step(step, problems)
+            return self._trajectory_step(batch, r, gen, lam, lr)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, gen, self.ratios)
         total = int(s_mask.sum())  # masked tokens of the whole step, over every process
         # the ablation's masks: the whole step's, from its own seed (never the rank or micro-batch)
@@ -153,7 +152,10 @@ class Distiller:
             sync = i == len(micro) - 1 or self.place.world == 1
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
-                if cfg.objective == "mdlm":
+                if not len(rows):  # FSDP: join the step's collectives with a zero-weight stand-in row
+                    kl, ce = self._terms(batch, sharding.idle_rows(), s_mask, t_mask, self.model)
+                    (0.0 * (kl.sum() + ce.sum())).backward()
+                elif cfg.objective == "mdlm":
                     loss = self._mdlm_micro(batch, rows, *mdlm)
                     (loss * (self.place.world / len(batch.input_ids))).backward()
                     sums[0] += loss.item() / len(batch.input_ids)
@@ -174,7 +176,7 @@ class Distiller:
         loss_v, kl_v, ce_v, *clipped = all_sum(self.place, sums.tolist(), self.device if self.device.type == "cuda"
                                                 else torch.device("cpu"))
         params = [p for p in self.student.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+        grad_norm = sharding.grad_norm(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
         if math.isfinite(loss_v) and math.isfinite(grad_norm):
             self.opt.step()
         else:  # NaN / Inf guard: the same decision on every process (the values are all-reduced)
@@ -330,7 +332,8 @@ class Distiller:
         val, g = self.dataset.val, self.gen_length
         batch = encode(self.tok, val, g)
         if self._val_rollouts is None:
-            self._val_rollouts = self.rollouts.val(val)
+            with teacher_view(self.student):  # LoRA: the base weights, adapters off
+                self._val_rollouts = self.rollouts.val(val)
         r = self._val_rollouts
         masked = trajectory.states(r, self._generator(-1))
         if self.cfg.traj_verified:
@@ -359,9 +362,15 @@ class Distiller:
         sums = [0.0, 0.0, 0.0]
         batch = encode(self.tok, val, self.gen_length)
         s_mask, t_mask = dscd.nested_masks(batch.answer_mask, self._generator(-1), self.ratios)
+        size = max(1, cfg.batch_size // cfg.grad_accum)
         mine = torch.arange(self.place.rank, len(val), self.place.world)
-        for rows in torch.split(mine, max(1, cfg.batch_size // cfg.grad_accum)):
-            kl, ce = self._terms(batch, rows, s_mask, t_mask, self.student)
+        chunks = list(torch.split(mine, size))
+        if self.sharded:  # as many forwards as rank 0 (which has the most rows), idle ones on a stand-in row
+            chunks += [mine[:0]] * (-(-len(range(0, len(val), self.place.world)) // size) - len(chunks))
+        for rows in chunks:
+            kl, ce = self._terms(batch, rows if len(rows) else sharding.idle_rows(), s_mask, t_mask, self.student)
+            if not len(rows):
+                continue
             sums[0] += kl.sum().item()
             sums[1] += ce.sum().item()
             sums[2] += len(kl)
@@ -375,15 +384,28 @@ class Distiller:
     # -- checkpoints
 
     def save_checkpoint(self, path: Path) -> None:
-        ckpt = {"student": self.student.state_dict(), "optimizer": self.opt.state_dict(),
-                "state": asdict(self.state)}
-        atomic_save(path, functools.partial(torch.save, ckpt))
+        """Write the checkpoint (rank 0; under FSDP every process calls this: the state is gathered)."""
+        if not (self.place.main or self.sharded):
+            return
+        model, optim = sharding.full_state(self.student, self.opt, self.cfg, self.place)
+        if self.cfg.lora_r:  # the adapters only: the base is the teacher's, unchanged
+            model = {k: v for k, v in model.items() if ".lora_" in k}
+        if self.place.main:
+            ckpt = {"student": model, "optimizer": optim, "state": asdict(self.state)}
+            atomic_save(path, functools.partial(torch.save, ckpt))
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        self.student.load_state_dict(ckpt["student"])
-        self.opt.load_state_dict(ckpt["optimizer"])
+        ckpt = torch.load(path, map_location="cpu" if self.sharded else self.device, weights_only=False)
+        sharding.load_full_state(self.student, self.opt, ckpt["student"], ckpt["optimizer"], self.cfg, self.place)
         self.state = State(**ckpt["state"])
 
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """The whole student state (every process calls this under FSDP; rank 0 gets it), else None:
+        the module's own state is whole."""
+        return sharding.full_state(self.student, None, self.cfg, self.place)[0] if self.sharded else None
+
     def export(self, out: Path) -> None:
-        save_model(plain_module(self.student), self.teacher_dir, out, getattr(torch, self.cfg.save_dtype))
+        """Save the student in the teacher's layout (rank 0; under FSDP every process calls this)."""
+        state = self.full_weights()
+        if self.place.main:
+            save_model(self.student, self.teacher_dir, out, getattr(torch, self.cfg.save_dtype), state)
