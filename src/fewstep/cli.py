@@ -80,8 +80,15 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
                    help="override a decode setting, e.g. --set steps=6 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+    _add_quantize(p)
     _add_trust_remote_code(p)
     _add_drafter_arg(p)
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", default=None, choices=("int8", "nf4", "int4"),
+                   help="weight-only quantization of the model and any drafter (torchao): int8 on any device, "
+                        "nf4 / int4 on CUDA only (default: none)")
 
 
 def _add_trust_remote_code(p: argparse.ArgumentParser) -> None:
@@ -163,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None)
     b.add_argument("--device", default="cpu")
     b.add_argument("--dtype", default=None)
+    _add_quantize(b)
     _add_trust_remote_code(b)
     _add_drafter_arg(b)
     b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")

@@ -236,6 +236,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
     the stored precision; ``device`` to the CPU. The name ``gold`` gives the built-in
@@ -243,7 +244,14 @@ def load_model(
 
     ``trust_remote_code``: run modelling or tokenizer code shipped in the directory, for an
     architecture fewstep and transformers do not implement (never needed for fewstep's own
-    architectures, :mod:`fewstep.models.registry`)."""
+    architectures, :mod:`fewstep.models.registry`).
+
+    ``quantize``: ``int8``, ``nf4`` or ``int4`` weight-only quantization after loading
+    (:mod:`fewstep.models.quantize`; torchao); None keeps the weights as loaded."""
+    if quantize is not None:
+        from fewstep.models.quantize import load_quantized
+
+        return load_quantized(load_model, name_or_path, device, dtype, trust_remote_code, quantize)
     if str(name_or_path) in BUILT_IN:
         return target(BUILT_IN[str(name_or_path)])()
     if not isinstance(trust_remote_code, bool):
