@@ -74,8 +74,8 @@ def prepare(req: EvalRequest) -> _Run:
                        quantize=req.quantize)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
     strategy = "none" if model.kind == "gold" else cfg.strategy
-    identity = {"task": req.task, "model": req.model, "quantize": req.quantize, "strategy": strategy, "config": cfg.to_dict(),
-                "data": req.data, "batch_size": req.batch_size,
+    identity = {"task": req.task, "model": req.model, "quantize": req.quantize, "strategy": strategy,
+                "config": cfg.to_dict(), "data": req.data, "batch_size": req.batch_size,
                 "data_sha256": store.sha256_rows([e.id, e.prompt, e.reference] for e in every),
                 "model_sha256": model_checksum(req.model)}
     order = {e.id: i for i, e in enumerate(examples)}
