@@ -20,8 +20,13 @@ import torch
 
 from fewstep.errors import ConfigError, ModelLoadError
 
-_LOADED: dict[tuple[str, str, str, str | None], Any] = {}
-_LOAD_S: dict[tuple[str, str, str, str | None], float] = {}  # one-time seconds of each load
+_LOADED: dict[tuple[str, ...], Any] = {}
+_LOAD_S: dict[tuple[str, ...], float] = {}  # one-time seconds of each load
+
+
+def _key(name_or_path: str, device: Any, dtype: Any, quantize: str | None) -> tuple[str, ...]:
+    """A load's key: name, device and dtype, and the quantization where there is one."""
+    return (str(name_or_path), str(device), str(dtype)) + ((quantize,) if quantize else ())
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ def load_drafter(name_or_path: str, device: str | torch.device = "cpu", dtype: A
     """The drafter ``name_or_path`` as a :class:`~fewstep.models.adapter.CausalModel`, loaded once
     (the seconds that took: :func:`load_seconds`). ``quantize``: the diffusion model's weight
     quantization (:func:`fewstep.models.quantize.quantization_of`), applied to the drafter too."""
-    key = (str(name_or_path), str(device), str(dtype), quantize)
+    key = _key(name_or_path, device, dtype, quantize)
     if key not in _LOADED:
         t0 = time.perf_counter()
         _LOADED[key] = _load(name_or_path, device, dtype, quantize)
@@ -58,7 +63,7 @@ def load_seconds(name_or_path: str, device: str | torch.device = "cpu", dtype: A
     checking its tokenizer and importing transformers where that load was the first to need it.
     Never part of a problem's ``drafter_s``."""
     load_drafter(name_or_path, device, dtype, quantize)
-    return _LOAD_S[(str(name_or_path), str(device), str(dtype), quantize)]
+    return _LOAD_S[_key(name_or_path, device, dtype, quantize)]
 
 
 def _load(name_or_path: str, device: str | torch.device, dtype: Any, quantize: str | None = None):
