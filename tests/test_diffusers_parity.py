@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_llada2 import CONFIG, published_weights
 
 import fewstep
 from fewstep.tasks import arith
 from fewstep.training import tokenizers
+from test_llada2 import CONFIG, published_weights
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (a test-only reference) is not installed")
 if not hasattr(diffusers, "LLaDA2Pipeline") or not hasattr(diffusers, "BlockRefinementScheduler"):
