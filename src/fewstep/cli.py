@@ -80,9 +80,17 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str = "tiny-dlm")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="override a decode setting, e.g. --set steps=6 (repeatable)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+    p.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored on an "
+                                                  "accelerator, float32 on the CPU)")
+    _add_quantize(p)
     _add_trust_remote_code(p)
     _add_drafter_arg(p)
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantize", default=None, choices=("int8", "nf4", "int4"),
+                   help="weight-only quantization of the model and any drafter (torchao): int8 on any device, "
+                        "nf4 / int4 on CUDA only (default: none)")
 
 
 def _add_trust_remote_code(p: argparse.ArgumentParser) -> None:
@@ -166,7 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="result directory (bench.json, bench.md, pareto.png); rerun to resume")
     b.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
     b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    b.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored)")
+    b.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored on an "
+                                                  "accelerator, float32 on the CPU)")
+    _add_quantize(b)
     _add_trust_remote_code(b)
     _add_drafter_arg(b)
     b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")

@@ -40,8 +40,9 @@ def generate_command(args: argparse.Namespace) -> int:
     if args.trace and Path(args.trace).exists() and not Path(args.trace).is_dir():
         raise ConfigError(f"--trace {args.trace} exists and is not a directory")
     # a bundled lab model loads without transformers (start-up: README "Start-up time")
-    model = load_lab_model(args.model, device=args.device, dtype=args.dtype) or \
-        load_model(args.model, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    lab = None if args.quantize else load_lab_model(args.model, device=args.device, dtype=args.dtype)
+    model = lab or load_model(args.model, device=args.device, dtype=args.dtype,
+                              trust_remote_code=args.trust_remote_code, quantize=args.quantize)
     set_threads(model, args.threads)
     cfg = resolve_config(model, args.strategy, settings_of(args))
     result, origin = decode_one(model, args.prompt, cfg, show=args.stream, steps=bool(args.stream or args.trace))
@@ -120,7 +121,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"fewstep serve needs the serve extra (pip install 'fewstep[serve]'): {e}") from None
     if args.timeout <= 0 or args.max_wait_ms < 0:
         raise ConfigError("--timeout must be > 0 and --max-wait-ms >= 0")
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     settings = settings_of(args)
     if args.drafter:  # loaded before the first request, so that no request's latency holds the load
         from fewstep.config import resolve_config
@@ -143,7 +144,7 @@ def bench_command(args: argparse.Namespace) -> int:
     req = BenchRequest(task=args.task, model=args.model, strategies=split_strategies(args.strategies), out=args.out,
                        limit=args.limit, batch_size=args.batch_size, repeats=args.repeats,
                        settings=tuple(settings_of(args)), data=args.data, device=args.device, dtype=args.dtype,
-                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+                       overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, quantize=args.quantize)
     run_bench(req, progress=not args.no_progress)
     print((Path(args.out) / "bench.md").read_text(), end="")
     return 0
@@ -158,7 +159,7 @@ def eval_command(args: argparse.Namespace) -> int:
     req = EvalRequest(task=args.task, model=args.model, out=args.out, strategy=args.strategy, limit=args.limit,
                       batch_size=args.batch_size, settings=tuple(settings_of(args)), data=args.data,
                       device=args.device, dtype=args.dtype, num_processes=args.num_processes,
-                      overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
+                      overwrite=args.overwrite, trust_remote_code=args.trust_remote_code, quantize=args.quantize)
     summary = run_eval(req, progress=not args.no_progress)
     if is_main_process():
         print(one_line(summary))

@@ -20,8 +20,13 @@ import torch
 
 from fewstep.errors import ConfigError, ModelLoadError
 
-_LOADED: dict[tuple[str, str, str], Any] = {}
-_LOAD_S: dict[tuple[str, str, str], float] = {}  # one-time seconds of each load
+_LOADED: dict[tuple[str, ...], Any] = {}
+_LOAD_S: dict[tuple[str, ...], float] = {}  # one-time seconds of each load
+
+
+def _key(name_or_path: str, device: Any, dtype: Any, quantize: str | None) -> tuple[str, ...]:
+    """A load's key: name, device and dtype, and the quantization where there is one."""
+    return (str(name_or_path), str(device), str(dtype)) + ((quantize,) if quantize else ())
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,15 @@ class Draft:
     seconds: float  # this row's share of the drafting wall time
 
 
-def load_drafter(name_or_path: str, device: str | torch.device = "cpu", dtype: Any = None):
+def load_drafter(name_or_path: str, device: str | torch.device = "cpu", dtype: Any = None,
+                 quantize: str | None = None):
     """The drafter ``name_or_path`` as a :class:`~fewstep.models.adapter.CausalModel`, loaded once
-    (the seconds that took: :func:`load_seconds`)."""
-    key = (str(name_or_path), str(device), str(dtype))
+    (the seconds that took: :func:`load_seconds`). ``quantize``: the diffusion model's weight
+    quantization (:func:`fewstep.models.quantize.quantization_of`), applied to the drafter too."""
+    key = _key(name_or_path, device, dtype, quantize)
     if key not in _LOADED:
         t0 = time.perf_counter()
-        _LOADED[key] = _load(name_or_path, device, dtype)
+        _LOADED[key] = _load(name_or_path, device, dtype, quantize)
         _LOAD_S[key] = time.perf_counter() - t0
     return _LOADED[key]
 
@@ -50,21 +57,22 @@ def drafter_dtype(cfg) -> str | None:
     return None if cfg.drafter_dtype == "auto" else str(cfg.drafter_dtype)
 
 
-def load_seconds(name_or_path: str, device: str | torch.device = "cpu", dtype: Any = None) -> float:
+def load_seconds(name_or_path: str, device: str | torch.device = "cpu", dtype: Any = None,
+                 quantize: str | None = None) -> float:
     """One-time seconds of loading the drafter (loading it now if it is not yet): reading it,
     checking its tokenizer and importing transformers where that load was the first to need it.
     Never part of a problem's ``drafter_s``."""
-    load_drafter(name_or_path, device, dtype)
-    return _LOAD_S[(str(name_or_path), str(device), str(dtype))]
+    load_drafter(name_or_path, device, dtype, quantize)
+    return _LOAD_S[_key(name_or_path, device, dtype, quantize)]
 
 
-def _load(name_or_path: str, device: str | torch.device, dtype: Any):
+def _load(name_or_path: str, device: str | torch.device, dtype: Any, quantize: str | None = None):
     import transformers  # noqa: F401  (its import is part of the drafter's one-time cost)
 
     from fewstep.models.loading import load_model
 
     try:
-        model = load_model(name_or_path, device=device, dtype=dtype)
+        model = load_model(name_or_path, device=device, dtype=dtype, quantize=quantize)
     except ModelLoadError as e:
         raise ModelLoadError(f"drafter {name_or_path!r}: {e}") from None
     if model.kind != "causal":

@@ -21,6 +21,7 @@ import torch
 from fewstep.decoding.canvas import CanvasInit
 from fewstep.drafting.bridge import to_canvas
 from fewstep.drafting.drafter import default_budget, draft, drafter_dtype, load_drafter
+from fewstep.models.quantize import quantization_of
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def keep_mask(prompt: str, seed: int, g: int, rho: float) -> torch.Tensor:
 
 def warm_start(model, prompts: list[str], cfg) -> WarmStart:
     """Draft every prompt with ``cfg.drafter`` and build the initial canvas ``cfg.init`` asks for."""
-    drafter = load_drafter(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg))
+    drafter = load_drafter(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg), quantize=quantization_of(model))
     budget = cfg.drafter_max_tokens or default_budget(drafter, cfg.gen_length)
     drafts = draft(drafter, prompts, budget)
     g = cfg.gen_length

@@ -40,6 +40,7 @@ class BenchRequest:
     dtype: str | None = None
     overwrite: bool = False  # remove the directory's earlier results instead of resuming them
     trust_remote_code: bool = False  # run code shipped in the model directory
+    quantize: str | None = None  # weight-only quantization of the model (and drafters): int8, nf4, int4
 
 
 def split_strategies(text: str) -> tuple[str, ...]:
@@ -109,12 +110,13 @@ def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit]
-    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
+    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code,
+                       quantize=req.quantize)
     cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
-    plan = {"task": req.task, "model": req.model, "strategies": list(req.strategies), "n": len(examples),
-            "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
+    plan = {"task": req.task, "model": req.model, "quantize": req.quantize, "strategies": list(req.strategies),
+            "n": len(examples), "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
             "configs": [c.to_dict() for c in cfgs],
             "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
             "model_sha256": model_checksum(req.model)}
@@ -274,7 +276,9 @@ def compare_outputs(base: list[dict[str, Any]], mine: list[dict[str, Any]], base
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    head = (f"{result['task']} / {result['model']}: {result['n']} problems, batch {result['batch_size']}, "
+    from fewstep.evaluation.summary import model_label
+
+    head = (f"{result['task']} / {model_label(result)}: {result['n']} problems, batch {result['batch_size']}, "
             f"median of {result['repeats']} timed repeat(s); Δ: paired difference against the first strategy "
             f"with Newcombe's 95% interval; only first / only it: problems exactly one of the two solved; "
             f"McNemar: exact two-sided p-value; wall s is end to end (a drafter's time included), engine "

@@ -26,6 +26,7 @@ class EvalRequest:
     num_processes: int = 1
     overwrite: bool = False  # remove the directory's earlier results instead of resuming them
     trust_remote_code: bool = False  # run code shipped in the model directory
+    quantize: str | None = None  # weight-only quantization of the model (and drafter): int8, nf4, int4
 
 
 def check_request(req: EvalRequest) -> None:

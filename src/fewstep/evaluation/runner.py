@@ -70,11 +70,12 @@ def prepare(req: EvalRequest) -> _Run:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit] if req.limit is not None else every
-    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code)
+    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code,
+                       quantize=req.quantize)
     cfg = resolve_config(model, req.strategy, req.settings, task.default_gen_length)
     strategy = "none" if model.kind == "gold" else cfg.strategy
-    identity = {"task": req.task, "model": req.model, "strategy": strategy, "config": cfg.to_dict(),
-                "data": req.data, "batch_size": req.batch_size,
+    identity = {"task": req.task, "model": req.model, "quantize": req.quantize, "strategy": strategy,
+                "config": cfg.to_dict(), "data": req.data, "batch_size": req.batch_size,
                 "data_sha256": store.sha256_rows([e.id, e.prompt, e.reference] for e in every),
                 "model_sha256": model_checksum(req.model)}
     order = {e.id: i for i, e in enumerate(examples)}
@@ -85,10 +86,11 @@ def preload_drafter(model, cfg: DecodeConfig) -> float | None:
     """Load ``cfg.drafter`` now, where the decode would load it, so that no batch's time holds the
     load; its one-time seconds (None: no drafter, or a model that does not decode)."""
     from fewstep.drafting.drafter import drafter_dtype, load_seconds
+    from fewstep.models.quantize import quantization_of
 
     if not cfg.drafter or model.kind != "diffusion":  # gold and causal models never draft
         return None
-    return load_seconds(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg))
+    return load_seconds(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg), quantize=quantization_of(model))
 
 
 def evaluate_shard(req: EvalRequest, rank: int = 0, world: int = 1, barrier: Callable[[], None] | None = None,

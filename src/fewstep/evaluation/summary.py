@@ -102,10 +102,15 @@ def drafter_cost(s: dict[str, Any]) -> str:
             f"{s['model_s']:.2f}s{load}")
 
 
+def model_label(s: dict[str, Any]) -> str:
+    """The model of a summary or bench result, with its weight quantization when it has one."""
+    return s["model"] + (f" ({s['quantize']})" if s.get("quantize") else "")
+
+
 def one_line(s: dict[str, Any]) -> str:
     """The summary printed at the end; wall time is end to end (a drafter's per-problem time inside it)."""
     lo, hi = s["accuracy_ci95"]
-    return (f"{s['task']} {s['model']} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
+    return (f"{s['task']} {model_label(s)} {s['strategy']}: accuracy {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] "
             f"on {s['n']} | NFE {s['nfe_mean']:.2f} | tokens/forward {s['tokens_per_forward']:.2f} | "
             + (f"{drafter_cost(s)} | " if s.get("config", {}).get("drafter") else "")
             + f"wall {s['wall_s']:.1f}s (model {s['model_s']:.1f}s)")

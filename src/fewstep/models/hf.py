@@ -3,8 +3,9 @@
 each architecture in :mod:`fewstep.models.registry` that has a wrapper (LLaDA and Dream here; SDAR,
 Fast-dLLM v2 and LLaDA-MoE in :mod:`fewstep.models.hf_block`; not LLaDA2): fewstep's lab models,
 fewstep-saved models, the published checkpoints, with fewstep's own implementation, without remote
-code. The models are thin ``PreTrainedModel`` wrappers over the same modules and parameter names, so their logits are fewstep's (``logits[:, i]`` as the
-architecture computes them: Dream's are unshifted, as in its own code).
+code. The models are thin ``PreTrainedModel`` wrappers over the same modules and parameter names,
+so their logits are fewstep's (``logits[:, i]`` as the architecture computes them: Dream's are
+unshifted, as in its own code).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ before that hold them in ``fewstep.json`` (``{"decode_defaults": {...}}``), stil
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 import torch
 
-from fewstep.errors import ConfigError, ModelLoadError
+from fewstep.errors import ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
+from fewstep.models.directory import DECODE_KEYS, _read_json, decode_defaults, write_decode_defaults  # noqa: F401
 from fewstep.models.registry import ARCHITECTURES, find, for_config, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -46,16 +46,6 @@ def resolve(name_or_path: str | Path) -> Path:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model directory")
     return path
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from None
-    if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path} is not a JSON object: not a model configuration")
-    return obj
 
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -138,57 +128,6 @@ def _no_weight_init() -> Iterator[None]:
             setattr(init, n, f)
 
 
-DECODE_KEYS = ("gen_length", "block_length", "steps")  # fewstep's keys in generation_config.json
-
-
-def decode_defaults(path: Path) -> dict[str, Any]:
-    """Decode defaults of a model directory: generation_config.json (``max_new_tokens`` is the
-    generation length; ``gen_length``, ``block_length`` and ``steps`` are fewstep's keys;
-    ``warm_start``, an object of recommended warm-start settings: anything else is a
-    ModelLoadError; its settings are checked where a configuration is resolved,
-    :func:`fewstep.config.resolve_config`), over an older directory's fewstep.json."""
-    old = path / "fewstep.json"
-    out: dict[str, Any] = dict(_read_json(old).get("decode_defaults", {})) if old.is_file() else {}
-    gen = path / "generation_config.json"
-    if gen.is_file():
-        g = _read_json(gen)
-        if isinstance(g.get("max_new_tokens"), int):
-            out["gen_length"] = g["max_new_tokens"]
-        out.update({k: g[k] for k in DECODE_KEYS if isinstance(g.get(k), int)})
-        if "warm_start" in g:
-            out["warm_start"] = _warm_start(g["warm_start"], gen)
-    return out
-
-
-def _warm_start(values: Any, where: Path) -> dict[str, Any]:
-    """A directory's recommended warm-start settings: an object (its settings are checked by
-    :func:`fewstep.config.check_warm_start` when a configuration is resolved)."""
-    if not isinstance(values, dict):
-        raise ModelLoadError(f"{where}: warm_start must be an object of warm-start settings, got {values!r}")
-    return dict(values)
-
-
-def write_decode_defaults(path: Path, defaults: dict[str, Any]) -> None:
-    """Write ``defaults`` into ``path``/generation_config.json (kept keys merged; atomic), where
-    transformers' ``generate()`` reads ``max_new_tokens`` too; drops an old fewstep.json.
-    ``defaults["warm_start"]``: the recommended warm-start settings (a dict of DecodeConfig
-    settings, which the caller checks with :func:`fewstep.config.check_warm_start`), applied when
-    a drafter is given and no warm-start setting is (:func:`fewstep.config.drafter_settings`)."""
-    gen = path / "generation_config.json"
-    g = _read_json(gen) if gen.is_file() else {}
-    g.update({k: v for k, v in defaults.items() if k in DECODE_KEYS and k != "gen_length"})
-    if "warm_start" in defaults:
-        if not isinstance(defaults["warm_start"], dict):
-            raise ConfigError(f"warm_start must be an object of warm-start settings, got {defaults['warm_start']!r}")
-        g["warm_start"] = dict(defaults["warm_start"])
-    if "gen_length" in defaults:  # transformers' name for it, so that its generate() agrees
-        g["max_new_tokens"] = defaults["gen_length"]
-    tmp = gen.with_name(gen.name + ".tmp")
-    tmp.write_text(json.dumps(g, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(gen)
-    (path / "fewstep.json").unlink(missing_ok=True)
-
-
 def needs_remote_code(config: dict[str, Any]) -> bool:
     """A config.json whose architecture neither fewstep nor this transformers implements, with its
     own modelling code named in ``auto_map``."""
@@ -237,6 +176,7 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
+    quantize: str | None = None,
 ) -> DiffusionModel | CausalModel:
     """Load a model for decoding. ``dtype`` (e.g. ``torch.bfloat16`` or ``"bfloat16"``) defaults to
     the stored precision on an accelerator and to float32 on the CPU (where half-precision matmuls
@@ -246,7 +186,14 @@ def load_model(
 
     ``trust_remote_code``: run modelling or tokenizer code shipped in the directory, for an
     architecture fewstep and transformers do not implement (never needed for fewstep's own
-    architectures, :mod:`fewstep.models.registry`)."""
+    architectures, :mod:`fewstep.models.registry`).
+
+    ``quantize``: ``int8``, ``nf4`` or ``int4`` weight-only quantization after loading
+    (:mod:`fewstep.models.quantize`; torchao); None keeps the weights as loaded."""
+    if quantize is not None:
+        from fewstep.models.quantize import load_quantized
+
+        return load_quantized(load_model, name_or_path, device, dtype, trust_remote_code, quantize)
     if str(name_or_path) in BUILT_IN:
         return target(BUILT_IN[str(name_or_path)])()
     if not isinstance(trust_remote_code, bool):
