@@ -48,7 +48,7 @@ def test_good_rows_load(task, tmp_path):
 @pytest.mark.parametrize("task, field, value", WRONG)
 def test_a_field_of_the_wrong_type_is_a_task_error(task, field, value, tmp_path):
     path = _write(tmp_path / "d.jsonl", [GOOD[task], {**GOOD[task], field: value}])
-    with pytest.raises(TaskError, match=rf"d.jsonl: row 2: field '{field}' must be "):
+    with pytest.raises(TaskError, match=rf"d.jsonl: row 2: field '{field}' is not "):
         get_task(task).examples(path)
 
 
@@ -57,7 +57,7 @@ def test_math500_takes_a_numeric_answer(tmp_path):
 
 
 def test_check_fields_names_what_it_got():
-    with pytest.raises(TaskError, match=r"src: row 1: field 'q' must be text or a number, got true/false \(True\)"):
+    with pytest.raises(TaskError, match=r"src: row 1: field 'q' is not text or a number: got true/false \(True\)"):
         check_fields([{"q": True}], {"q": (TEXT, NUMBER)}, "src")
     check_fields([{"q": ["a"]}, {}], {"q": TEXT_LIST}, "src")  # a missing field is not this check's concern
 
@@ -72,7 +72,7 @@ def _one_line_exit_2(capsys, argv: list[str], fragment: str) -> None:
 def test_cli_wrong_type_in_data_is_one_line(capsys, tmp_path):
     path = _write(tmp_path / "d.jsonl", [{**GOOD["arith"], "question": 42}])
     _one_line_exit_2(capsys, ["eval", "--task", "arith", "--model", "gold", "--data", path, "--no-progress",
-                              "--out", str(tmp_path / "out")], "field 'question' must be text, got a number (42)")
+                              "--out", str(tmp_path / "out")], "field 'question' is not text: got a number (42)")
 
 
 @pytest.mark.parametrize("setting, fragment", [

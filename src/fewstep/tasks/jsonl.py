@@ -41,7 +41,7 @@ def check_fields(rows: Sequence[Mapping[str, Any]], kinds: Mapping[str, str | tu
             if key in row and not any(_is(k, row[key]) for k in accepted):
                 got = _JSON_NAMES.get(type(row[key]), type(row[key]).__name__)
                 shown = repr(row[key]) if len(repr(row[key])) <= 40 else repr(row[key])[:37] + "..."
-                raise TaskError(f"{source}: row {i}: field {key!r} must be {' or '.join(accepted)}, "
+                raise TaskError(f"{source}: row {i}: field {key!r} is not {' or '.join(accepted)}: "
                                 f"got {got} ({shown})")
 
 
