@@ -1,6 +1,10 @@
 """One table from several ``fewstep bench`` runs (one per model, same task and problems):
 a row per strategy, a column per model, each cell ``accuracy @ NFE``.
 
+For new measurements prefer one bench whose rows name their models (``--strategies
+"llada;threshold:threshold=0.9,model=tiny-dlm-cd"``): same problems, same batches, timed side by
+side, paired statistics against the first row. This script stays for runs already made apart.
+
     python scripts/compare_benches.py teacher=runs/results/frontier-teacher-200 \
         student=runs/results/frontier-student-200 ablation=runs/results/frontier-ablation-200
 """

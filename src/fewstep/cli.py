@@ -165,7 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--task", required=True, help="the task to measure on (fewstep list tasks)")
     b.add_argument("--model", default="tiny-dlm", help="bundled name or model directory (default: tiny-dlm)")
     b.add_argument("--strategies", required=True,
-                   help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"')
+                   help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"; a '
+                        'spec may name its own model beside its settings (threshold:threshold=0.9,model=tiny-dlm-cd), '
+                        'the others use --model')
     b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a decode setting applied to every strategy (repeatable)")
     b.add_argument("--limit", type=_count, default=None, help="first N problems only")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -182,6 +183,26 @@ def _check_loop(cfg: DecodeConfig) -> None:
     if cfg.remask_threshold > cfg.confirm_threshold:
         raise ConfigError(f"remask_threshold ({cfg.remask_threshold}) must not exceed confirm_threshold "
                           f"({cfg.confirm_threshold})")
+    _check_overflow(cfg)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
+LOGIT_GAP = 1e4  # a generous bound on the gap between two logits of one position (conditional - unconditional)
+GUMBEL_LOG = 40.0  # |log(-log u)| for a float64 uniform u in (0, 1) stays below 37
+
+
+def _check_overflow(cfg: DecodeConfig) -> None:
+    """Settings in their declared range whose arithmetic would overflow: guidance multiplies float32
+    logit gaps by ``cfg_scale + 1`` (past float32's range every logit turns infinite or NaN and the
+    decode returns nothing meaningful), and sampling adds ``temperature * log(-log u)`` in float64."""
+    top = FLOAT32_MAX / LOGIT_GAP - 1
+    if cfg.cfg_scale > top:
+        raise ConfigError(f"cfg_scale={cfg.cfg_scale:g} would overflow the guided logits (float32); "
+                          f"use at most {top:.3g}")
+    hot = sys.float_info.max / (2 * GUMBEL_LOG)
+    if cfg.temperature > hot:
+        raise ConfigError(f"temperature={cfg.temperature:g} would overflow the Gumbel noise (float64); "
+                          f"use at most {hot:.3g}")
 
 
 def _check_budget(cfg: DecodeConfig) -> None:

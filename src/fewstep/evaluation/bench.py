@@ -6,7 +6,15 @@ hits every strategy alike. A warm-up batch per strategy runs first and is not ti
 are scored on the first repeat; wall time is the median over repeats. Everything is written as
 it is measured (``timing.jsonl``, ``<strategy>/samples.jsonl``), so an interrupted bench
 resumes where it stopped. Results: ``bench.json`` (a summary per strategy and ratios against
-the first one), ``bench.md`` and ``pareto.png``.
+the first one), ``bench.md`` and ``pareto.png`` (:mod:`fewstep.evaluation.bench_report`).
+
+A row may name its own model beside its settings (``threshold:threshold=0.9,model=tiny-dlm-cd``;
+the others decode with ``--model``): teacher, student and warm starts are then measured in one
+run, on the same problems and batches. Each model is loaded once, before anything is timed (its
+seconds reported apart, ``model_load_s``); a row's settings are resolved against its own model
+(its decode defaults, its recommended warm start); the bench's identity records every row's model
+and its checksum, so a resumed run never mixes results of different models. ``bench.json`` also
+holds each curve's AUP (d3LLM's accuracy under parallelism, :mod:`fewstep.evaluation.aup`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from typing import Any
 
 from fewstep.config import DecodeConfig
 from fewstep.errors import ConfigError
+from fewstep.evaluation.bench_report import markdown_table, plot_pareto
+
+__all__ = ["BenchRequest", "bench_configs", "markdown_table", "plot_pareto", "row_model", "run_bench",
+           "split_strategies"]
 
 BENCH_FILES = ("bench_plan.json", "timing.jsonl", "bench.json", "bench.md", "pareto.png", "[0-9][0-9]-*/samples.jsonl")
 
@@ -50,6 +62,22 @@ def split_strategies(text: str) -> tuple[str, ...]:
     return specs
 
 
+def row_model(spec: str, default: str) -> tuple[str, str]:
+    """A row's model and its spec without the ``model`` key: ``"threshold:threshold=0.9,model=tiny-dlm-cd"``
+    -> ``("tiny-dlm-cd", "threshold:threshold=0.9")``; a spec that names none decodes with ``default``."""
+    name, sep, own = spec.strip().partition(":")
+    model, rest = default, []
+    for part in (p.strip() for p in own.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        if key.strip() != "model":
+            rest.append(part)
+        elif not eq or not value.strip():
+            raise ConfigError(f"{spec!r}: model= needs a model name or directory, e.g. model=tiny-dlm-cd")
+        else:
+            model = value.strip()
+    return model, name.strip() + (":" + ",".join(rest) if rest else "")
+
+
 def _label(i: int, spec: str) -> str:
     return f"{i:02d}-" + re.sub(r"[^A-Za-z0-9._=-]+", "_", spec)[:60]
 
@@ -69,17 +97,21 @@ def bench_configs(model, strategies: Sequence[str], settings: Sequence[str],
                   default_gen_length: int | None) -> list[DecodeConfig]:
     """One configuration per strategy spec, resolved as ``eval`` resolves its settings (a spec's own
     settings count as explicit ones: a spec with a drafter injects its draft and, when it sets no
-    warm-start setting, takes the model's recommended ones). ``settings`` (``--set``) apply to every
-    strategy: the loop's settings to all, a strategy parameter to the strategies that have it (a key
-    that no strategy of the bench has is an error)."""
+    warm-start setting, takes the model's recommended ones). ``model``: one model for every spec,
+    or a sequence of models, one per spec: each spec is resolved against its own model (its decode
+    defaults and recommended warm start); a spec's ``model`` key (:func:`row_model`) is not a
+    setting. ``settings`` (``--set``) apply to every strategy: the loop's settings to all, a
+    strategy parameter to the strategies that have it (a key that no strategy of the bench has is
+    an error)."""
     from fewstep.config import applicable, override, resolve_config, split_assignment
 
+    models = list(model) if isinstance(model, (list, tuple)) else [model] * len(strategies)
     pairs = [split_assignment(s) for s in settings]
     loop = [f"{k}={v}" for k, v in pairs if k in DecodeConfig.__dataclass_fields__]
     cfgs = []
-    for spec in strategies:
-        name, _, own = spec.strip().partition(":")
-        cfgs.append(resolve_config(model, name.strip(), loop, default_gen_length,
+    for spec, m in zip(strategies, models):
+        name, _, own = row_model(spec, "")[1].partition(":")
+        cfgs.append(resolve_config(m, name.strip(), loop, default_gen_length,
                                    request=[s for s in own.split(",") if s.strip()]))
     rest = {k: v for k, v in pairs if k not in DecodeConfig.__dataclass_fields__}
     for key in rest:
@@ -99,42 +131,67 @@ def check_bench_request(req: BenchRequest) -> None:
 def run_bench(req: BenchRequest, progress: bool = True) -> dict[str, Any]:
     from fewstep.evaluation.request import check_examples
     from fewstep.evaluation.store import check_identity, lock_dir, remove_results, sha256_rows
-    from fewstep.models.checksum import model_checksum
-    from fewstep.models.loading import load_model
     from fewstep.tasks.base import get_task
 
     check_bench_request(req)
+    names = [row_model(s, req.model)[0] for s in req.strategies]
     task = get_task(req.task)
     every = task.examples(req.data)
     if not every:
         raise ConfigError(f"task {req.task} has no problems" + (f" in {req.data}" if req.data else ""))
     check_examples(every, req.data or req.task)
     examples = every[: req.limit]
-    model = load_model(req.model, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code,
-                       quantize=req.quantize)
-    cfgs = bench_configs(model, req.strategies, req.settings, task.default_gen_length)
+    loaded, model_loads = load_models(req, names)
+    models = [loaded[n] for n in names]
+    cfgs = bench_configs(models, req.strategies, req.settings, task.default_gen_length)
     labels = [_label(i, s) for i, s in enumerate(req.strategies)]
     out = Path(req.out)
     plan = {"task": req.task, "model": req.model, "quantize": req.quantize, "strategies": list(req.strategies),
             "n": len(examples), "batch_size": req.batch_size, "repeats": req.repeats, "data": req.data,
             "configs": [c.to_dict() for c in cfgs],
             "data_sha256": sha256_rows([e.id, e.prompt, e.reference] for e in every),
-            "model_sha256": model_checksum(req.model)}
+            **_models_identity(req.model, names)}
     with lock_dir(out):
         if req.overwrite:
             remove_results(out, BENCH_FILES)
         check_identity(out, plan, identity="bench_plan.json",
                        result_files=[out / "timing.jsonl", *(out / lab / "samples.jsonl" for lab in labels)])
-        loads = _load_drafters(model, cfgs)
-        samples, timings = _measure(req, task, model, examples, labels, cfgs, out, progress)
-        return _report(req, plan, labels, cfgs, samples, timings, out, loads)
+        loads = _load_drafters(models, cfgs)
+        samples, timings = _measure(req, task, models, examples, labels, cfgs, out, progress)
+        return _report(req, plan, labels, cfgs, samples, timings, out, loads, names, model_loads)
 
 
-def _load_drafters(model, cfgs: Sequence[DecodeConfig]) -> dict[str, float]:
+def _models_identity(default: str, names: Sequence[str]) -> dict[str, Any]:
+    """What identifies the bench's models: the default's checksum, and where rows name other models,
+    each row's model and every model's checksum (a bench of one model keeps its earlier identity)."""
+    from fewstep.models.checksum import model_checksum
+
+    ident: dict[str, Any] = {"model_sha256": model_checksum(default)}
+    if any(n != default for n in names):
+        ident["row_models"] = list(names)
+        ident["models_sha256"] = {n: model_checksum(n) for n in dict.fromkeys(names)}
+    return ident
+
+
+def load_models(req: BenchRequest, names: Sequence[str]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each distinct model of the bench loaded once, in row order: the models by name and each one's
+    load seconds (never part of a timed unit)."""
+    from fewstep.models.loading import load_model
+
+    models, seconds = {}, {}
+    for name in dict.fromkeys(names):
+        t0 = time.perf_counter()
+        models[name] = load_model(name, device=req.device, dtype=req.dtype, trust_remote_code=req.trust_remote_code,
+                                  quantize=req.quantize)
+        seconds[name] = time.perf_counter() - t0
+    return models, seconds
+
+
+def _load_drafters(models: Sequence[Any], cfgs: Sequence[DecodeConfig]) -> dict[str, float]:
     """Every drafter of the bench loaded before anything is timed: its one-time seconds by name."""
     from fewstep.evaluation.runner import preload_drafter
 
-    loads = {_drafter_key(c): preload_drafter(model, c) for c in cfgs if c.drafter}
+    loads = {_drafter_key(c): preload_drafter(m, c) for m, c in zip(models, cfgs) if c.drafter}
     return {key: s for key, s in loads.items() if s is not None}
 
 
@@ -143,17 +200,11 @@ def _drafter_key(cfg: DecodeConfig) -> str:
     return f"{cfg.drafter}@{cfg.drafter_dtype}"
 
 
-def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[str], cfgs: list[DecodeConfig],
-             out: Path, progress: bool) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
-    """Run every (repeat, batch, strategy) unit not yet in ``timing.jsonl``; every sample row and every
-    timing is appended as soon as it is measured, each problem's row once per strategy."""
-    from tqdm import tqdm
-
+def _resume(out: Path, labels: list[str]) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """What an earlier, interrupted run of this bench measured: each row's samples and each timed unit
+    once; a line cut off by the interruption is dropped from the files before anything is appended."""
     from fewstep import files
-    from fewstep.engine import generate
     from fewstep.evaluation.store import read_samples
-    from fewstep.evaluation.summary import sample_rows
-    from fewstep.evaluation.timing import ForwardTimer
 
     timing_path = out / "timing.jsonl"
     timings: list[dict[str, Any]] = []
@@ -164,27 +215,48 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
             done.add(unit)
             timings.append(t)
     samples = {lab: read_samples(out / lab / "samples.jsonl") for lab in labels}
-    for lab in labels:  # drop a line cut off by an interruption before appending
+    for lab in labels:
         if (out / lab / "samples.jsonl").exists():
             files.atomic_write_jsonl(out / lab / "samples.jsonl", samples[lab])
     if timing_path.exists():
         files.atomic_write_jsonl(timing_path, timings)
+    return samples, timings
+
+
+def _measure(req: BenchRequest, task, models: Sequence[Any], examples: list[Any], labels: list[str],
+             cfgs: list[DecodeConfig], out: Path, progress: bool
+             ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Run every (repeat, batch, strategy) unit not yet in ``timing.jsonl``, each row with its own
+    model; every sample row and every timing is appended as soon as it is measured, each problem's
+    row once per strategy."""
+    from contextlib import ExitStack
+
+    from tqdm import tqdm
+
+    from fewstep import files
+    from fewstep.engine import generate
+    from fewstep.evaluation.summary import sample_rows
+    from fewstep.evaluation.timing import ForwardTimer
+
+    samples, timings = _resume(out, labels)
+    done = {(t["label"], t["repeat"], t["batch"]) for t in timings}
     batches = [examples[i: i + req.batch_size] for i in range(0, len(examples), req.batch_size)]
-    timer = ForwardTimer()
-    units = req.repeats * len(batches) * len(cfgs)
+    timer = ForwardTimer()  # one clock over every model's forwards: the rows run one at a time
     rows_done = sum(len(batches[t["batch"]]) for t in timings if t["batch"] < len(batches))
     bar = tqdm(total=req.repeats * len(examples) * len(cfgs), initial=rows_done, disable=not progress,
                desc="bench", unit="row", dynamic_ncols=True)  # rows done of all, rate and time left
-    with timer.attach(model.module), open(timing_path, "a", encoding="utf-8") as tf:
-        if len(done) < units:
-            for cfg in cfgs:  # warm-up, untimed
+    with ExitStack() as stack, open(out / "timing.jsonl", "a", encoding="utf-8") as tf:
+        for module in {id(m.module): m.module for m in models}.values():
+            stack.enter_context(timer.attach(module))
+        if len(done) < req.repeats * len(batches) * len(cfgs):
+            for model, cfg in zip(models, cfgs):  # warm-up, untimed
                 generate(model, [e.prompt for e in batches[0][: min(4, len(batches[0]))]], cfg)
         for r in range(req.repeats):
             for bi, batch in enumerate(batches):
-                order = list(zip(labels, cfgs))
+                order = list(zip(labels, models, cfgs))
                 if (r * len(batches) + bi) % 2:
                     order.reverse()
-                for lab, cfg in order:
+                for lab, model, cfg in order:
                     if (lab, r, bi) in done:
                         continue
                     bar.set_description(f"bench {req.strategies[labels.index(lab)]} (repeat {r + 1}/{req.repeats})")
@@ -209,19 +281,24 @@ def _measure(req: BenchRequest, task, model, examples: list[Any], labels: list[s
 
 def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: list[DecodeConfig],
             samples: dict[str, list[dict[str, Any]]], timings: list[dict[str, Any]], out: Path,
-            loads: dict[str, float] | None = None) -> dict[str, Any]:
-    """Summaries per strategy, ratios against the first; writes bench.json, bench.md and pareto.png.
-    ``loads``: each drafter's one-time load seconds (``drafter_load_s``, never in a timed unit)."""
+            loads: dict[str, float] | None = None, names: Sequence[str] | None = None,
+            model_loads: dict[str, float] | None = None) -> dict[str, Any]:
+    """Summaries per strategy, ratios against the first, each curve's AUP; writes bench.json, bench.md
+    and pareto.png. ``loads``: each drafter's one-time load seconds (``drafter_load_s``, never in a
+    timed unit); ``names``: each row's model; ``model_loads``: each model's one-time load seconds."""
+    from fewstep.evaluation.aup import bench_aup
     from fewstep.evaluation.summary import environment, summarise
     from fewstep.files import atomic_write_json, atomic_write_text
 
+    names = list(names or [req.model] * len(labels))
     rows = []
-    for lab, spec, cfg in zip(labels, req.strategies, cfgs):
+    for lab, spec, cfg, name in zip(labels, req.strategies, cfgs, names):
         per_repeat = [(sum(t["wall_s"] for t in timings if t["label"] == lab and t["repeat"] == r),
                        sum(t["model_s"] for t in timings if t["label"] == lab and t["repeat"] == r),
                        sum(t.get("drafter_s", 0.0) for t in timings if t["label"] == lab and t["repeat"] == r))
                       for r in range(req.repeats)]
-        s = summarise(samples[lab], {"strategy": cfg.strategy, "spec": spec, "label": lab, "config": cfg.to_dict()})
+        s = summarise(samples[lab], {"strategy": cfg.strategy, "spec": spec, "label": lab, "model": name,
+                                     "config": cfg.to_dict()})
         s["wall_s"] = statistics.median(w for w, _, _ in per_repeat)  # end to end: the drafter's time included
         s["model_s"] = statistics.median(m for _, m, _ in per_repeat)
         s["drafter_s"] = statistics.median(d for _, _, d in per_repeat)  # per problem: its load is not in it
@@ -245,8 +322,10 @@ def _report(req: BenchRequest, plan: dict[str, Any], labels: list[str], cfgs: li
         twin = uncached_twin(cfg, cfgs)
         if twin is not None:
             s["vs_uncached"] = compare_outputs(samples[labels[twin]], samples[lab], rows[twin], s)
-    result = {**{k: v for k, v in plan.items() if k not in ("configs", "data_sha256", "model_sha256")},
-              "results": rows, "environment": environment()}
+    hidden = ("configs", "data_sha256", "model_sha256", "models_sha256", "row_models")
+    result = {**{k: v for k, v in plan.items() if k not in hidden}, "models": list(dict.fromkeys(names)),
+              "model_load_s": dict(model_loads or {}), "results": rows, "aup": bench_aup(rows),
+              "environment": environment()}
     atomic_write_json(out / "bench.json", result)
     atomic_write_text(out / "bench.md", markdown_table(result))
     plot_pareto(result, out / "pareto.png")
@@ -273,103 +352,3 @@ def compare_outputs(base: list[dict[str, Any]], mine: list[dict[str, Any]], base
     return {"n": len(ids), "outputs_differ": differ, "outputs_differ_share": differ / len(ids) if ids else 0.0,
             "wall_gain": base_summary["wall_s"] / summary["wall_s"] if summary["wall_s"] else None,
             **paired_comparison([theirs[i]["correct"] for i in ids], [by_id[i]["correct"] for i in ids])}
-
-
-def markdown_table(result: dict[str, Any]) -> str:
-    from fewstep.evaluation.summary import model_label
-
-    head = (f"{result['task']} / {model_label(result)}: {result['n']} problems, batch {result['batch_size']}, "
-            f"median of {result['repeats']} timed repeat(s); Δ: paired difference against the first strategy "
-            f"with Newcombe's 95% interval; only first / only it: problems exactly one of the two solved; "
-            f"McNemar: exact two-sided p-value; wall s is end to end (a drafter's time included), engine "
-            f"overhead is wall time outside the diffusion model's forwards and the drafter; drafter s and "
-            f"model s: the drafter's and the diffusion model's seconds on the same problems; drafter load s: "
-            f"its one-time load, in no other column\n\n")
-    lines = [
-        "| strategy | accuracy [95% CI] | Δ acc vs first [95% CI] | only first / only it | McNemar p | NFE | "
-        "tokens/forward | NFE ratio | wall s | wall ratio | engine overhead |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    drafted = any(s.get("drafter_nfe_mean") for s in result["results"])
-    if drafted:  # the drafter's forwards and seconds (already inside wall s and wall ratio) against the model's
-        lines = [lines[0] + " drafter NFE | drafter s | model s | drafter load s |", lines[1] + "---:|---:|---:|---:|"]
-    cached = any("vs_uncached" in s for s in result["results"])
-    if cached:  # each cached configuration against the same configuration without the cache
-        lines = [lines[0] + " outputs ≠ uncached | Δ acc vs uncached | wall gain vs uncached |",
-                 lines[1] + "---:|---:|---:|"]
-    for s in result["results"]:
-        lo, hi = s["accuracy_ci95"]
-        v = s["vs_first"]
-        dlo, dhi = v["accuracy_diff_ci95"]
-        lines.append(
-            f"| `{s['spec']}` | {s['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] | {v['accuracy_diff']:+.1%} "
-            f"[{dlo:+.1%}, {dhi:+.1%}] | {v.get('only_first_correct', '-')} / {v.get('only_second_correct', '-')} | "
-            f"{_p_value(v.get('mcnemar_p'))} | {s['nfe_mean']:.2f} | "
-            f"{s['tokens_per_forward']:.2f} | "
-            f"{v['nfe_ratio']:.2f}x | {s['wall_s']:.2f} | {v['wall_ratio']:.2f}x | {s['overhead_fraction']:.1%} |"
-            + (_drafter_cells(s) if drafted else "")
-            + (_vs_uncached(s.get("vs_uncached")) if cached else "")
-        )
-    return head + "\n".join(lines) + "\n"
-
-
-def _drafter_cells(s: dict[str, Any]) -> str:
-    load = s.get("drafter_load_s")
-    return (f" {s.get('drafter_nfe_mean', 0.0):.1f} | {s.get('drafter_s', 0.0):.2f} | {s.get('model_s', 0.0):.2f} | "
-            f"{'-' if load is None else f'{load:.2f}'} |")
-
-
-def _vs_uncached(u: dict[str, Any] | None) -> str:
-    if u is None:
-        return " - | - | - |"
-    lo, hi = u["accuracy_diff_ci95"]
-    return (f" {u['outputs_differ']} ({u['outputs_differ_share']:.1%}) | {u['accuracy_diff']:+.1%} "
-            f"[{lo:+.1%}, {hi:+.1%}] | {u['wall_gain']:.2f}x |")
-
-
-def _p_value(p: float | None) -> str:
-    """A p-value for the table: two significant digits, ``<0.001`` below that, ``-`` when absent."""
-    if p is None:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.2g}"
-
-
-def plot_pareto(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-    except ImportError:
-        return False
-    from fewstep.files import atomic_save
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    families: dict[str, list[dict[str, Any]]] = {}
-    for s in result["results"]:
-        families.setdefault(s["strategy"], []).append(s)
-    markers = "osD^vP*X"
-    for ax, key, label in ((axes[0], "nfe_mean", "forward passes per problem (NFE, log scale)"),
-                           (axes[1], "wall_s", "wall time (s, median, log scale)")):
-        for i, (family, runs) in enumerate(families.items()):
-            runs = sorted(runs, key=lambda r: r[key])
-            xs, ys = [r[key] for r in runs], [100 * r["accuracy"] for r in runs]
-            err = [[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in runs],
-                   [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in runs]]
-            ax.errorbar(xs, ys, yerr=err, fmt=markers[i % len(markers)] + "-", capsize=2, label=family, alpha=0.85)
-            for r, x, y in zip(runs, xs, ys):
-                note = r["spec"].partition(":")[2] or "default"
-                ax.annotate(note, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=6)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(label)
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{result['task']} / {result['model']}: accuracy vs cost")
-    fig.tight_layout()
-    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    return True

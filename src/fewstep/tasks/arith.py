@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from fewstep.tasks.base import Example, Score
-from fewstep.tasks.jsonl import read_jsonl
+from fewstep.tasks.jsonl import TEXT, read_jsonl
 
 NAMES_SHE = ("Mia", "Ava", "Zoe", "Lily", "Emma", "Nora", "Ruth", "Sara")
 NAMES_HE = ("Tom", "Sam", "Leo", "Ben", "Max", "Jack", "Omar", "Ivan")
@@ -184,7 +184,7 @@ class ArithTask:
 
     def examples(self, data: str | None = None) -> list[Example]:
         if data is not None:
-            rows = read_jsonl(data, required=("question", "answer"))
+            rows = read_jsonl(data, required=("question", "answer"), kinds={"question": TEXT, "answer": TEXT})
             return [
                 Example(str(i), r["question"], extract_answer(r["answer"]), r["answer"]) for i, r in enumerate(rows)
             ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
@@ -57,15 +58,18 @@ HUB_NAMES: dict[str, tuple[str, str | None, str]] = {
 }
 
 
-def load_rows(data: str | None, name: str, required: tuple[str, ...]) -> list[dict]:
+def load_rows(data: str | None, name: str, required: tuple[str, ...],
+              kinds: Mapping[str, str | tuple[str, ...]] | None = None) -> list[dict]:
     """Task rows from ``--data`` if given, else the local copy of ``name``, else (on a machine that
-    reaches the hub, with the ``datasets`` package) the usual hub dataset; TaskError otherwise."""
-    from fewstep.tasks.jsonl import read_jsonl
+    reaches the hub, with the ``datasets`` package) the usual hub dataset; TaskError otherwise.
+    ``kinds``: the fields whose JSON type is checked wherever the rows come from
+    (:func:`fewstep.tasks.jsonl.check_fields`)."""
+    from fewstep.tasks.jsonl import check_fields, read_jsonl
 
     if data is not None:
-        return read_jsonl(data, required=required)
+        return read_jsonl(data, required=required, kinds=kinds)
     try:
-        return read_jsonl(dataset_file(name), required=required)
+        return read_jsonl(dataset_file(name), required=required, kinds=kinds)
     except TaskError as local_error:
         if name not in HUB_NAMES:
             raise
@@ -75,6 +79,7 @@ def load_rows(data: str | None, name: str, required: tuple[str, ...]) -> list[di
         missing = [k for k in required if rows and k not in rows[0]]
         if missing:
             raise TaskError(f"hub dataset {HUB_NAMES[name][0]} lacks field(s) {', '.join(missing)}") from None
+        check_fields(rows, kinds or {}, f"hub dataset {HUB_NAMES[name][0]}")
         return rows
 
 

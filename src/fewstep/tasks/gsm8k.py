@@ -26,8 +26,10 @@ from fewstep.tasks.extract import (
     load_rows,
     parse_number,
 )
+from fewstep.tasks.jsonl import TEXT
 
 TEST_FILE = "gsm8k_test.jsonl"
+KINDS: dict[str, str | tuple[str, ...]] = {"question": TEXT, "answer": TEXT}
 TRAIN_FILE = "gsm8k_train.jsonl"
 ZERO_SHOT_INSTRUCTION = "Solve the problem step by step. End with the final answer on its own line as: #### <number>"
 _CALCULATOR = re.compile(r"<<[^>]*>>")
@@ -135,7 +137,7 @@ def load_shots(num_shots: int) -> tuple[tuple[str, str], ...]:
     if num_shots <= 0:
         return ()
     try:
-        rows = load_rows(None, TRAIN_FILE, required=("question", "answer"))
+        rows = load_rows(None, TRAIN_FILE, required=("question", "answer"), kinds=KINDS)
         shots = tuple((r["question"], clean_solution(r["answer"])) for r in rows[:num_shots])
     except TaskError:
         shots = FIXED_SHOTS[:num_shots]
@@ -155,7 +157,7 @@ class GSM8KTask:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The test rows (``--data`` or the local gsm8k_test.jsonl) as prompts with their gold numbers."""
-        rows = load_rows(data, TEST_FILE, required=("question", "answer"))
+        rows = load_rows(data, TEST_FILE, required=("question", "answer"), kinds=KINDS)
         shots = load_shots(self.num_shots)
         return [
             Example(

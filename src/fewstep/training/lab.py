@@ -4,6 +4,7 @@ them like real checkpoints (the loader never needs this module)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from fewstep.errors import ConfigError
 from fewstep.models.llada import LLaDAConfig, LLaDAModel
 from fewstep.tasks import arith
 from fewstep.training import tokenizers
@@ -20,10 +22,44 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
 
 CHARS = string.ascii_letters + string.digits + " .?+-=/#:x"
+MAX_LEN = 512  # positions of a new lab model: prompt and answer together
+
+
+@functools.cache
+def task_extent(kind: str) -> tuple[int, int]:
+    """The longest prompt (chat template included) and the longest answer (without EOS) of the lab
+    task's test and validation problems, in tokens of a new ``kind`` model's tokenizer (the training
+    problems come from the same generator)."""
+    from fewstep.training.data import prompt_ids
+
+    tok = tokenizers.word_level(arith.vocabulary()) if kind == "dlm" else tokenizers.char_level(CHARS)
+    problems = arith.test_set() + arith.val_set()
+    prompt = max(len(prompt_ids(tok, p.question)) for p in problems)
+    lead = "" if kind == "dlm" else " "  # the causal layout puts a space before the answer
+    answer = max(len(tok.encode(lead + p.solution, add_special_tokens=False)) for p in problems)
+    return prompt, answer
+
+
+def check_fits(kind: str, gen_length: int, max_len: int = MAX_LEN) -> None:
+    """Refuse, before any training, a run whose examples a new ``kind`` model cannot hold: a
+    diffusion answer region (``gen_length``) too short for the task's answers plus one EOS, or too
+    long for the context after the longest prompt; a causal model's prompt and answer beyond it."""
+    prompt, answer = task_extent(kind)
+    if kind != "dlm":
+        if prompt + answer + 1 > max_len:
+            raise ConfigError(f"the lab task's longest prompt and answer ({prompt} + {answer} + EOS tokens) do not "
+                              f"fit the model's context of {max_len} positions")
+        return
+    if gen_length <= answer:
+        raise ConfigError(f"gen_length={gen_length} cannot hold the lab task's answers: the longest takes {answer} "
+                          f"tokens and one EOS (use at least {answer + 1})")
+    if prompt + gen_length > max_len:
+        raise ConfigError(f"gen_length={gen_length} does not fit the model's context of {max_len} positions after "
+                          f"the lab task's longest prompt ({prompt} tokens): use at most {max_len - prompt}")
 
 
 def new_dlm(
-    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512, attention_block_length: int = 0
+    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = MAX_LEN, attention_block_length: int = 0
 ) -> tuple[LLaDAModel, PreTrainedTokenizerFast]:
     """A freshly initialised LLaDA-architecture model over the arith word-level vocabulary
     (``attention_block_length`` > 0: block-causal attention, see LLaDAConfig)."""
@@ -48,7 +84,7 @@ def new_dlm(
 
 
 def new_ar(
-    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = 512
+    d_model: int, n_layers: int, n_heads: int, mlp_hidden: int, max_len: int = MAX_LEN
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A freshly initialised transformers Llama causal LM over a character-level tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
