@@ -134,10 +134,21 @@ def test_memory_plan_and_lora_peak_against_measurements(tmp_path):
     assert abs(full / p["per_device_bytes"] - 1) < 0.15, (full, p["parts"])
     lora = g.peak_above_import([*args, "--lora-r", "8", "--gradient-checkpointing", "true"], tmp_path / "lora", small)
     weight_bytes = 4 * p["parameters"]
-    # Measured 1.82x (was 3.7x with a deep-copied student): the base weights once, the step's heap that
-    # the allocator keeps, and the merged copies of the adapted weights during the export. The issue's
-    # 1.6x is not reached yet; this guards the sharing (a second copy would pass 2x).
-    assert lora <= 1.9 * weight_bytes, lora / weight_bytes
+    # Measured 1.44x (3.7x with a deep-copied student, 1.8-1.9x while the export held every merged weight
+    # at once and the step's freed heap stayed with the allocator): the base weights once, the step, and
+    # one merged weight at a time during the export.
+    assert lora <= 1.6 * weight_bytes, lora / weight_bytes
+
+
+def test_a_streamed_safetensors_file_reads_back_exactly(tmp_path):
+    from fewstep.training.student import save_streamed
+
+    tensors = {"a.weight": torch.randn(3, 5), "b": torch.arange(7.0), "c": torch.randn(2, 2, 2), "d": torch.randn(())}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        save_streamed(tmp_path / "m.safetensors", lambda: iter(tensors.items()), dtype)
+        back = load_file(tmp_path / "m.safetensors")
+        assert set(back) == set(tensors)
+        assert all(back[k].dtype == dtype and torch.equal(back[k], v.to(dtype)) for k, v in tensors.items())
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import copy
 import functools
 import hashlib
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,28 +123,73 @@ def plain_module(student: torch.nn.Module) -> torch.nn.Module:
     return merge() if merge is not None else student
 
 
+def release_freed_memory() -> None:
+    """Hand the heap the C allocator keeps after a step (activations, gradients already freed) back
+    to the system (glibc's ``malloc_trim``; nothing elsewhere), so that an export's merged copies
+    do not stack on it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def save_model(module: torch.nn.Module, teacher_dir: Path, out: Path, dtype: torch.dtype,
                state: dict[str, torch.Tensor] | None = None) -> None:
     """The student in the teacher's layout: the teacher's files (config, tokenizer, generation_config.json,
     modelling code) with the student's weights (``state``, else the module's); written beside ``out``
     and renamed into place."""
+    release_freed_memory()
+
     def fill(tmp: Path) -> None:
         for f in teacher_dir.iterdir():
             if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES):
                 shutil.copy2(f, tmp / f.name)
-        items = merged_state(module) if state is None else state.items()
-        weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in items}
-        save_pretrained = getattr(module, "save_pretrained", None) if not is_lora(module) else None
-        if save_pretrained is not None:
-            save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+        if state is None and is_lora(module):  # merged one weight at a time, never all at once
+            save_streamed(tmp / "model.safetensors", lambda: merged_state(module), dtype)
         else:
-            from safetensors.torch import save_file
+            items = merged_state(module) if state is None else state.items()
+            weights = {k: v.detach().to("cpu", dtype).contiguous() for k, v in items}
+            save_pretrained = getattr(module, "save_pretrained", None)
+            if save_pretrained is not None:
+                save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            else:
+                from safetensors.torch import save_file
 
-            save_file(weights, tmp / "model.safetensors")
+                save_file(weights, tmp / "model.safetensors")
         for f in tmp.iterdir():
             f.chmod(0o644)  # readable like the teacher's files, whatever mode the writer chose
 
     atomic_replace_dir(out, fill)
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def save_streamed(path: Path, items: Callable[[], Iterator[tuple[str, torch.Tensor]]], dtype: torch.dtype) -> None:
+    """A safetensors file of the tensors ``items()`` yields, in ``dtype``, written one tensor at a
+    time (``items`` is called twice: once for the header's names and shapes, once for the bytes), so
+    that at most one yielded tensor is alive at once. The format: an 8-byte little-endian header
+    length, the JSON header (names, dtypes, shapes, byte offsets; padded to 8 bytes), the bytes."""
+    import json
+    import struct
+
+    size = torch.empty((), dtype=dtype).element_size()
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, value in items():
+        n = value.numel() * size
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[dtype], "shape": list(value.shape),
+                        "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for _, value in items():
+            f.write(value.detach().to("cpu", dtype).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def logits_of(module, ids: torch.Tensor, att: torch.Tensor, shifted: bool,
