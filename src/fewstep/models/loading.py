@@ -97,14 +97,18 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' warnings and progress bars while it loads our files."""
+    """Silence transformers' warnings and progress bars while it loads our files (and those of
+    torchao, which transformers imports when it is installed)."""
     from transformers.utils import logging
+
+    from fewstep.models.quantize import quiet_import
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     try:
-        yield
+        with quiet_import():
+            yield
     finally:
         logging.set_verbosity(level)
         logging.enable_progress_bar()

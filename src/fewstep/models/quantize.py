@@ -75,7 +75,7 @@ def _int4_dtype(dev: torch.device, dtype: torch.dtype | str | None) -> torch.dty
 
 
 @contextmanager
-def _quiet_import() -> Iterator[None]:
+def quiet_import() -> Iterator[None]:
     """torchao logs a warning for each optional compiled kernel it cannot load on this machine (and
     torch one for torchao's enum registration): noise for weight-only inference."""
     loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
@@ -92,7 +92,7 @@ def _quiet_import() -> Iterator[None]:
 def _torchao() -> Any:
     """The torchao package, imported quietly; a missing install is one line."""
     try:
-        with _quiet_import():
+        with quiet_import():
             import torchao.quantization as quantization
     except ImportError as e:
         raise QuantizationError(f"--quantize needs torchao (pip install 'fewstep[quant]'): {e}") from None
