@@ -88,7 +88,7 @@ def preload_drafter(model, cfg: DecodeConfig) -> float | None:
     from fewstep.drafting.drafter import drafter_dtype, load_seconds
     from fewstep.models.quantize import quantization_of
 
-    if not cfg.drafter or model.kind != "diffusion":  # gold and causal models never draft
+    if not cfg.drafter or model.kind not in ("diffusion", "uniform"):  # gold and causal models never draft
         return None
     return load_seconds(cfg.drafter, device=model.device, dtype=drafter_dtype(cfg), quantize=quantization_of(model))
 

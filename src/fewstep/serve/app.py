@@ -84,10 +84,10 @@ HANDLERS = {APIError: _api_error, ClientDisconnect: _client_gone, StarletteHTTPE
 def create_app(model, config: ServerConfig | None = None, api_key: str | None = None, max_batch_size: int = 32,
                max_wait_ms: float = 10.0) -> FastAPI:
     """The application serving ``model`` (a loaded :class:`~fewstep.models.adapter.DiffusionModel`)."""
-    if getattr(model, "kind", "") != "diffusion":
+    if getattr(model, "kind", "") not in ("diffusion", "uniform"):
         from fewstep.errors import ConfigError
 
-        raise ConfigError(f"fewstep serve needs a masked diffusion model; {model.name} is a {model.kind} model")
+        raise ConfigError(f"fewstep serve needs a diffusion model; {model.name} is a {model.kind} model")
     app = FastAPI(title="fewstep", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = Server(model, config or ServerConfig(), api_key, max_batch_size, max_wait_ms)
     for exc, handler in HANDLERS.items():

@@ -94,12 +94,22 @@ def request_config(model, server: ServerConfig, body: CompletionRequest | ChatRe
 def batch_key(cfg: DecodeConfig, unique: int) -> Hashable:
     """What a request may share a batch with. At temperature 0 the engine is batch-invariant with
     left padding, so requests with one configuration share batches. Requests that draw from the
-    decode's random generator (temperature > 0, random remasking: one generator per batch) or that
-    run a drafter (its batched autoregressive decode is not checked for batch invariance) are
-    decoded alone (``unique``), so each equals the same request sent alone."""
-    if cfg.temperature > 0 or cfg.remasking == "random" or cfg.drafter:
+    decode's random generator (temperature > 0, random remasking: one generator per batch), that
+    sample their tokens (a uniform-state model's ``uniform_eb`` with ``sample=true``) or that run
+    a drafter (its batched autoregressive decode is not checked for batch invariance) are decoded
+    alone (``unique``), so each equals the same request sent alone. (``uniform_eb`` draws from one
+    generator per row, so its random stream does not depend on the batch; but a draw turns the
+    last-bit differences between a row's logits in a left-padded batch and alone into a different
+    token: about one row in a hundred on a tiny random DiffusionGemma. Its argmax, ``sample=false``,
+    is as batch-invariant as greedy decoding.)"""
+    if cfg.temperature > 0 or cfg.remasking == "random" or cfg.drafter or samples(cfg):
         return ("alone", unique)
     return cfg
+
+
+def samples(cfg: DecodeConfig) -> bool:
+    """Whether the strategy draws its tokens from a distribution (a ``sample`` parameter set)."""
+    return bool(getattr(cfg.params, "sample", False))
 
 
 def committed_is_final(cfg: DecodeConfig) -> bool:
@@ -120,8 +130,9 @@ def _check_ids(model, ids: list[int], where: str, limits: Limits, gen_length: in
     vocab = _vocab_size(model)
     bad = next((t for t in ids if not 0 <= t < vocab or t == model.mask_id), None)
     if bad is not None:
-        raise APIError(400, f"{where}: token id {bad} is not a prompt token of {model.name} (vocabulary {vocab}, "
-                            f"mask id {model.mask_id})", "invalid_token", where)
+        mask = f", mask id {model.mask_id}" if model.mask_id >= 0 else ""  # a uniform-state model has none
+        raise APIError(400, f"{where}: token id {bad} is not a prompt token of {model.name} (vocabulary {vocab}"
+                            f"{mask})", "invalid_token", where)
     if len(ids) > limits.max_prompt_tokens:
         raise APIError(400, f"{where} has {len(ids)} tokens; this server's limit is {limits.max_prompt_tokens}",
                        "prompt_too_long", where)

@@ -100,8 +100,8 @@ async def model_info(name: str, srv: ServerDep) -> dict[str, Any]:
 async def strategies(srv: ServerDep) -> dict[str, Any]:
     from fewstep.strategies import describe, model_kind
 
-    diffusion = [s for s in describe() if model_kind(s["name"]) == "diffusion"]
-    return {"default": srv.default_cfg.to_dict(), "strategies": diffusion,
+    usable = [s for s in describe() if model_kind(s["name"]) == srv.model.kind]
+    return {"default": srv.default_cfg.to_dict(), "strategies": usable,
             "limits": {"max_tokens": srv.config.limits.max_tokens}}
 
 

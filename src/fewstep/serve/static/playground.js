@@ -40,7 +40,10 @@ async function loadCatalog() {
       o.title = s.summary;
       select.appendChild(o);
     }
-    select.value = side === "a" ? catalog.default.strategy : (catalog.default.strategy === "cad" ? "llada" : "cad");
+    // B compares another strategy where the model has one (a uniform-state model may have only its own)
+    const other = catalog.default.strategy === "cad" ? "llada" : "cad";
+    const served = catalog.strategies.some((s) => s.name === other);
+    select.value = side === "a" || !served ? catalog.default.strategy : other;
     select.onchange = () => drawParams(side);
     drawParams(side);
   }
@@ -103,10 +106,11 @@ function drawCanvas(side, c) {
       span.innerHTML = "&nbsp;";
     } else {
       span.textContent = t;
-      if (c.state[i] === 1) span.classList.add("prov");
+      if (c.state[i] === 0) span.classList.add("noise"); // a uniform-state canvas: an undecided token
+      else if (c.state[i] === 1) span.classList.add("prov");
       else if (h.injected.has(i) && !h.revoked.has(i)) span.classList.add("confirmed");
       else span.style.background = "hsl(" + hue(c.committed_at[i], last) + ",70%,80%)";
-      span.title = "committed at step " + c.committed_at[i];
+      span.title = c.state[i] === 0 ? "undecided" : "committed at step " + c.committed_at[i];
     }
     if (revoked.has(i)) span.classList.add("revoked");
     box.appendChild(span);
