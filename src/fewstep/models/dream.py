@@ -27,6 +27,7 @@ from fewstep.models.kvcache import KVCache
 from fewstep.models.layers import (
     Attention,
     DecoderLayer,
+    DiffusionLMOutput,
     RMSNorm,
     SwiGLU,
     attention_inputs,
@@ -99,11 +100,6 @@ class _DreamBase(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-@dataclass
-class DreamOutput:
-    logits: torch.Tensor
-
-
 class DreamModel(nn.Module):
     """``module(input_ids=..., attention_mask=...).logits`` [B, T, V], unshifted as Dream computes
     them (``logits[:, i]`` predicts position i + 1). The same model protocol as
@@ -138,7 +134,7 @@ class DreamModel(nn.Module):
         cache: KVCache | None = None,
         cache_rows: torch.Tensor | None = None,
         window: slice | None = None,
-    ) -> DreamOutput:
+    ) -> DiffusionLMOutput:
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
@@ -146,7 +142,7 @@ class DreamModel(nn.Module):
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return DreamOutput(logits=output_head(x, logits_positions, self.model.norm, head))
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head))
 
     def num_parameters(self) -> int:
         return num_parameters(self)

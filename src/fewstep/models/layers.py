@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -197,6 +198,13 @@ def output_head(x: torch.Tensor, logits_positions: slice | None, norm: nn.Module
     if logits_positions is not None:
         x = x[:, logits_positions]
     return F.linear(norm(x), weight, bias)
+
+
+@dataclass
+class DiffusionLMOutput:
+    """A model forward's result: logits [B, W, V] (the rows ``logits_positions`` only, when given)."""
+
+    logits: torch.Tensor
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -24,6 +24,7 @@ from fewstep.models.layers import (
 )
 from fewstep.models.layers import (
     KV,
+    DiffusionLMOutput,
     attend,
     attention_inputs,
     num_parameters,
@@ -211,11 +212,6 @@ class LLaDABlock(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         h = x + self.attn_out(attend(q, k, v, key_mask, kv))
         return h + swiglu(self.ff_norm(h), self.ff_proj, self.up_proj, self.ff_out, self.act)
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
 
 
 class _Transformer(nn.Module):

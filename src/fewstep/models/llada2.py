@@ -51,6 +51,7 @@ from fewstep.models.configs import config_dict, known_fields, refuse
 from fewstep.models.kvcache import KVCache
 from fewstep.models.layers import (
     KV,
+    DiffusionLMOutput,
     RMSNorm,
     SwiGLU,
     apply_rotary,
@@ -212,11 +213,6 @@ class _Inner(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
 
 
 class LLaDA2Model(nn.Module):

@@ -55,6 +55,7 @@ from fewstep.models.layers import (
     ACTIVATIONS,
     Attention,
     DecoderLayer,
+    DiffusionLMOutput,
     RMSNorm,
     SwiGLU,
     attention_inputs,
@@ -206,11 +207,6 @@ class _Inner(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(MoELayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
 
 
 class LLaDAMoEModel(nn.Module):

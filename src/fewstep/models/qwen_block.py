@@ -35,6 +35,7 @@ from fewstep.models.kvcache import KVCache
 from fewstep.models.layers import (
     Attention,
     DecoderLayer,
+    DiffusionLMOutput,
     RMSNorm,
     SwiGLU,
     attention_inputs,
@@ -128,11 +129,6 @@ class _Base(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-@dataclass
-class BlockLMOutput:
-    logits: torch.Tensor
-
-
 class QwenBlockModel(nn.Module):
     """``module(input_ids=..., attention_mask=...).logits`` [B, T, V]: the fewstep model protocol of
     :class:`fewstep.models.llada.LLaDAModel` (positions from the attention mask, so left padding
@@ -166,7 +162,7 @@ class QwenBlockModel(nn.Module):
         cache: KVCache | None = None,
         cache_rows: torch.Tensor | None = None,
         window: slice | None = None,
-    ) -> BlockLMOutput:
+    ) -> DiffusionLMOutput:
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
@@ -175,7 +171,7 @@ class QwenBlockModel(nn.Module):
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, Dh]
         x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return BlockLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
 
     def num_parameters(self) -> int:
         return num_parameters(self)
