@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import fewstep
-from fewstep.errors import ModelLoadError
 from fewstep.tasks import arith
-from fewstep.training import tokenizers
+from model_helpers import assert_refused, random_normal, rms, rotate_half, write_model_dir
 
 CONFIG = {
     "model_type": "Fast_dLLM_Qwen", "architectures": ["Fast_dLLM_QwenForCausalLM"], "hidden_size": 32,
@@ -32,12 +30,9 @@ CONFIG = {
 
 
 def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    rnd = random_normal(seed)
     d, h, hk, f = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
     dh = d // h
-
-    def rnd(*shape, std=0.3):
-        return torch.randn(*shape, generator=g) * std
 
     w = {"model.embed_tokens.weight": rnd(c["vocab_size"], d, std=1.0), "model.norm.weight": 1 + rnd(d, std=0.1)}
     for i in range(c["num_hidden_layers"]):
@@ -55,26 +50,11 @@ def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def v2_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("fastdllm") / "tiny-fast-dllm-v2"
-    path.mkdir()
-    tok = tokenizers.word_level(arith.vocabulary())
-    cfg = {**CONFIG, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    (path / "config.json").write_text(json.dumps(cfg))
-    save_file(published_weights(cfg), path / "model.safetensors")  # tied: no lm_head.weight stored
-    tok.save_pretrained(path)
-    return path
+    # tied: no lm_head.weight stored
+    return write_model_dir(tmp_path_factory.mktemp("fastdllm") / "tiny-fast-dllm-v2", CONFIG, published_weights)
 
 
 # ---- the reference: the published equations, one sequence, no padding ----
-
-def rms(x, w, eps):
-    x32 = x.float()
-    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def rotate_half(x):
-    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
-
 
 def reference_logits(w, c, ids: list[int], block: int) -> torch.Tensor:
     """Unshifted outputs: row i is the model's output at position i (it predicts position i + 1)."""
@@ -147,10 +127,4 @@ def test_block_diffusion_decode_with_cache_is_exact(v2_dir, cache):
                                          ("layer_types", ["sliding_attention", "full_attention"]),
                                          ("head_dim", 4)])
 def test_unimplemented_config_values_are_refused(v2_dir, tmp_path, field, value):
-    bad = tmp_path / "bad"
-    shutil.copytree(v2_dir, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg[field] = value
-    (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=field):
-        fewstep.load_model(bad)
+    assert_refused(v2_dir, tmp_path, field, value)

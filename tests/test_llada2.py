@@ -10,12 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import fewstep
-from fewstep.errors import ModelLoadError
 from fewstep.tasks import arith
-from fewstep.training import tokenizers
+from model_helpers import assert_refused, random_normal, rms, rotate_half, swiglu, write_model_dir
 
 CONFIG = {
     "model_type": "llada2_moe", "architectures": ["LLaDA2MoeModelLM"], "hidden_size": 32,
@@ -31,11 +29,8 @@ CONFIG = {
 
 def published_weights(cfg: dict, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights under the published parameter names."""
-    g = torch.Generator().manual_seed(seed)
+    rnd = random_normal(seed)
     d, h, hk, dh = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
-
-    def rnd(*shape, std=0.3):
-        return torch.randn(*shape, generator=g) * std
 
     def mlp(prefix, width):
         return {f"{prefix}.gate_proj.weight": rnd(width, d), f"{prefix}.up_proj.weight": rnd(width, d),
@@ -65,31 +60,11 @@ def published_weights(cfg: dict, vocab: int, seed: int = 0) -> dict[str, torch.T
 
 @pytest.fixture(scope="module")
 def llada2_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("llada2") / "tiny-llada2"
-    path.mkdir()
-    tok = tokenizers.word_level(arith.vocabulary())
-    cfg = {**CONFIG, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    (path / "config.json").write_text(json.dumps(cfg))
-    save_file(published_weights(cfg, len(tok)), path / "model.safetensors")
-    tok.save_pretrained(path)
-    return path
+    return write_model_dir(tmp_path_factory.mktemp("llada2") / "tiny-llada2", CONFIG,
+                           lambda cfg: published_weights(cfg, cfg["vocab_size"]))
 
 
 # ---- the reference: the official equations, one sequence, no padding, plain loops ----
-
-def rms(x, w, eps):
-    x32 = x.float()
-    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def swiglu(x, w, p):
-    return (torch.nn.functional.silu(x @ w[f"{p}.gate_proj.weight"].T) * (x @ w[f"{p}.up_proj.weight"].T)) \
-        @ w[f"{p}.down_proj.weight"].T
-
-
-def rotate_half(x):
-    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
-
 
 def moe(x, w, p, c):
     """Token by token: sigmoid scores, biased routing, group-limited top-k, normalised weights."""
@@ -187,12 +162,4 @@ def test_block_diffusion_decode_with_cache_is_exact(llada2_dir, cache):
                                          ("score_function", "softmax"), ("hidden_act", "gelu"),
                                          ("attention_block_length", 0)])
 def test_unimplemented_config_values_are_refused(llada2_dir, tmp_path, field, value):
-    import shutil
-
-    bad = tmp_path / "bad"
-    shutil.copytree(llada2_dir, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg[field] = value
-    (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=field):
-        fewstep.load_model(bad)
+    assert_refused(llada2_dir, tmp_path, field, value)

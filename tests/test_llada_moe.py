@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import fewstep
-from fewstep.errors import ModelLoadError
 from fewstep.tasks import arith
-from fewstep.training import tokenizers
+from model_helpers import assert_refused, random_normal, rms, swiglu, write_model_dir
 
 # every optional path on: a dense layer, a shared expert, expert bias, partial rotary, clip_qkv
 CONFIG = {
@@ -40,12 +38,9 @@ PUBLISHED_LIKE = {**CONFIG, "model_type": "lladamoe", "moe_layer_freq": [1, 1, 1
 
 
 def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    rnd = random_normal(seed)
     d, h, hk = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     dh = d // h
-
-    def rnd(*shape, std=0.3):
-        return torch.randn(*shape, generator=g) * std
 
     def mlp(prefix, width):
         return {f"{prefix}.gate_proj.weight": rnd(width, d), f"{prefix}.up_proj.weight": rnd(width, d),
@@ -75,14 +70,7 @@ def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def make_dir(root: Path, config: dict) -> Path:
-    path = root / "tiny-llada-moe"
-    path.mkdir()
-    tok = tokenizers.word_level(arith.vocabulary())
-    cfg = {**config, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    (path / "config.json").write_text(json.dumps(cfg))
-    save_file(published_weights(cfg), path / "model.safetensors")
-    tok.save_pretrained(path)
-    return path
+    return write_model_dir(root / "tiny-llada-moe", config, published_weights)
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +79,6 @@ def moe_dir(tmp_path_factory) -> Path:
 
 
 # ---- the reference: the published equations, one sequence, plain loops ----
-
-def rms(x, w, eps):
-    x32 = x.float()
-    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def swiglu(x, w, p):
-    return (torch.nn.functional.silu(x @ w[f"{p}.gate_proj.weight"].T) * (x @ w[f"{p}.up_proj.weight"].T)) \
-        @ w[f"{p}.down_proj.weight"].T
-
 
 def rope(x, cos, sin):
     r = cos.shape[-1]
@@ -191,13 +169,7 @@ def test_left_padding_and_decoding(moe_dir):
                                          ("moe_router_score_function", "sigmoid"), ("routed_scaling_factor", 2.5),
                                          ("router_num_group", 4), ("moe_layer_freq", [1, 1]), ("hidden_act", "tanh")])
 def test_unimplemented_config_values_are_refused(moe_dir, tmp_path, field, value):
-    bad = tmp_path / "bad"
-    shutil.copytree(moe_dir, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg[field] = value
-    (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=field):
-        fewstep.load_model(bad)
+    assert_refused(moe_dir, tmp_path, field, value)
 
 
 def test_auto_classes_open_the_lladamoe_model_type(tmp_path):

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import fewstep
-from fewstep.errors import ModelLoadError
 from fewstep.tasks import arith
-from fewstep.training import tokenizers
+from model_helpers import assert_refused, random_normal, rms, rotate_half, write_model_dir
 
 CONFIG = {
     "model_type": "sdar", "architectures": ["SDARForCausalLM"], "hidden_size": 32, "intermediate_size": 48,
@@ -31,12 +29,9 @@ CONFIG = {
 
 
 def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    rnd = random_normal(seed)
     d, h, hk, dh, f = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], \
         c["intermediate_size"]
-
-    def rnd(*shape, std=0.3):
-        return torch.randn(*shape, generator=g) * std
 
     w = {"model.embed_tokens.weight": rnd(c["vocab_size"], d, std=1.0), "model.norm.weight": 1 + rnd(d, std=0.1),
          "lm_head.weight": rnd(c["vocab_size"], d)}
@@ -55,27 +50,10 @@ def published_weights(c: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def sdar_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("sdar") / "tiny-sdar"
-    path.mkdir()
-    tok = tokenizers.word_level(arith.vocabulary())
-    cfg = {**CONFIG, "vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
-           "mask_token_id": tok.mask_token_id}
-    (path / "config.json").write_text(json.dumps(cfg))
-    save_file(published_weights(cfg), path / "model.safetensors")
-    tok.save_pretrained(path)
-    return path
+    return write_model_dir(tmp_path_factory.mktemp("sdar") / "tiny-sdar", CONFIG, published_weights, mask_token=True)
 
 
 # ---- the reference: the published equations, one sequence, no padding ----
-
-def rms(x, w, eps):
-    x32 = x.float()
-    return w * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
-def rotate_half(x):
-    return torch.cat((-x[..., x.shape[-1] // 2:], x[..., :x.shape[-1] // 2]), dim=-1)
-
 
 def reference_logits(w, c, ids: list[int], block: int) -> torch.Tensor:
     t, h, hk, dh, eps = len(ids), c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"], c["rms_norm_eps"]
@@ -150,13 +128,7 @@ def test_block_diffusion_decode_with_cache_is_exact(sdar_dir, cache):
                                          ("use_sliding_window", True), ("hidden_act", "swish"),
                                          ("block_size", 0)])
 def test_unimplemented_config_values_are_refused(sdar_dir, tmp_path, field, value):
-    bad = tmp_path / "bad"
-    shutil.copytree(sdar_dir, bad)
-    cfg = json.loads((bad / "config.json").read_text())
-    cfg[field] = value
-    (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelLoadError, match=field):
-        fewstep.load_model(bad)
+    assert_refused(sdar_dir, tmp_path, field, value)
 
 
 def test_auto_classes_open_it_with_fewsteps_logits(sdar_dir):

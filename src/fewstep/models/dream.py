@@ -16,20 +16,27 @@ Shapes: B batch, T sequence, W window, D hidden, H heads, Hk key/value heads, Dh
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fewstep.errors import ModelLoadError
+from fewstep.models.configs import check_qwen2_layout, check_qwen_rotary, config_dict, known_fields, read_qwen, refuse
 from fewstep.models.kvcache import KVCache
-from fewstep.models.positions import key_mask_and_positions
+from fewstep.models.layers import (
+    Attention,
+    DecoderLayer,
+    DiffusionLMOutput,
+    RMSNorm,
+    SwiGLU,
+    attention_inputs,
+    num_parameters,
+    output_head,
+    rotary_tables,
+    run_layers,
+)
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "rms_norm_eps")
 
@@ -60,139 +67,37 @@ class DreamConfig:
     def from_dict(cls, d: dict[str, Any]) -> DreamConfig:
         """A published Dream config.json; a value that would change the computation and that this
         implementation does not reproduce is refused (:class:`ModelLoadError` naming the field)."""
-        missing = [k for k in REQUIRED if d.get(k) is None]
-        if missing:
-            raise ModelLoadError(f"config.json lacks {', '.join(missing)}")
-        d = dict(d)
-        d.setdefault("num_key_value_heads", d["num_attention_heads"])
-        params = d.get("rope_parameters") or {}
-        if "rope_theta" not in d and "rope_theta" in params:
-            d["rope_theta"] = params["rope_theta"]
+        d, params = read_qwen(d, REQUIRED)
         _check(d, params)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        return cls(**known_fields(cls, d))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="Dream", architectures=["DreamModel"], rope_scaling=None, use_sliding_window=False,
-                 attention_dropout=0.0)
-        return d
-
-
-def _refuse(field: str, value: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"config field {field}={value!r} is not implemented ({why})")
+        return config_dict(self, model_type="Dream", architectures=["DreamModel"], rope_scaling=None,
+                           use_sliding_window=False, attention_dropout=0.0)
 
 
 def _check(d: dict[str, Any], params: dict[str, Any]) -> None:
-    if d.get("rope_scaling") is not None:
-        raise _refuse("rope_scaling", d["rope_scaling"], "fewstep's Dream implements plain rotary embeddings only")
-    if params.get("rope_type", "default") != "default":
-        raise _refuse("rope_parameters.rope_type", params["rope_type"], "only the default rotary embedding")
-    if d.get("use_sliding_window"):
-        raise _refuse("use_sliding_window", d["use_sliding_window"], "full attention only")
-    if d.get("hidden_act", "silu") not in ACTIVATIONS:
-        raise _refuse("hidden_act", d["hidden_act"], "choose one of " + ", ".join(ACTIVATIONS))
+    check_qwen_rotary(d, params, "full attention")
     if d["hidden_size"] % d["num_attention_heads"] or d["num_attention_heads"] % d["num_key_value_heads"]:
-        raise _refuse("num_attention_heads", d["num_attention_heads"],
-                      "must divide hidden_size and be a multiple of num_key_value_heads")
-    head_dim = d.get("head_dim")
-    if head_dim is not None and head_dim != d["hidden_size"] // d["num_attention_heads"]:
-        raise _refuse("head_dim", head_dim, "Dream's head dim is hidden_size / num_attention_heads")
-    for name in ("attention_bias", "mlp_bias"):  # Qwen2 keys: Dream's q/k/v have a bias, nothing else
-        if name in d and d[name] not in (None, name == "attention_bias"):
-            raise _refuse(name, d[name], "Dream's layout has q/k/v biases only")
+        raise refuse("num_attention_heads", d["num_attention_heads"],
+                     "must divide hidden_size and be a multiple of num_key_value_heads")
+    check_qwen2_layout(d, "Dream")
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
-
-
-def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [B, 1, T, Dh]: angles in float32 (``[freqs, freqs]``), the tables cast to ``dtype``."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
-    freqs = position_ids.float()[..., None] * inv_freq  # [B, T, Dh/2]
-    angles = torch.cat([freqs, freqs], dim=-1)[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return x * cos + torch.cat([-second, first], dim=-1) * sin
-
-
-class DreamAttention(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        d, dh = cfg.hidden_size, cfg.head_dim
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, dh
-        self.q_proj = nn.Linear(d, self.n_heads * dh, bias=True)
-        self.k_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.v_proj = nn.Linear(d, self.n_kv * dh, bias=True)
-        self.o_proj = nn.Linear(self.n_heads * dh, d, bias=False)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None,
-                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
-        """x [B, W, D] -> [B, W, D]; ``kv`` (the cache's update for this layer) maps the window's keys
-        and values [B, Hk, W, Dh] to the ones attended to [B, Hk, T, Dh]."""
-        b, w, _ = x.shape
-        q = self.q_proj(x).view(b, w, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, W, Dh]
-        k = self.k_proj(x).view(b, w, self.n_kv, self.head_dim).transpose(1, 2)  # [B, Hk, W, Dh]
-        v = self.v_proj(x).view(b, w, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = rotate(q, *rope), rotate(k, *rope)
-        if kv is not None:
-            k, v = kv(k, v)
-        if self.n_kv != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # scale 1/sqrt(Dh)
-        return self.o_proj(a.transpose(1, 2).reshape(b, w, -1))
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
-class DreamLayer(nn.Module):
-    def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.self_attn = DreamAttention(cfg)
-        self.mlp = DreamMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, rope, key_mask, kv=None) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), rope, key_mask, kv)
-        return h + self.mlp(self.post_attention_layernorm(h))
+def dream_layer(cfg: DreamConfig) -> DecoderLayer:
+    """Qwen2's layer: q, k and v projections with a bias, o without, no query/key norm."""
+    attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                     qkv_bias=True, o_bias=False)
+    mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+    return DecoderLayer(attn, mlp, cfg.hidden_size, cfg.rms_norm_eps)
 
 
 class _DreamBase(nn.Module):
     def __init__(self, cfg: DreamConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DreamLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(dream_layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class DreamOutput:
-    logits: torch.Tensor
 
 
 class DreamModel(nn.Module):
@@ -229,22 +134,15 @@ class DreamModel(nn.Module):
         cache: KVCache | None = None,
         cache_rows: torch.Tensor | None = None,
         window: slice | None = None,
-    ) -> DreamOutput:
+    ) -> DiffusionLMOutput:
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
-        b, w, _ = x.shape
-        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, window,
-                                                        cache is not None)
+        mask, position_ids = attention_inputs(x, attention_mask, position_ids, window, cache)
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
-            x = layer(x, rope, key_mask, kv)
-        if logits_positions is not None:
-            x = x[:, logits_positions]
-        x = self.model.norm(x)
+        x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return DreamOutput(logits=F.linear(x, head))
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head))
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)

@@ -26,10 +26,11 @@ commits that position by the same confidence rule as the others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from fewstep.models.qwen_block import QwenBlockConfig, load_directory, positive_block, refuse
+from fewstep.models.configs import check_qwen2_layout, config_dict
+from fewstep.models.qwen_block import QwenBlockConfig, load_directory, positive_block
 
 AUTHORS = {"block_length": 8, "threshold": 0.9, "minimal_topk": 1, "cache": "dual"}
 MASK_TOKENS = ("|<MASK>|",)
@@ -61,18 +62,13 @@ class FastDLLMV2Config(QwenBlockConfig):
         field whose value is not implemented)."""
         kw = cls.common_fields(d)
         positive_block("bd_size", kw.get("bd_size", 32))
-        if d.get("head_dim") not in (None, kw["hidden_size"] // kw["num_attention_heads"]):
-            raise refuse("head_dim", d["head_dim"], "Qwen2's head dim is hidden_size / num_attention_heads")
-        for name in ("attention_bias", "mlp_bias"):  # Qwen2 keys: q/k/v biases only
-            if name in d and d[name] not in (None, name == "attention_bias"):
-                raise refuse(name, d[name], "Qwen2's layout has q/k/v biases only")
+        check_qwen2_layout(d, "Qwen2")
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="Fast_dLLM_Qwen", architectures=["Fast_dLLM_QwenForCausalLM"], rope_scaling=None,
-                 use_sliding_window=False, layer_types=["full_attention"] * self.num_hidden_layers)
-        return d
+        return config_dict(self, model_type="Fast_dLLM_Qwen", architectures=["Fast_dLLM_QwenForCausalLM"],
+                           rope_scaling=None, use_sliding_window=False,
+                           layer_types=["full_attention"] * self.num_hidden_layers)
 
 
 def load_fast_dllm_v2(path, config, defaults, name, device, dtype, trust_remote_code):

@@ -29,22 +29,24 @@ from fewstep.models import dream, llada
 from fewstep.models.registry import ARCHITECTURES, target
 
 
-class LLaDAHFConfig(PretrainedConfig):
-    """A LLaDA config.json as transformers sees it (every field kept as an attribute)."""
-
-    model_type = "llada"
-
-    def __init__(self, **kwargs: Any):
-        kwargs.setdefault("tie_word_embeddings", False)  # LLaDA's own field is weight_tying
-        super().__init__(**kwargs)
-
-
-class DreamHFConfig(PretrainedConfig):
-    model_type = "Dream"
+class UntiedConfig(PretrainedConfig):
+    """A config.json as transformers sees it (every field kept as an attribute), the output head untied
+    unless it says ``tie_word_embeddings`` (LLaDA's own field is ``weight_tying``). A subclass per
+    architecture names its ``model_type``."""
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
+
+
+class LLaDAHFConfig(UntiedConfig):
+    """A LLaDA config.json as transformers sees it."""
+
+    model_type = "llada"
+
+
+class DreamHFConfig(UntiedConfig):
+    model_type = "Dream"
 
 
 @dataclass

@@ -10,36 +10,20 @@ them apart by ``architectures``).
 
 from __future__ import annotations
 
-from typing import Any
-
-from transformers import PretrainedConfig
-
 from fewstep.models import fast_dllm_v2, llada_moe, qwen_block, sdar
-from fewstep.models.hf import _Wrapper
+from fewstep.models.hf import UntiedConfig, _Wrapper
 
 
-class SDARHFConfig(PretrainedConfig):
+class SDARHFConfig(UntiedConfig):
     model_type = "sdar"
 
-    def __init__(self, **kwargs: Any):
-        kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(**kwargs)
 
-
-class FastDLLMV2HFConfig(PretrainedConfig):
+class FastDLLMV2HFConfig(UntiedConfig):
     model_type = "Fast_dLLM_Qwen"
 
-    def __init__(self, **kwargs: Any):
-        kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(**kwargs)
 
-
-class LLaDAMoEHFConfig(PretrainedConfig):
+class LLaDAMoEHFConfig(UntiedConfig):
     model_type = "lladamoe"
-
-    def __init__(self, **kwargs: Any):
-        kwargs.setdefault("tie_word_embeddings", False)
-        super().__init__(**kwargs)
 
 
 class SDARForMaskedLM(_Wrapper):

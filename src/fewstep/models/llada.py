@@ -11,19 +11,28 @@ Shapes: B batch, T sequence, D d_model, H heads, Hk key/value heads, Dh head dim
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fewstep.errors import ModelLoadError
-from fewstep.models.blockcausal import block_causal_mask
+from fewstep.models.configs import config_dict, known_fields, refuse
 from fewstep.models.kvcache import KVCache
-from fewstep.models.positions import key_mask_and_positions
+from fewstep.models.layers import (
+    ACTIVATIONS as ACTIVATION_FNS,
+)
+from fewstep.models.layers import (
+    KV,
+    DiffusionLMOutput,
+    attend,
+    attention_inputs,
+    num_parameters,
+    output_head,
+    rms_normalize,
+    run_layers,
+    swiglu,
+)
 
 # The official LLaDA code's defaults (its OLMo-derived ModelConfig) for fields a config.json leaves out.
 OFFICIAL_DEFAULTS: dict[str, Any] = {
@@ -78,8 +87,7 @@ class LLaDAConfig:
         that changes the computation is implemented or refused (:class:`ModelLoadError` naming the field)."""
         d = {**OFFICIAL_DEFAULTS, **d}
         _check_contract(d)
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
+        kw = known_fields(cls, d, keep_none=True)
         kw["n_kv_heads"] = _effective_kv_heads(d)
         if kw.get("embedding_size") is None:
             kw["embedding_size"] = kw["vocab_size"]
@@ -92,37 +100,31 @@ class LLaDAConfig:
         return self.include_bias if self.bias_for_layer_norm is None else bool(self.bias_for_layer_norm)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="llada", architectures=["LLaDAModelLM"], rope=True, block_type="llama")
-        return d
-
-
-def _refuse(field: str, value: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"config field {field}={value!r} is not implemented ({why})")
+        return config_dict(self, model_type="llada", architectures=["LLaDAModelLM"], rope=True, block_type="llama")
 
 
 def _check_contract(d: dict[str, Any]) -> None:
     for name, only in FIXED.items():
         value = d.get(name, only)
         if value != only and not (only is False and value is None):
-            raise _refuse(name, value, f"fewstep implements {name}={only!r} only")
+            raise refuse(name, value, f"fewstep implements {name}={only!r} only")
     if d["layer_norm_type"] not in NORMS:
-        raise _refuse("layer_norm_type", d["layer_norm_type"], "choose one of " + ", ".join(NORMS))
+        raise refuse("layer_norm_type", d["layer_norm_type"], "choose one of " + ", ".join(NORMS))
     if d["activation_type"] not in ACTIVATIONS:
         why = ("the official llama block cannot run it" if d["activation_type"] == "swiglu"
                else "choose one of " + ", ".join(ACTIVATIONS))
-        raise _refuse("activation_type", d["activation_type"], why)
+        raise refuse("activation_type", d["activation_type"], why)
     for name in ("include_bias", "include_qkv_bias", "weight_tying", "input_emb_norm", "scale_logits",
                  "layer_norm_with_affine"):
         if not isinstance(d[name], bool):
-            raise _refuse(name, d[name], "must be true or false")
+            raise refuse(name, d[name], "must be true or false")
     if d["bias_for_layer_norm"] is not None and not isinstance(d["bias_for_layer_norm"], bool):
-        raise _refuse("bias_for_layer_norm", d["bias_for_layer_norm"], "must be true, false or null")
+        raise refuse("bias_for_layer_norm", d["bias_for_layer_norm"], "must be true, false or null")
     block = d.get("attention_block_length", 0)
     if isinstance(block, bool) or not isinstance(block, int) or block < 0:
-        raise _refuse("attention_block_length", block, "0 (full attention) or a block length > 0")
+        raise refuse("attention_block_length", block, "0 (full attention) or a block length > 0")
     if not isinstance(d["n_heads"], int) or d["n_heads"] < 1 or d["d_model"] % d["n_heads"]:
-        raise _refuse("n_heads", d["n_heads"], f"must divide d_model={d['d_model']}")
+        raise refuse("n_heads", d["n_heads"], f"must divide d_model={d['d_model']}")
 
 
 def _effective_kv_heads(d: dict[str, Any]) -> int:
@@ -132,9 +134,9 @@ def _effective_kv_heads(d: dict[str, Any]) -> int:
         return 1 if mqa is True else int(n_heads)
     if mqa is None or n_kv == (1 if mqa else n_heads):
         if n_kv < 1 or n_heads % n_kv:
-            raise _refuse("n_kv_heads", n_kv, f"must divide n_heads={n_heads}")
+            raise refuse("n_kv_heads", n_kv, f"must divide n_heads={n_heads}")
         return int(n_kv)
-    raise _refuse("multi_query_attention", mqa, f"contradicts n_kv_heads={n_kv}")
+    raise refuse("multi_query_attention", mqa, f"contradicts n_kv_heads={n_kv}")
 
 
 class RMSNorm(nn.Module):
@@ -149,8 +151,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
-        y = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+        y = rms_normalize(x, self.eps)
         if self.weight is None:
             return y
         y = y * (1 + self.weight.to(dtype)) if self.gemma else y * self.weight.to(dtype)
@@ -164,9 +165,6 @@ def make_norm(cfg: LLaDAConfig) -> nn.Module:
     if cfg.layer_norm_type in ("default", "low_precision"):
         return nn.LayerNorm(cfg.d_model, eps=1e-5, elementwise_affine=affine, bias=affine and bias)
     return RMSNorm(cfg.d_model, cfg.rms_norm_eps, affine, bias, gemma=cfg.layer_norm_type == "gemma_rms")
-
-
-ACTIVATION_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu}
 
 
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +201,7 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(cfg.mlp_hidden_size, d, bias=cfg.include_bias)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_mask: torch.Tensor | None,
-                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None):
+                kv: KV | None = None):
         """x [B, W, D] -> [B, W, D]. ``kv`` (the cache's update for this layer) takes this forward's
         keys and values [B, Hk, W, Dh] and returns the ones to attend to [B, Hk, T, Dh]."""
         b, t, _ = x.shape
@@ -212,20 +210,8 @@ class LLaDABlock(nn.Module):
         k = self.k_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hk, T, Dh]
         v = self.v_proj(n).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if kv is not None:
-            k, v = kv(k, v)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, scale=1.0 / math.sqrt(self.head_dim))
-        h = x + self.attn_out(a.transpose(1, 2).reshape(b, t, -1))
-        m = self.ff_norm(h)
-        return h + self.ff_out(self.act(self.ff_proj(m)) * self.up_proj(m))
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
+        h = x + self.attn_out(attend(q, k, v, key_mask, kv))
+        return h + swiglu(self.ff_norm(h), self.ff_proj, self.up_proj, self.ff_out, self.act)
 
 
 class _Transformer(nn.Module):
@@ -286,28 +272,17 @@ class LLaDAModel(nn.Module):
         x = tr.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
         if self.config.input_emb_norm:
             x = x * self.config.d_model**0.5
-        b, w, _ = x.shape
-        # key mask [B, 1, 1, T] and positions [B, T] of the whole sequence
-        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, True)
-        if self.config.attention_block_length > 0:  # block-causal: keys of the query's block or earlier
-            causal = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
-            key_mask = causal if key_mask is None else key_mask & causal
-        if window is not None:
-            if cache is None:
-                raise ValueError("a window forward needs a cache")
-            position_ids = position_ids[:, window]
+        # mask [B, 1, 1, T] of the real keys (block-causal: [B, 1, W, T]) and positions [B, W]
+        mask, position_ids = attention_inputs(x, attention_mask, position_ids, window, cache,
+                                              self.config.attention_block_length)
         rope = rotary(position_ids, self.config.d_model // self.config.n_heads, self.config.rope_theta)
-        for i, block in enumerate(tr.blocks):
-            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
-            x = block(x, rope, key_mask, kv)
-        if logits_positions is not None:  # the output head for these positions only
-            x = x[:, logits_positions]
-        x = tr.ln_f(x)
+        x = run_layers(tr.blocks, x, rope, mask, cache, cache_rows, window)
         tied = self.config.weight_tying
-        logits = F.linear(x, tr.wte.weight if tied else tr.ff_out.weight, None if tied else tr.ff_out.bias)
+        logits = output_head(x, logits_positions, tr.ln_f, tr.wte.weight if tied else tr.ff_out.weight,
+                             None if tied else tr.ff_out.bias)
         if self.config.scale_logits:
             logits = logits * (1 / math.sqrt(self.config.d_model))
         return DiffusionLMOutput(logits=logits)
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)

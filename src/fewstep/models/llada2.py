@@ -39,10 +39,7 @@ N tokens, k experts per token, V vocabulary.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,10 +47,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.errors import ModelLoadError
-from fewstep.models.blockcausal import block_causal_mask
-from fewstep.models.dream import RMSNorm, rotary_tables, rotate
+from fewstep.models.configs import config_dict, known_fields, refuse
 from fewstep.models.kvcache import KVCache
-from fewstep.models.positions import key_mask_and_positions
+from fewstep.models.layers import (
+    KV,
+    DiffusionLMOutput,
+    RMSNorm,
+    SwiGLU,
+    apply_rotary,
+    attend,
+    attention_inputs,
+    num_parameters,
+    output_head,
+    rotary_tables,
+    run_layers,
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,8 @@ class LLaDA2Config:
                    "moe_router_enable_expert_bias": True, "norm_head": False, "use_rmsnorm": True}
         for name, only in refused.items():
             if name in d and d[name] != only:
-                raise ModelLoadError(f"config field {name}={d[name]!r} is not implemented (only {only!r})")
-        kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+                raise refuse(name, d[name], f"only {only!r}")
+        kw = known_fields(cls, d, keep_none=True)
         if kw.get("head_dim") is None:
             kw["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
         cfg = cls(**kw)
@@ -108,31 +116,12 @@ class LLaDA2Config:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="llada2_moe", architectures=["LLaDA2MoeModelLM"], hidden_act="silu",
-                 score_function="sigmoid", rope_scaling=None)
-        return d
+        return config_dict(self, model_type="llada2_moe", architectures=["LLaDA2MoeModelLM"], hidden_act="silu",
+                           score_function="sigmoid", rope_scaling=None)
 
     @property
     def rope_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
-
-
-class MLP(nn.Module):
-    def __init__(self, d: int, hidden: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first rope_dim dimensions of x [B, H, T, Dh] ("rotate half"); the rest pass."""
-    r = cos.shape[-1]
-    return torch.cat([rotate(x[..., :r], cos, sin), x[..., r:]], dim=-1)
 
 
 class Gate(nn.Module):
@@ -168,9 +157,9 @@ class MoE(nn.Module):
     def __init__(self, cfg: LLaDA2Config):
         super().__init__()
         assert cfg.num_experts is not None
-        self.experts = nn.ModuleList(MLP(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
         self.gate = Gate(cfg)
-        self.shared_experts = (MLP(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
+        self.shared_experts = (SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.num_shared_experts)
                                if cfg.num_shared_experts else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,17 +183,14 @@ class Attention(nn.Module):
         self.key_layernorm = RMSNorm(self.dh, cfg.rms_norm_eps)
         self.dense = nn.Linear(self.h * self.dh, cfg.hidden_size, bias=cfg.use_bias)
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None, kv: Callable | None) -> torch.Tensor:
-        b, t, _ = x.shape
-        qkv = self.query_key_value(x).view(b, t, self.h + 2 * self.hk, self.dh)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None,
+                kv: KV | None) -> torch.Tensor:
+        """x [B, W, D] -> [B, W, D]; one fused projection split into query, key and value heads."""
+        b, w, _ = x.shape
+        qkv = self.query_key_value(x).view(b, w, self.h + 2 * self.hk, self.dh)
         q, k, v = (z.transpose(1, 2) for z in qkv.split([self.h, self.hk, self.hk], dim=2))  # [B, *, W, Dh]
         q, k = apply_rotary(self.query_layernorm(q), *rope), apply_rotary(self.key_layernorm(k), *rope)
-        if kv is not None:
-            k, v = kv(k, v)
-        if self.hk != self.h:
-            k, v = k.repeat_interleave(self.h // self.hk, dim=1), v.repeat_interleave(self.h // self.hk, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.dh))
-        return self.dense(a.transpose(1, 2).reshape(b, t, -1))
+        return self.dense(attend(q, k, v, mask, kv))
 
 
 class DecoderLayer(nn.Module):
@@ -214,7 +200,7 @@ class DecoderLayer(nn.Module):
         self.attention = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         moe = cfg.num_experts is not None and i >= cfg.first_k_dense_replace
-        self.mlp: nn.Module = MoE(cfg) if moe else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp: nn.Module = MoE(cfg) if moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, rope, mask, kv=None):
         h = x + self.attention(self.input_layernorm(x), rope, mask, kv)
@@ -227,11 +213,6 @@ class _Inner(nn.Module):
         self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
 
 
 class LLaDA2Model(nn.Module):
@@ -268,24 +249,12 @@ class LLaDA2Model(nn.Module):
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
-        b, w, _ = x.shape
-        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, False)
-        mask = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
-        if key_mask is not None:
-            mask = mask & key_mask
-        if window is not None:
-            if cache is None:
-                raise ValueError("a window forward needs a cache")
-            position_ids = position_ids[:, window]
+        mask, position_ids = attention_inputs(x, attention_mask, position_ids, window, cache,
+                                              self.config.attention_block_length)  # [B, 1, W, T], [B, W]
         rope = rotary_tables(position_ids, self.config.rope_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, r]
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
-            x = layer(x, rope, mask, kv)
-        if logits_positions is not None:
-            x = x[:, logits_positions]
-        x = self.model.norm(x)
+        x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.word_embeddings.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return DiffusionLMOutput(logits=F.linear(x, head).float())
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)

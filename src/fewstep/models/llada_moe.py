@@ -41,10 +41,7 @@ N tokens, k experts per token, V vocabulary.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,10 +49,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewstep.errors import ModelLoadError
-from fewstep.models.dream import ACTIVATIONS, RMSNorm, rotary_tables
+from fewstep.models.configs import config_dict, known_fields, refuse
 from fewstep.models.kvcache import KVCache
-from fewstep.models.llada2 import apply_rotary
-from fewstep.models.positions import key_mask_and_positions
+from fewstep.models.layers import (
+    ACTIVATIONS,
+    Attention,
+    DecoderLayer,
+    DiffusionLMOutput,
+    RMSNorm,
+    SwiGLU,
+    attention_inputs,
+    num_parameters,
+    output_head,
+    rotary_tables,
+    run_layers,
+)
 
 REFUSED = {"rope_scaling": (None,), "moe_router_score_function": (None, "softmax"),
            "routed_scaling_factor": (None, 1, 1.0), "router_num_group": (None, -2, 1),
@@ -97,8 +105,8 @@ class LLaDAMoEConfig:
         refused (:class:`ModelLoadError` naming the field)."""
         for name, allowed in REFUSED.items():
             if d.get(name) not in allowed:
-                raise _refuse(name, d[name], "the published code implements " + " / ".join(map(repr, allowed)))
-        kw: dict[str, Any] = {f.name: d[f.name] for f in fields(cls) if d.get(f.name) is not None}
+                raise refuse(name, d[name], "the published code implements " + " / ".join(map(repr, allowed)))
+        kw = known_fields(cls, d)
         kw.setdefault("num_key_value_heads", kw.get("num_attention_heads", cls.num_attention_heads))
         n = kw.get("num_hidden_layers", cls.num_hidden_layers)
         kw["moe_layer_freq"] = tuple(int(f) for f in d.get("moe_layer_freq") or [1] * n)
@@ -109,10 +117,9 @@ class LLaDAMoEConfig:
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="lladamoe", architectures=["LLaDAMoEModelLM"], moe_layer_freq=list(self.moe_layer_freq),
-                 moe_router_score_function="softmax", routed_scaling_factor=1, rope_scaling=None)
-        return d
+        return config_dict(self, model_type="lladamoe", architectures=["LLaDAMoEModelLM"],
+                           moe_layer_freq=list(self.moe_layer_freq), moe_router_score_function="softmax",
+                           routed_scaling_factor=1, rope_scaling=None)
 
     @property
     def head_dim(self) -> int:
@@ -123,34 +130,18 @@ class LLaDAMoEConfig:
         return int(self.head_dim * self.partial_rotary_factor)
 
 
-def _refuse(name: str, value: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"config field {name}={value!r} is not implemented ({why})")
-
-
 def _check(cfg: LLaDAMoEConfig) -> None:
     if len(cfg.moe_layer_freq) != cfg.num_hidden_layers:
-        raise _refuse("moe_layer_freq", list(cfg.moe_layer_freq), f"one entry per layer ({cfg.num_hidden_layers})")
+        raise refuse("moe_layer_freq", list(cfg.moe_layer_freq), f"one entry per layer ({cfg.num_hidden_layers})")
     if cfg.hidden_act not in ACTIVATIONS:
-        raise _refuse("hidden_act", cfg.hidden_act, "choose one of " + ", ".join(ACTIVATIONS))
+        raise refuse("hidden_act", cfg.hidden_act, "choose one of " + ", ".join(ACTIVATIONS))
     if cfg.hidden_size % cfg.num_attention_heads or cfg.num_attention_heads % cfg.num_key_value_heads:
-        raise _refuse("num_attention_heads", cfg.num_attention_heads,
+        raise refuse("num_attention_heads", cfg.num_attention_heads,
                       "must divide hidden_size and be a multiple of num_key_value_heads")
     if not 0 < cfg.partial_rotary_factor <= 1 or cfg.rope_dim % 2:
-        raise _refuse("partial_rotary_factor", cfg.partial_rotary_factor, "an even share of the head in (0, 1]")
+        raise refuse("partial_rotary_factor", cfg.partial_rotary_factor, "an even share of the head in (0, 1]")
     if not 1 <= cfg.num_experts_per_tok <= cfg.num_experts:
-        raise _refuse("num_experts_per_tok", cfg.num_experts_per_tok, f"1 to num_experts={cfg.num_experts}")
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, d: int, hidden: int, act: str):
-        super().__init__()
-        self.gate_proj = nn.Linear(d, hidden, bias=False)
-        self.up_proj = nn.Linear(d, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d, bias=False)
-        self.act = ACTIVATIONS[act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        raise refuse("num_experts_per_tok", cfg.num_experts_per_tok, f"1 to num_experts={cfg.num_experts}")
 
 
 class SparseMoE(nn.Module):
@@ -187,48 +178,17 @@ class SparseMoE(nn.Module):
         return out.view_as(x)
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: LLaDAMoEConfig):
-        super().__init__()
-        d, self.dh = cfg.hidden_size, cfg.head_dim
-        self.h, self.hk, self.clip = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.clip_qkv
-        self.q_proj = nn.Linear(d, self.h * self.dh, bias=cfg.attention_bias)
-        self.k_proj = nn.Linear(d, self.hk * self.dh, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(d, self.hk * self.dh, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(d, d, bias=cfg.attention_bias)
-        if cfg.qk_layernorm:
-            self.q_norm = RMSNorm(self.dh, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(self.dh, cfg.rms_norm_eps)
+class MoELayer(DecoderLayer):
+    """The decoder layer; a MoE layer's MLP is the sparse experts, plus the ``shared_expert`` when
+    the config has one."""
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None,
-                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
-        b, w, _ = x.shape
-        q = self.q_proj(x).view(b, w, self.h, self.dh)
-        k = self.k_proj(x).view(b, w, self.hk, self.dh)
-        v = self.v_proj(x).view(b, w, self.hk, self.dh)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.clip is not None:
-            q, k, v = (z.clamp(-self.clip, self.clip) for z in (q, k, v))
-        q, k, v = (z.transpose(1, 2) for z in (q, k, v))  # [B, H|Hk, W, Dh]
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        if kv is not None:
-            k, v = kv(k, v)
-        if self.hk != self.h:
-            k, v = k.repeat_interleave(self.h // self.hk, dim=1), v.repeat_interleave(self.h // self.hk, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.dh))
-        return self.o_proj(a.transpose(1, 2).reshape(b, w, -1))
-
-
-class DecoderLayer(nn.Module):
     def __init__(self, cfg: LLaDAMoEConfig, i: int):
-        super().__init__()
         moe = cfg.moe_layer_freq[i] != 0
-        self.self_attn = Attention(cfg)
-        self.mlp: nn.Module = SparseMoE(cfg) if moe else SwiGLU(cfg.hidden_size, cfg.dense_intermediate_size,
-                                                                  cfg.hidden_act)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                         qkv_bias=cfg.attention_bias, o_bias=cfg.attention_bias, qk_norm=cfg.qk_layernorm,
+                         eps=cfg.rms_norm_eps, clip=cfg.clip_qkv)
+        mlp = SparseMoE(cfg) if moe else SwiGLU(cfg.hidden_size, cfg.dense_intermediate_size, cfg.hidden_act)
+        super().__init__(attn, mlp, cfg.hidden_size, cfg.rms_norm_eps)
         if moe and cfg.shared_expert_intermediate_size is not None:
             self.shared_expert = SwiGLU(cfg.hidden_size, cfg.shared_expert_intermediate_size, cfg.hidden_act)
 
@@ -245,13 +205,8 @@ class _Inner(nn.Module):
     def __init__(self, cfg: LLaDAMoEConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(MoELayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class DiffusionLMOutput:
-    logits: torch.Tensor
 
 
 class LLaDAMoEModel(nn.Module):
@@ -290,21 +245,14 @@ class LLaDAMoEModel(nn.Module):
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
-        b, w, _ = x.shape
-        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, window,
-                                                        cache is not None)
-        rope = rotary_tables(position_ids, self.config.rope_dim, self.config.rope_theta, x.dtype)
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
-            x = layer(x, rope, key_mask, kv)
-        if logits_positions is not None:
-            x = x[:, logits_positions]
-        x = self.model.norm(x)
+        mask, position_ids = attention_inputs(x, attention_mask, position_ids, window, cache)  # [B, 1, 1, T], [B, W]
+        rope = rotary_tables(position_ids, self.config.rope_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, r]
+        x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return DiffusionLMOutput(logits=F.linear(x, head).float())
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)
 
 
 def load_llada_moe(path, config, defaults, name, device, dtype, trust_remote_code):

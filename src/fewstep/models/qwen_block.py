@@ -23,22 +23,27 @@ Shapes: B batch, T sequence, W window, D hidden, H heads, Hk key/value heads, Dh
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fewstep.errors import ModelLoadError
-from fewstep.models.blockcausal import block_causal_mask
-from fewstep.models.dream import ACTIVATIONS, RMSNorm, rotary_tables, rotate
+from fewstep.models.configs import check_qwen_rotary, known_fields, read_qwen, refuse
 from fewstep.models.kvcache import KVCache
-from fewstep.models.positions import key_mask_and_positions
-
-REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+from fewstep.models.layers import (
+    Attention,
+    DecoderLayer,
+    DiffusionLMOutput,
+    RMSNorm,
+    SwiGLU,
+    attention_inputs,
+    num_parameters,
+    output_head,
+    rotary_tables,
+    run_layers,
+)
 
 
 @dataclass(frozen=True)
@@ -84,38 +89,19 @@ class QwenBlockConfig:
     def common_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
         """The fields of a Qwen2 / Qwen3 config.json this class keeps, after the checks every family
         shares (:class:`ModelLoadError` naming a field whose value is not implemented)."""
-        missing = [k for k in REQUIRED if d.get(k) is None]
-        if missing:
-            raise ModelLoadError(f"config.json lacks {', '.join(missing)}")
-        d = dict(d)
-        d.setdefault("num_key_value_heads", d["num_attention_heads"])
-        params = d.get("rope_parameters") or {}
-        if "rope_theta" not in d and "rope_theta" in params:
-            d["rope_theta"] = params["rope_theta"]
+        d, params = read_qwen(d)
         if d.get("head_dim") is None:
             d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
         check_common(d, params)
-        names = {f.name for f in fields(cls)}
-        return {k: v for k, v in d.items() if k in names and v is not None}
-
-
-def refuse(field: str, value: Any, why: str) -> ModelLoadError:
-    return ModelLoadError(f"config field {field}={value!r} is not implemented ({why})")
+        return known_fields(cls, d)
 
 
 def check_common(d: dict[str, Any], params: dict[str, Any]) -> None:
     """The values of a Qwen config.json this implementation does not reproduce."""
-    if d.get("rope_scaling") is not None:
-        raise refuse("rope_scaling", d["rope_scaling"], "plain rotary embeddings only")
-    if params.get("rope_type", "default") != "default":
-        raise refuse("rope_parameters.rope_type", params["rope_type"], "only the default rotary embedding")
-    if d.get("use_sliding_window"):
-        raise refuse("use_sliding_window", d["use_sliding_window"], "full (block-causal) attention only")
+    check_qwen_rotary(d, params, "full (block-causal) attention")
     kinds = set(d.get("layer_types") or ["full_attention"])
     if kinds != {"full_attention"}:
         raise refuse("layer_types", sorted(kinds), "every layer full_attention")
-    if d.get("hidden_act", "silu") not in ACTIVATIONS:
-        raise refuse("hidden_act", d["hidden_act"], "choose one of " + ", ".join(ACTIVATIONS))
     if d["num_attention_heads"] % d["num_key_value_heads"]:
         raise refuse("num_key_value_heads", d["num_key_value_heads"],
                      f"must divide num_attention_heads={d['num_attention_heads']}")
@@ -128,74 +114,19 @@ def positive_block(field: str, value: Any) -> int:
     return value
 
 
-class Attention(nn.Module):
-    def __init__(self, cfg: QwenBlockConfig):
-        super().__init__()
-        d, dh = cfg.hidden_size, cfg.head_dim
-        self.h, self.hk, self.dh = cfg.num_attention_heads, cfg.num_key_value_heads, dh
-        self.q_proj = nn.Linear(d, self.h * dh, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, self.hk * dh, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, self.hk * dh, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(self.h * dh, d, bias=cfg.o_bias)
-        if cfg.qk_norm:
-            self.q_norm = RMSNorm(dh, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(dh, cfg.rms_norm_eps)
-
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
-                kv: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None) -> torch.Tensor:
-        """x [B, W, D] -> [B, W, D]; ``kv`` (the cache's update for this layer) maps the window's keys
-        and values [B, Hk, W, Dh] to the ones attended to [B, Hk, T, Dh]; mask [B, 1, W, T]."""
-        b, w, _ = x.shape
-        q = self.q_proj(x).view(b, w, self.h, self.dh)
-        k = self.k_proj(x).view(b, w, self.hk, self.dh)
-        v = self.v_proj(x).view(b, w, self.hk, self.dh).transpose(1, 2)  # [B, Hk, W, Dh]
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q.transpose(1, 2), *rope), rotate(k.transpose(1, 2), *rope)  # [B, H|Hk, W, Dh]
-        if kv is not None:
-            k, v = kv(k, v)
-        if self.hk != self.h:
-            k, v = k.repeat_interleave(self.h // self.hk, dim=1), v.repeat_interleave(self.h // self.hk, dim=1)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # scale 1/sqrt(Dh)
-        return self.o_proj(a.transpose(1, 2).reshape(b, w, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: QwenBlockConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
-        self.act = ACTIVATIONS[cfg.hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
-class Layer(nn.Module):
-    def __init__(self, cfg: QwenBlockConfig):
-        super().__init__()
-        self.self_attn = Attention(cfg)
-        self.mlp = MLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-    def forward(self, x, rope, mask, kv=None) -> torch.Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), rope, mask, kv)
-        return h + self.mlp(self.post_attention_layernorm(h))
+def qwen_layer(cfg: QwenBlockConfig) -> DecoderLayer:
+    attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
+                     qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, qk_norm=cfg.qk_norm, eps=cfg.rms_norm_eps)
+    return DecoderLayer(attn, SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act), cfg.hidden_size,
+                        cfg.rms_norm_eps)
 
 
 class _Base(nn.Module):
     def __init__(self, cfg: QwenBlockConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(qwen_layer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-
-
-@dataclass
-class BlockLMOutput:
-    logits: torch.Tensor
 
 
 class QwenBlockModel(nn.Module):
@@ -231,31 +162,19 @@ class QwenBlockModel(nn.Module):
         cache: KVCache | None = None,
         cache_rows: torch.Tensor | None = None,
         window: slice | None = None,
-    ) -> BlockLMOutput:
+    ) -> DiffusionLMOutput:
         """input_ids / inputs_embeds [B, W] (W = T, or the window's length with ``window``);
         attention_mask and position_ids [B, T]; ``logits_positions`` counts from the window's start."""
         x = self.model.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, W, D]
-        b, w, _ = x.shape
-        key_mask, position_ids = key_mask_and_positions(attention_mask, position_ids, b, w, x.device, None, False)
-        mask = block_causal_mask(position_ids, window, self.config.attention_block_length)  # [B, 1, W, T]
-        if key_mask is not None:
-            mask = mask & key_mask
-        if window is not None:
-            if cache is None:
-                raise ValueError("a window forward needs a cache")
-            position_ids = position_ids[:, window]
+        mask, position_ids = attention_inputs(x, attention_mask, position_ids, window, cache,
+                                              self.config.attention_block_length)  # [B, 1, W, T], [B, W]
         rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)  # [B, 1, W, Dh]
-        for i, layer in enumerate(self.model.layers):
-            kv = None if cache is None else partial(cache.update, i, rows=cache_rows, window=window)
-            x = layer(x, rope, mask, kv)
-        if logits_positions is not None:
-            x = x[:, logits_positions]
-        x = self.model.norm(x)
+        x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return BlockLMOutput(logits=F.linear(x, head).float())
+        return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        return num_parameters(self)
 
 
 def load_directory(path, config: dict[str, Any], defaults: dict[str, Any], name: str, device, dtype,

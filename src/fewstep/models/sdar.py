@@ -24,9 +24,10 @@ exact under block-causal attention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
+from fewstep.models.configs import config_dict
 from fewstep.models.qwen_block import QwenBlockConfig, load_directory, positive_block
 
 AUTHORS = {"block_length": 4, "threshold": 0.85, "minimal_topk": 1, "cache": "dual"}
@@ -63,9 +64,8 @@ class SDARConfig(QwenBlockConfig):
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        d.update(model_type="sdar", architectures=["SDARForCausalLM"], rope_scaling=None, use_sliding_window=False)
-        return d
+        return config_dict(self, model_type="sdar", architectures=["SDARForCausalLM"], rope_scaling=None,
+                           use_sliding_window=False)
 
 
 def load_sdar(path, config, defaults, name, device, dtype, trust_remote_code):
