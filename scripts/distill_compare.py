@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 MODELS = ("teacher=tiny-dlm dscd-clean=tiny-dlm-cd dscd-logits=runs/tiny-dlm-cd-logits/best "
-          "trajectory=runs/tiny-dlm-traj/best trajectory-nocert=runs/tiny-dlm-traj0/best "
+          "trajectory=runs/tiny-dlm-traj/best trajectory-nocert=runs/traj-c0/best trajectory-c1=runs/traj-c1/best "
           "ablation=runs/tiny-dlm-mdlm/best")
 STRATEGIES = ("llada:steps=8;llada:steps=6;llada:steps=4;" +
               ";".join(f"threshold:threshold={t}" for t in ("0.9", "0.8", "0.7", "0.6", "0.5", "0.4", "0.3")))
