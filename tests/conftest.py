@@ -89,6 +89,19 @@ def tiny_dlm_cd():
     return _load_bundled("tiny-dlm-cd")
 
 
+# --- order: long tests first -----------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Modules with tests marked ``slow`` first, their slow tests first, so that under xdist (``-n``) the
+    long tests start early and the run ends on short ones instead of one worker finishing a long test
+    alone. A module stays together (its module fixtures are set up once per worker); otherwise the
+    collection order is kept."""
+    slow = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    heavy = {item.nodeid.split("::")[0] for item in items if item.nodeid in slow}
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in heavy, item.nodeid not in slow))
+
+
 # Helper modules imported by the serve and sandbox tests: their asserts report like the tests' own.
 pytest.register_assert_rewrite("serve_helpers", "sandbox_helpers")
 

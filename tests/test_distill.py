@@ -144,6 +144,7 @@ def test_lambda_schedule():
 # ---------------------------------------------------------------- the run
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(tmp_path, random_dlm_dir):
     cfg = tiny(random_dlm_dir, steps=12, batch_size=16, lr=3e-3, val_size=32, val_every=1, patience=0,
                save_every=12)
