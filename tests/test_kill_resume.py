@@ -23,9 +23,7 @@ from safetensors.torch import load_file
 
 from fork_cli import ForkServer, dying_patch
 
-# Every test starts fewstep processes; one worker runs them all (``--dist loadgroup``), so that the fork
-# server and the reference runs are set up once.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kill_resume")]
+pytestmark = pytest.mark.slow  # every test starts fewstep processes
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
