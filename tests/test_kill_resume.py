@@ -1,7 +1,9 @@
 """Results survive SIGKILL: eval, bench and train killed at random moments (and in the middle of a
 save) and rerun end exactly where an uninterrupted run ends; two writers never share a directory.
 
-Each run is a separate ``python -m fewstep.cli`` process so that SIGKILL hits it like a user's kill.
+Each run is a separate process so that SIGKILL hits it like a user's kill: a child forked from a server
+that has already imported fewstep (tests/fork_cli.py), so that a random kill hits the command's work
+rather than its imports. The references they must equal are fresh ``python -m fewstep.cli`` processes.
 """
 
 from __future__ import annotations
@@ -19,66 +21,52 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # every test starts fewstep processes (seconds each)
+from fork_cli import ForkServer, dying_patch
+
+pytestmark = pytest.mark.slow  # every test starts fewstep processes
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
-# Runs a fewstep command in which the n-th call of module.attr SIGKILLs the process part way:
-# ``how`` is "before" (nothing of that save written) or "half" (half of the bytes of a file written).
-DYING = """
-import io, os, signal, sys
-from pathlib import Path
-import importlib
-module = importlib.import_module({module!r})
-real = getattr(module, {attr!r})
-calls = [0]
 
-def die():
-    os.kill(os.getpid(), signal.SIGKILL)
-
-def dying(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] != {nth}:
-        return real(*args, **kwargs)
-    if {how!r} == "half" and {attr!r} == "save":  # torch.save(obj, path)
-        buf = io.BytesIO()
-        real(args[0], buf)
-        Path(args[1]).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    elif {how!r} == "half" and {attr!r} == "atomic_write_bytes":  # atomic_write_bytes(path, data)
-        tmp = Path(args[0]).with_name("." + Path(args[0]).name + "." + str(os.getpid()) + ".tmp")
-        tmp.write_bytes(args[1][: len(args[1]) // 2])
-    elif {how!r} == "half":  # save a model directory: its first file only
-        Path(args[2]).mkdir(parents=True, exist_ok=True)
-        (Path(args[2]) / "config.json").write_text("{{")
-    die()
-
-setattr(module, {attr!r}, dying)
-from fewstep.cli import main
-sys.exit(main({argv!r}))
-"""
+@pytest.fixture(scope="module", autouse=True)
+def server():
+    """The fork server that runs this module's commands (see tests/fork_cli.py): a kill at a random
+    moment hits the command's work, not its imports, and each run costs no start-up."""
+    global FORKS
+    FORKS = ForkServer(ENV)
+    yield FORKS
+    FORKS.close()
 
 
-def cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+FORKS: ForkServer
+
+
+def real_cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m fewstep.cli`` in a fresh interpreter: the references that the forked runs must equal."""
     return subprocess.run([sys.executable, "-m", "fewstep.cli", *argv], env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
+def cli(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return FORKS.run(list(argv), timeout=timeout)
+
+
 def dying_cli(module: str, attr: str, nth: int, how: str, *argv: str) -> int:
-    code = DYING.format(module=module, attr=attr, nth=nth, how=how, argv=list(argv))
-    return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, timeout=600).returncode
+    """Run a command in which the n-th call of module.attr SIGKILLs the process part way: ``how`` is
+    "before" (nothing of that save written) or "half" (half of the bytes of a file written)."""
+    return FORKS.run(list(argv), patch=dying_patch(module, attr, nth, how)).returncode
 
 
 def kill_after(argv: list[str], delay: float) -> int | None:
     """Start the command, SIGKILL it after ``delay`` seconds; its return code if it finished first."""
-    proc = subprocess.Popen([sys.executable, "-m", "fewstep.cli", *argv], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        return proc.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return None
+    pid = FORKS.start(argv)
+    code = FORKS.wait(pid, delay)
+    if code is not None:
+        return code
+    os.kill(pid, signal.SIGKILL)
+    FORKS.wait(pid)
+    return None
 
 
 def kill_then_finish(argv: list[str], rng: random.Random, seconds: float, kills: int) -> int:
@@ -86,7 +74,7 @@ def kill_then_finish(argv: list[str], rng: random.Random, seconds: float, kills:
     finish; returns how many kills hit a running process."""
     hit = 0
     for _ in range(kills):
-        if kill_after(argv, rng.uniform(0.2, seconds)) is not None:
+        if kill_after(argv, rng.uniform(0.02, seconds)) is not None:
             break  # it finished before the kill
         hit += 1
     done = cli(*argv)
@@ -118,8 +106,13 @@ def eval_args(model: Path, out: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(random_dlm_dir, tmp_path_factory) -> tuple[Path, float]:
-    out = tmp_path_factory.mktemp("kill") / "reference"
-    return out, timed(eval_args(random_dlm_dir, out))
+    """An uninterrupted run in a fresh interpreter, and how long the same run takes forked (equal to it)."""
+    root = tmp_path_factory.mktemp("kill")
+    real = real_cli(*eval_args(random_dlm_dir, root / "reference"))
+    assert real.returncode == 0, real.stderr[-2000:]
+    seconds = timed(eval_args(random_dlm_dir, root / "forked"))
+    assert_same_eval(root / "forked", root / "reference")
+    return root / "reference", seconds
 
 
 def assert_same_eval(out: Path, ref: Path) -> None:
@@ -174,8 +167,7 @@ def test_second_writer_fails_at_once_naming_the_holder(random_dlm_dir, tmp_path)
     out = tmp_path / "run"
     args = eval_args(random_dlm_dir, out)
     long = [a if a != "10" else "1000" for a in args]  # still running when the second one starts
-    first = subprocess.Popen([sys.executable, "-m", "fewstep.cli", *long], env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = FORKS.start(long)
     try:
         deadline = time.monotonic() + 120
         while not (out / "samples.jsonl").exists() and time.monotonic() < deadline:
@@ -184,12 +176,12 @@ def test_second_writer_fails_at_once_naming_the_holder(random_dlm_dir, tmp_path)
         second = cli(*[a if a != "steps=12" else "steps=6" for a in args])
         assert time.monotonic() - t0 < 60  # it did not wait for the first run
         assert second.returncode == 2, second.stderr
-        assert "in use by another fewstep run" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert "in use by another fewstep run" in second.stderr and f"pid {first}" in second.stderr
         assert second.stderr.count("\n") == 1
-        assert first.poll() is None, "the first run ended before the second one tried"
+        assert FORKS.wait(first, 0) is None, "the first run ended before the second one tried"
     finally:
-        first.kill()
-        first.wait()
+        os.kill(first, signal.SIGKILL)
+        FORKS.wait(first)
     rows = jsonl(out / "samples.jsonl")
     assert len({r["id"] for r in rows}) == len(rows)
     assert json.loads((out / "run.json").read_text())["config"]["steps"] == 12
@@ -243,7 +235,10 @@ def bench_rows(out: Path) -> dict[str, list[tuple]]:
 @pytest.mark.slow
 def test_bench_killed_at_random_moments(random_dlm_dir, tmp_path):
     ref = tmp_path / "reference"
-    seconds = timed(bench_args(random_dlm_dir, ref))
+    real = real_cli(*bench_args(random_dlm_dir, ref))
+    assert real.returncode == 0, real.stderr[-2000:]
+    seconds = timed(bench_args(random_dlm_dir, tmp_path / "forked"))
+    assert bench_rows(tmp_path / "forked") == bench_rows(ref)
     rng = random.Random(7)
     for trial in range(2):
         out = tmp_path / f"t{trial}"
@@ -279,8 +274,13 @@ def train_args(out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, float]:
-    out = tmp_path_factory.mktemp("train") / "reference"
-    return out, timed(train_args(out))
+    """An uninterrupted run in a fresh interpreter, and how long the same run takes forked (equal to it)."""
+    root = tmp_path_factory.mktemp("train")
+    real = real_cli(*train_args(root / "reference"))
+    assert real.returncode == 0, real.stderr[-2000:]
+    seconds = timed(train_args(root / "forked"))
+    assert_same_model(root / "forked", root / "reference")
+    return root / "reference", seconds
 
 
 def assert_same_model(out: Path, ref: Path) -> None:

@@ -27,6 +27,7 @@ def assert_same_drafts(a, b, atol=1e-4):
         assert x.seconds > 0 and y.seconds > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [37, 100])
 def test_tiny_ar_drafts_equal_generate_token_for_token(tiny_ar, batch_size):
     prompts = [e.prompt for e in arith.ArithTask().examples()[:200]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import pytest
+
 import fewstep
 from fewstep.config import resolve_config
 from fewstep.serve.batcher import Job, RowDone, RowUpdate
@@ -24,6 +26,7 @@ MIXED = [  # strategy, settings, --set list of fewstep generate
 ]
 
 
+@pytest.mark.slow
 def test_64_concurrent_mixed_requests_each_equal_alone(live, model):
     """64 concurrent requests (4 configurations, streamed and not, chat and completions): no error,
     every answer and NFE equal to the request decoded alone, and requests were really batched."""

@@ -142,6 +142,7 @@ def _browser() -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_playground_in_a_browser(live, tmp_path):
     """The page loads, a prompt is submitted, the final text equals the API's answer; then two
     strategies side by side. The screenshot goes to tmp_path (and to docs/img/playground.png with
