@@ -62,6 +62,8 @@ lab-models: setup
 	$(FEWSTEP) distill --teacher tiny-dlm --objective edit --edit-random 0.05 --edit-self 0.05 --edit-drafter 0.15 --steps 500 --batch-size 64 --lr 5e-5 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --patience 0 --threads 1 --save-dtype bfloat16 --out runs/tiny-dlm-edit --export src/fewstep/assets/tiny-dlm-edit
 	$(PY) scripts/choose_warm_start.py --model src/fewstep/assets/tiny-dlm-edit --out runs/choose-tiny-dlm-edit --write
 	$(FEWSTEP) distill --teacher tiny-dlm --steps 600 --batch-size 64 --lr 2e-4 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --threads 1 --out runs/tiny-dlm-cd --export src/fewstep/assets/tiny-dlm-cd
+	$(FEWSTEP) rollouts --teacher tiny-dlm --strategy llada:steps=8 --steps 600 --batch-size 64 --val-size 512 --threads 1 --out runs/rollouts-llada8
+	$(FEWSTEP) distill --teacher tiny-dlm --objective trajectory --rollouts runs/rollouts-llada8 --certainty-weight 0 --steps 600 --batch-size 64 --lr 2e-4 --warmup 50 --min-lr-ratio 0.1 --val-size 512 --val-every 100 --threads 1 --save-dtype bfloat16 --out runs/traj-c0 --export src/fewstep/assets/tiny-dlm-traj
 
 # Refresh the lock: upgrade every dependency to the newest version pyproject's ranges allow (torch
 # stays at TORCH), run the test suite, and only then write constraints.txt (pip freeze, less torch

@@ -76,7 +76,7 @@ def test_console_script_exit_status(random_dlm_dir):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "fewstep: error: unknown model '/no/such/dir': not a bundled name (tiny-dlm, tiny-ar, tiny-dlm-cd, "
-        "tiny-dlm-edit) nor a model directory"
+        "tiny-dlm-edit, tiny-dlm-traj) nor a model directory"
     ]
     assert "Traceback" not in proc.stderr
 

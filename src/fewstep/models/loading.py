@@ -28,7 +28,7 @@ from fewstep.models.directory import DECODE_KEYS, _read_json, decode_defaults, w
 from fewstep.models.registry import ARCHITECTURES, find, for_config, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd", "tiny-dlm-edit")
+BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd", "tiny-dlm-edit", "tiny-dlm-traj")
 
 
 def resolve(name_or_path: str | Path) -> Path:
