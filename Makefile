@@ -31,7 +31,7 @@ setup: $(VENV)/.installed
 # (tiny-dlm-cd) and a warm start from the tiny-ar drafter (tiny-dlm-edit with its recommended warm-start
 # settings); accuracy with its interval, forwards, tokens per forward, wall-clock speed-up and AUP. Writes
 # runs/demo/bench.md, bench.json and pareto.png. About 1-3 minutes on 2 CPU cores once set up.
-DEMO_ROWS := llada;threshold:threshold=0.9;threshold:threshold=0.9,model=tiny-dlm-cd;threshold:threshold=0.9,model=tiny-dlm-edit,drafter=tiny-ar
+DEMO_ROWS := llada;threshold:threshold=0.9;threshold:threshold=0.9,model=tiny-dlm-cd;threshold:threshold=0.6,model=tiny-dlm-traj;threshold:threshold=0.9,model=tiny-dlm-edit,drafter=tiny-ar
 demo: setup
 	$(FEWSTEP) generate "Mia has 7 pens . She buys 5 more . She gives away 3 . How many pens does Mia have ?" --stats
 	$(FEWSTEP) bench --task arith --model tiny-dlm --strategies "$(DEMO_ROWS)" --limit 300 --batch-size 100 \

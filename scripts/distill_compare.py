@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 MODELS = ("teacher=tiny-dlm dscd-clean=tiny-dlm-cd dscd-logits=runs/tiny-dlm-cd-logits/best "
-          "trajectory=runs/tiny-dlm-traj/best trajectory-nocert=runs/traj-c0/best trajectory-c1=runs/traj-c1/best "
-          "ablation=runs/tiny-dlm-mdlm/best")
+          "trajectory-c0.5=runs/tiny-dlm-traj/best trajectory-c0=runs/traj-c0/best trajectory-c1=runs/traj-c1/best "
+          "trajectory-thr09=runs/traj-thr09/best ablation=runs/tiny-dlm-mdlm/best")
 STRATEGIES = ("llada:steps=8;llada:steps=6;llada:steps=4;" +
               ";".join(f"threshold:threshold={t}" for t in ("0.9", "0.8", "0.7", "0.6", "0.5", "0.4", "0.3")))
 # A finer threshold grid, benched apart (OUT/SPLIT-fine/NAME) and merged into the same report: it was
@@ -67,10 +67,13 @@ def training_cost(model: str) -> dict[str, float]:
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     config = json.loads((run / "distill_config.json").read_text())
-    return {"steps": len(logged), "train_s": meta.get("elapsed_s", 0.0),
-            "rollout_s": sum(r.get("rollout_s", 0.0) for r in logged),
+    rollout_s = sum(r.get("rollout_s", 0.0) for r in logged)
+    train_s = meta.get("elapsed_s", 0.0)
+    beforehand = bool(config.get("rollouts"))  # else rolled out inside each step, inside train_s
+    return {"steps": len(logged), "train_s": train_s, "rollout_s": rollout_s,
             "rollout_nfe": sum(r.get("rollout_nfe", 0.0) for r in logged) * config["batch_size"],
-            "objective": config["objective"]}
+            "rollouts": "beforehand" if beforehand else ("at each step" if rollout_s else "none"),
+            "total_s": train_s + (rollout_s if beforehand else 0.0), "objective": config["objective"]}
 
 
 def cell(r: dict) -> str:
@@ -99,13 +102,16 @@ def report(models: dict[str, str], root: Path, fine: bool) -> str:
     for spec in specs:
         lines.append(f"| {spec} | " + " | ".join(cell(r["arith"][spec]) if spec in r["arith"] else "" for r in
                                                  res.values()) + " |")
-    lines += ["", "| model | objective | steps | training s | teacher rollout s | teacher rollout forwards |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Training cost (wall seconds on a shared 2-core machine, so only roughly comparable; a run that "
+              "rolls out at each step has its rollouts inside its run seconds):", "",
+              "| model | objective | steps | rollouts | run s | teacher rollout s | teacher rollout forwards "
+              "| total s |",
+              "|---|---|---|---|---|---|---|---|"]
     costs = {name: training_cost(models[name]) for name in res}
     for name, c in costs.items():
         if c:
-            lines.append(f"| {name} | {c['objective']} | {c['steps']} | {c['train_s']:.0f} | {c['rollout_s']:.0f} | "
-                         f"{c['rollout_nfe']:.0f} |")
+            lines.append(f"| {name} | {c['objective']} | {c['steps']} | {c['rollouts']} | {c['train_s']:.0f} | "
+                         f"{c['rollout_s']:.0f} | {c['rollout_nfe']:.0f} | {c['total_s']:.0f} |")
     name = "report-fine" if fine else "report"
     (root / f"{name}.json").write_text(json.dumps({"models": models, "chosen": chosen, "costs": costs}, indent=1))
     _plot(res, root / f"pareto{'-fine' if fine else ''}.png")
@@ -119,10 +125,13 @@ def _plot(res: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in res.items():
-        pts = sorted((x["nfe_mean"], x["accuracy"] * 100) for x in r["arith"].values())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
-    ax.set_xlabel("forwards per problem (NFE), arith test set")
+    for i, (name, r) in enumerate(res.items()):
+        color = f"C{i % 10}"
+        for family, style in (("threshold", "o-"), ("llada", "s--")):  # one line per strategy family
+            pts = sorted((x["nfe_mean"], x["accuracy"] * 100) for x in r["arith"].values() if x["strategy"] == family)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, ms=3, color=color,
+                    label=name if family == "threshold" else None)
+    ax.set_xlabel("forwards per problem (NFE), arith test set; solid: threshold, dashed: llada 4/6/8 steps")
     ax.set_ylabel("accuracy, %")
     ax.set_xscale("log")
     ax.grid(alpha=0.3)
