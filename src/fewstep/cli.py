@@ -161,30 +161,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads for the model (default: 1 for a model under 50M parameters on CPU, where "
                         "a second thread only adds waiting, unless OMP_NUM_THREADS is set; else torch's default)")
 
-    b = sub.add_parser("bench", help="compare strategies side by side on a task")
-    b.add_argument("--task", required=True, help="the task to measure on (fewstep list tasks)")
-    b.add_argument("--model", default="tiny-dlm", help="bundled name or model directory (default: tiny-dlm)")
-    b.add_argument("--strategies", required=True,
-                   help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"; a '
-                        'spec may name its own model beside its settings (threshold:threshold=0.9,model=tiny-dlm-cd), '
-                        'the others use --model')
-    b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="a decode setting applied to every strategy (repeatable)")
-    b.add_argument("--limit", type=_count, default=None, help="first N problems only")
-    b.add_argument("--batch-size", type=_count, default=32, help="problems decoded together (default: 32)")
-    b.add_argument("--repeats", type=_count, default=3, help="timed repeats (median reported)")
-    b.add_argument("--out", required=True, help="result directory (bench.json, bench.md, pareto.png); rerun to resume")
-    b.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
-    b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    b.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored on an "
-                                                  "accelerator, float32 on the CPU)")
-    _add_quantize(b)
-    _add_trust_remote_code(b)
-    _add_drafter_arg(b)
-    b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
-    _add_unsafe_exec(b)
-    b.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
-
+    _add_bench(sub)
     e = sub.add_parser("eval", help="evaluate a model and strategy on a task",
                        description="Evaluate a model and strategy on a task. --model gold answers every problem "
                                    "with its reference solution, to check a task's pipeline end to end.")
@@ -238,6 +215,42 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
     ls.add_argument("--markdown", action="store_true", help="settings: the Markdown reference (docs/settings.md)")
 
+    _add_serve(sub)
+    sub.add_parser("lm-eval", add_help=False,
+                   help="lm-eval's command line with the fewstep model registered (all arguments passed through)")
+    return parser
+
+
+def _add_bench(sub: Any) -> None:
+    """``fewstep bench``: strategies (and models) side by side on a task."""
+    b = sub.add_parser("bench", help="compare strategies side by side on a task")
+    b.add_argument("--task", required=True, help="the task to measure on (fewstep list tasks)")
+    b.add_argument("--model", default="tiny-dlm", help="bundled name or model directory (default: tiny-dlm)")
+    b.add_argument("--strategies", required=True,
+                   help='";"-separated specs, e.g. "llada;threshold:threshold=0.9;cad:tau=0.95,min_tokens=1"; a '
+                        'spec may name its own model beside its settings (threshold:threshold=0.9,model=tiny-dlm-cd), '
+                        'the others use --model')
+    b.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a decode setting applied to every strategy (repeatable)")
+    b.add_argument("--limit", type=_count, default=None, help="first N problems only")
+    b.add_argument("--batch-size", type=_count, default=32, help="problems decoded together (default: 32)")
+    b.add_argument("--repeats", type=_count, default=3, help="timed repeats (median reported)")
+    b.add_argument("--out", required=True, help="result directory (bench.json, bench.md, pareto.png); rerun to resume")
+    b.add_argument("--data", default=None, help="task data as JSONL in the task's own field layout")
+    b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    b.add_argument("--dtype", default=None, help="model dtype, e.g. float32 or bfloat16 (default: as stored on an "
+                                                  "accelerator, float32 on the CPU)")
+    _add_quantize(b)
+    _add_trust_remote_code(b)
+    _add_drafter_arg(b)
+    b.add_argument("--overwrite", action="store_true", help="remove the results already in --out instead of resuming")
+    _add_unsafe_exec(b)
+    b.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS)
+
+
+
+def _add_serve(sub: Any) -> None:
+    """``fewstep serve``: the OpenAI-compatible server."""
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with request batching and a playground",
                         description="Serve a diffusion model over the OpenAI API (/v1/completions, "
                                     "/v1/chat/completions, streaming), with a live denoising playground at /. "
@@ -261,9 +274,6 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="the server's log level (default: info)")
 
-    sub.add_parser("lm-eval", add_help=False,
-                   help="lm-eval's command line with the fewstep model registered (all arguments passed through)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
