@@ -25,7 +25,7 @@ import torch
 from fewstep.errors import ModelLoadError
 from fewstep.models.adapter import CausalModel, DiffusionModel
 from fewstep.models.directory import DECODE_KEYS, _read_json, decode_defaults, write_decode_defaults  # noqa: F401
-from fewstep.models.registry import ARCHITECTURES, find, for_config, native, target
+from fewstep.models.registry import ARCHITECTURES, BUILT_IN, find, for_config, native, target
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED = ("tiny-dlm", "tiny-ar", "tiny-dlm-cd", "tiny-dlm-edit", "tiny-dlm-traj")
@@ -172,9 +172,6 @@ def _tokenizer(path: Path, trust_remote_code: bool = False, fallback: str | None
 
 # Built-in models that are no directory: the class, imported when asked for. The gold model answers
 # task examples with their reference solutions, so it lives with evaluation, above this layer.
-BUILT_IN = {"gold": "fewstep.evaluation.gold:GoldModel"}
-
-
 def load_model(
     name_or_path: str | Path,
     device: str | torch.device = "cpu",

@@ -103,7 +103,7 @@ def load_quantized(load: Callable[..., Any], name_or_path: Any, device: str | to
                    dtype: torch.dtype | str | None, trust_remote_code: bool, method: str) -> Any:
     """``load(name_or_path, ...)`` (:func:`fewstep.models.loading.load_model`) with ``method``'s
     weights on ``device``: checked first, loaded on the CPU, then quantized layer by layer onto the device."""
-    from fewstep.models.loading import BUILT_IN
+    from fewstep.models.registry import BUILT_IN
 
     if str(name_or_path) in BUILT_IN:
         raise QuantizationError(f"the built-in model {name_or_path!r} has no weights to quantize")

@@ -44,6 +44,9 @@ class Architecture:
         return self.attention == BLOCK_CAUSAL
 
 
+# Names that load a built-in model rather than a directory (``--model gold``).
+BUILT_IN = {"gold": "fewstep.evaluation.gold:GoldModel"}
+
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         name="LLaDA", model_type="llada", architectures=("LLaDAModelLM",),
