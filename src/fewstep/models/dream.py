@@ -29,9 +29,9 @@ from fewstep.models.layers import (
     DecoderLayer,
     DiffusionLMOutput,
     RMSNorm,
+    StackedLM,
     SwiGLU,
     attention_inputs,
-    num_parameters,
     output_head,
     rotary_tables,
     run_layers,
@@ -100,29 +100,15 @@ class _DreamBase(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class DreamModel(nn.Module):
+class DreamModel(StackedLM):
     """``module(input_ids=..., attention_mask=...).logits`` [B, T, V], unshifted as Dream computes
     them (``logits[:, i]`` predicts position i + 1). The same model protocol as
     :class:`~fewstep.models.llada.LLaDAModel`: ``logits_positions`` (a slice of output rows),
     positions from the attention mask (left padding computes a row as if it stood alone), and a
     key/value ``cache`` with ``cache_rows`` and ``window`` (:mod:`fewstep.models.kvcache`)."""
 
-    supports_logits_positions = True
-    supports_cache = True
-
     def __init__(self, cfg: DreamConfig):
-        super().__init__()
-        self.config = cfg
-        self.model = _DreamBase(cfg)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
+        super().__init__(cfg, _DreamBase(cfg))
 
     def forward(
         self,
@@ -143,6 +129,3 @@ class DreamModel(nn.Module):
         x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head))
-
-    def num_parameters(self) -> int:
-        return num_parameters(self)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +210,31 @@ class DiffusionLMOutput:
 
 def num_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+class StackedLM(nn.Module):
+    """What the decoder-stack models share around their ``forward``: the config, the stack ``model``
+    (``embed_tokens``, ``layers``, ``norm``), an output head unless the embeddings are tied, the
+    model protocol's flags (``logits_positions`` and a key/value ``cache`` are supported)."""
+
+    supports_logits_positions = True
+    supports_cache = True
+    config: Any
+    model: Any  # the stack: embed_tokens, layers, norm
+
+    def __init__(self, cfg: Any, stack: nn.Module):
+        super().__init__()
+        self.config = cfg
+        self.model = stack
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def num_parameters(self) -> int:
+        return num_parameters(self)

@@ -57,9 +57,9 @@ from fewstep.models.layers import (
     DecoderLayer,
     DiffusionLMOutput,
     RMSNorm,
+    StackedLM,
     SwiGLU,
     attention_inputs,
-    num_parameters,
     output_head,
     rotary_tables,
     run_layers,
@@ -209,27 +209,13 @@ class _Inner(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class LLaDAMoEModel(nn.Module):
+class LLaDAMoEModel(StackedLM):
     """``module(input_ids=..., attention_mask=...).logits`` [B, T, V]; the fewstep model protocol of
     :class:`fewstep.models.llada.LLaDAModel` (positions from the attention mask, ``logits_positions``,
     the approximate key/value ``cache`` of a bidirectional model)."""
 
-    supports_logits_positions = True
-    supports_cache = True
-
     def __init__(self, cfg: LLaDAMoEConfig):
-        super().__init__()
-        self.config = cfg
-        self.model = _Inner(cfg)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
+        super().__init__(cfg, _Inner(cfg))
 
     def forward(
         self,
@@ -250,9 +236,6 @@ class LLaDAMoEModel(nn.Module):
         x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
-
-    def num_parameters(self) -> int:
-        return num_parameters(self)
 
 
 def load_llada_moe(path, config, defaults, name, device, dtype, trust_remote_code):

@@ -37,9 +37,9 @@ from fewstep.models.layers import (
     DecoderLayer,
     DiffusionLMOutput,
     RMSNorm,
+    StackedLM,
     SwiGLU,
     attention_inputs,
-    num_parameters,
     output_head,
     rotary_tables,
     run_layers,
@@ -129,28 +129,14 @@ class _Base(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-class QwenBlockModel(nn.Module):
+class QwenBlockModel(StackedLM):
     """``module(input_ids=..., attention_mask=...).logits`` [B, T, V]: the fewstep model protocol of
     :class:`fewstep.models.llada.LLaDAModel` (positions from the attention mask, so left padding
     changes nothing; ``logits_positions``; a key/value ``cache`` with ``cache_rows`` / ``window``,
     exact here since attention is block-causal, :mod:`fewstep.models.blockcausal`)."""
 
-    supports_logits_positions = True
-    supports_cache = True
-
     def __init__(self, cfg: QwenBlockConfig):
-        super().__init__()
-        self.config = cfg
-        self.model = _Base(cfg)
-        if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-
-    @property
-    def embed_tokens(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
+        super().__init__(cfg, _Base(cfg))
 
     def forward(
         self,
@@ -172,9 +158,6 @@ class QwenBlockModel(nn.Module):
         x = run_layers(self.model.layers, x, rope, mask, cache, cache_rows, window)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return DiffusionLMOutput(logits=output_head(x, logits_positions, self.model.norm, head).float())
-
-    def num_parameters(self) -> int:
-        return num_parameters(self)
 
 
 def load_directory(path, config: dict[str, Any], defaults: dict[str, Any], name: str, device, dtype,
